@@ -1,0 +1,141 @@
+//! libfpl's errors, their messages (QEMU's wording for conflicts) and their
+//! one mapping to errno.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+
+use crate::perm::Perm;
+
+/// Everything that can go wrong. [`Error::errno`] is the negative errno the
+/// C ABI returns; `Display` is the message.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Somebody holds a byte that this request conflicts with (`-EAGAIN`).
+    #[error("{0}")]
+    Conflict(Box<Conflict>),
+    /// A bad argument (`-EINVAL`).
+    #[error("{0}")]
+    Invalid(String),
+    /// A system call failed; `what` says what was being done.
+    #[error("{what}: {errno}")]
+    Os {
+        /// The OS error.
+        errno: Errno,
+        /// What libfpl was doing, e.g. `cannot open '/x.img'`.
+        what: String,
+    },
+}
+
+impl Error {
+    /// A bad argument.
+    pub fn invalid(msg: impl Into<String>) -> Error {
+        Error::Invalid(msg.into())
+    }
+
+    /// A failed system call.
+    pub fn os(errno: Errno, what: impl Into<String>) -> Error {
+        Error::Os {
+            errno,
+            what: what.into(),
+        }
+    }
+
+    /// The positive errno: `EAGAIN` for a conflict, `EINVAL` for a bad
+    /// argument, the OS error otherwise.
+    pub fn errno(&self) -> i32 {
+        match self {
+            Error::Conflict(_) => libc::EAGAIN,
+            Error::Invalid(_) => libc::EINVAL,
+            Error::Os { errno, .. } => *errno as i32,
+        }
+    }
+
+    /// The conflict, if this is one.
+    pub fn conflict(&self) -> Option<&Conflict> {
+        match self {
+            Error::Conflict(c) => Some(c),
+            _ => None,
+        }
+    }
+}
+
+/// How a conflict was found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConflictKind {
+    /// Locking the byte failed: somebody holds it exclusively (a whole-file
+    /// write lock of other software). QEMU: `Failed to lock byte N`.
+    Lock,
+    /// Testing found the byte held by somebody else.
+    Test,
+}
+
+/// A process holding bytes of an image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HolderId {
+    /// Its pid.
+    pub pid: i32,
+    /// Its name (`/proc/PID/comm`), empty if unknown.
+    pub name: String,
+}
+
+/// A refused request: which byte, which permission, who holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conflict {
+    /// Lock or test.
+    pub kind: ConflictKind,
+    /// The byte in conflict (e.g. 201).
+    pub byte: u32,
+    /// The permission the message names: the one the caller asked for or
+    /// refused to share (in strict mode, write for bytes 102/202).
+    pub perm: Perm,
+    /// The image, as the caller named it (or as `/proc/self/fd` names a
+    /// descriptor), for QEMU's hint.
+    pub path: Option<PathBuf>,
+    /// A process holding the byte, when one could be found.
+    pub holder: Option<HolderId>,
+}
+
+impl Conflict {
+    /// QEMU's first line: `Failed to get "write" lock`, `Failed to get shared
+    /// "write" lock` or `Failed to lock byte 100`.
+    pub fn qemu_message(&self) -> String {
+        match self.kind {
+            ConflictKind::Lock => format!("Failed to lock byte {}", self.byte),
+            ConflictKind::Test if self.byte < 200 => {
+                format!("Failed to get shared \"{}\" lock", self.perm)
+            }
+            ConflictKind::Test => format!("Failed to get \"{}\" lock", self.perm),
+        }
+    }
+
+    /// QEMU's hint, `Is another process using the image [PATH]?`.
+    pub fn hint(&self) -> String {
+        let path = self.path.as_deref().map_or_else(
+            || "?".to_owned(),
+            |p: &Path| p.to_string_lossy().into_owned(),
+        );
+        format!("Is another process using the image [{path}]?")
+    }
+}
+
+impl fmt::Display for Conflict {
+    /// `Failed to get "write" lock (held by qemu-io, pid 4410)` then QEMU's
+    /// hint on the next line, as QEMU prints it. The holder comes before the
+    /// path so that a long path cut short in `fpl_error.message` never hides it.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.qemu_message())?;
+        if let Some(h) = &self.holder {
+            if h.name.is_empty() {
+                write!(f, " (held by pid {})", h.pid)?;
+            } else {
+                write!(f, " (held by {}, pid {})", h.name, h.pid)?;
+            }
+        }
+        write!(f, "\n{}", self.hint())
+    }
+}
+
+/// libfpl's results.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

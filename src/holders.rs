@@ -1,0 +1,145 @@
+//! Naming the processes that hold an image's bytes, which QEMU cannot do.
+//!
+//! OFD locks report pid -1, so the owner is found the way util-linux's
+//! lslocks (2.40+) finds it: walk `/proc/PID/fd`, keep the descriptors whose
+//! inode is the image's (one `stat` each, no read), and match the `lock:`
+//! lines of their `/proc/PID/fdinfo/FD` on device, inode and byte range.
+
+use std::fs;
+use std::io::ErrorKind;
+use std::os::unix::fs::MetadataExt;
+
+use crate::fdinfo::{lock_lines, LockClass};
+use crate::protocol::Held;
+
+/// The identity locks belong to: an inode on a device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FileId {
+    /// `st_dev`.
+    pub dev: u64,
+    /// `st_ino`.
+    pub ino: u64,
+}
+
+/// A process descriptor holding protocol bytes of an image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holder {
+    /// The process.
+    pub pid: i32,
+    /// The descriptor in that process.
+    pub fd: i32,
+    /// `/proc/PID/comm`, empty if unreadable.
+    pub name: String,
+    /// The bytes this descriptor holds.
+    pub held: Held,
+}
+
+/// What a walk of `/proc` found for one image.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Found {
+    /// Holders, by pid then descriptor.
+    pub holders: Vec<Holder>,
+    /// Some process could not be inspected (another user's, without
+    /// privilege): bytes may be held by somebody not listed.
+    pub partial: bool,
+}
+
+/// Finds the holders of protocol bytes (0, 100-104, 200-204) of each of
+/// `targets`, walking `/proc` once for all of them. The result is in the
+/// order of `targets`.
+pub fn scan(targets: &[FileId]) -> Vec<Found> {
+    let mut found = vec![Found::default(); targets.len()];
+    let Ok(procs) = fs::read_dir("/proc") else {
+        found.iter_mut().for_each(|f| f.partial = true);
+        return found;
+    };
+    let mut pids: Vec<i32> = procs
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    pids.sort_unstable();
+    for pid in pids {
+        if scan_process(pid, targets, &mut found).is_err() {
+            found.iter_mut().for_each(|f| f.partial = true);
+        }
+    }
+    for f in &mut found {
+        f.holders.sort_by_key(|h| (h.pid, h.fd));
+    }
+    found
+}
+
+/// Err(()) when the process could not be inspected (not when it is gone).
+fn scan_process(pid: i32, targets: &[FileId], found: &mut [Found]) -> Result<(), ()> {
+    let fds = match fs::read_dir(format!("/proc/{pid}/fd")) {
+        Ok(fds) => fds,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+        Err(_) => return Err(()),
+    };
+    let mut name: Option<String> = None;
+    let mut refused = false;
+    for entry in fds {
+        let Ok(entry) = entry else { continue };
+        let Some(fd) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let meta = match fs::metadata(entry.path()) {
+            Ok(m) => m,
+            Err(e) if e.kind() == ErrorKind::PermissionDenied => {
+                refused = true;
+                continue;
+            }
+            // Gone, or a descriptor stat cannot follow: not an image.
+            Err(_) => continue,
+        };
+        let id = FileId {
+            dev: meta.dev(),
+            ino: meta.ino(),
+        };
+        let Some(index) = targets.iter().position(|t| *t == id) else {
+            continue;
+        };
+        let info = match fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")) {
+            Ok(info) => info,
+            Err(e) if e.kind() == ErrorKind::NotFound => continue,
+            Err(_) => {
+                refused = true;
+                continue;
+            }
+        };
+        let held = held_in(&info, id);
+        if held.is_empty() {
+            continue;
+        }
+        let name = name.get_or_insert_with(|| process_name(pid)).clone();
+        found[index].holders.push(Holder {
+            pid,
+            fd,
+            name,
+            held,
+        });
+    }
+    if refused {
+        Err(())
+    } else {
+        Ok(())
+    }
+}
+
+/// The protocol bytes that the fcntl lock lines of one fdinfo hold on `id`.
+pub fn held_in(fdinfo: &str, id: FileId) -> Held {
+    let (major, minor) = (libc::major(id.dev), libc::minor(id.dev));
+    let mut held = Held::default();
+    for line in lock_lines(fdinfo) {
+        if line.class != LockClass::Other && line.is_on(major, minor, id.ino) {
+            held.add_range(line.first, line.last);
+        }
+    }
+    held
+}
+
+/// `/proc/PID/comm` without its newline, or "" if unreadable.
+pub fn process_name(pid: i32) -> String {
+    fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map(|s| s.trim_end_matches('\n').to_owned())
+        .unwrap_or_default()
+}

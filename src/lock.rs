@@ -1,0 +1,382 @@
+//! The lock algorithm of PROTOCOL.md §2: lock, then test, roll back on
+//! conflict; and for a held lock, prepare / commit / abort.
+//!
+//! Adjacent bytes are locked with one call and a run of tested bytes is
+//! tested with one call. Only when something is in the way does it fall back
+//! to QEMU's byte-by-byte order, so the bytes held and the conflict reported
+//! are those of the per-byte algorithm.
+
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::path::Path;
+
+use nix::errno::Errno;
+
+use crate::error::{Conflict, ConflictKind, Error, HolderId, Result};
+use crate::fcntl::{self, Flavor};
+use crate::fdinfo::{lock_lines, LockClass};
+use crate::holders::{self, FileId};
+use crate::image::Image;
+use crate::perm::Perm;
+use crate::protocol::{ByteSet, Plan, Request, Test};
+
+/// How to lock beyond the request itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Options {
+    /// Where the kernel lacks OFD locks, use process-wide POSIX locks instead
+    /// of failing with `ENOLCK` (`FPL_FLAG_ALLOW_POSIX`). Hazard: any
+    /// `close()` of any descriptor of the image anywhere in the process then
+    /// silently drops the locks, and two handles in one process never
+    /// conflict with each other.
+    pub allow_posix: bool,
+}
+
+/// Held locks on one image: the bytes of one request, on one open file
+/// description. Dropping it releases them, as [`Lock::release`] does.
+#[derive(Debug)]
+pub struct Lock {
+    image: Image,
+    flavor: Flavor,
+    request: Request,
+    plan: Plan,
+    /// The bytes this handle locked, and so will unlock.
+    held: ByteSet,
+    /// Bytes the adopted description held before: never locked or unlocked here.
+    foreign: ByteSet,
+}
+
+impl Lock {
+    /// Opens `path` and takes the locks for `request`.
+    pub fn acquire(path: &Path, request: Request, options: Options) -> Result<Lock> {
+        let image = Image::open(path)?;
+        Lock::take(image, request, options, ByteSet::EMPTY)
+    }
+
+    /// Takes the locks for `request` on the caller's open file description.
+    /// The handle keeps its own close-on-exec duplicate of `fd`, so the locks
+    /// last until release even if the caller closes `fd`. Bytes the
+    /// description already held are left alone: a rollback or a release
+    /// unlocks only what this handle added.
+    pub fn acquire_fd(fd: BorrowedFd<'_>, request: Request, options: Options) -> Result<Lock> {
+        let image = Image::from_fd(fd)?;
+        let foreign = description_bytes(&image);
+        Lock::take(image, request, options, foreign)
+    }
+
+    fn take(image: Image, request: Request, options: Options, foreign: ByteSet) -> Result<Lock> {
+        let flavor = flavor(&image, options)?;
+        let plan = request.plan();
+        let mut lock = Lock {
+            image,
+            flavor,
+            request,
+            plan: Plan {
+                lock: ByteSet::EMPTY,
+                tests: Vec::new(),
+            },
+            held: ByteSet::EMPTY,
+            foreign,
+        };
+        lock.change(plan, false)?;
+        lock.request = request;
+        Ok(lock)
+    }
+
+    /// Changes the permissions of the held lock (QEMU's reopen): lock the
+    /// bytes the new request adds, test it, then drop the bytes it no longer
+    /// needs (commit) or the ones just added (abort). On failure the lock is
+    /// exactly as it was. A change that only loosens is never tested.
+    pub fn update(&mut self, request: Request) -> Result<()> {
+        let plan = request.plan();
+        let loosening = plan.only_loosens(&self.plan);
+        self.change(plan, loosening)?;
+        self.request = request;
+        Ok(())
+    }
+
+    fn change(&mut self, plan: Plan, skip_tests: bool) -> Result<()> {
+        let fd = self.image.fd();
+        let added = plan.lock.minus(self.held).minus(self.foreign);
+        // Prepare: take the new bytes (the union of old and new is held).
+        if let Err(e) = lock_bytes(fd, self.flavor, added) {
+            return Err(self.explain(e));
+        }
+        if !skip_tests {
+            if let Err(e) = run_tests(fd, self.flavor, &plan.tests) {
+                // Abort: drop exactly what prepare took.
+                let _ = unlock_bytes(fd, self.flavor, added);
+                return Err(self.explain(e));
+            }
+        }
+        // Commit: drop what the new request no longer needs.
+        let dropped = self.held.minus(plan.lock);
+        self.held = self.held.union(added).minus(dropped);
+        self.plan = plan;
+        unlock_bytes(fd, self.flavor, dropped)
+            .map_err(|e| Error::os(e, "cannot unlock bytes no longer needed"))
+    }
+
+    /// Turns a low-level failure into the error the caller sees, naming the
+    /// image and, for a conflict, a process that holds the byte.
+    fn explain(&self, failure: Failure) -> Error {
+        failure.into_error(&self.image, Some(self.image.fd().as_raw_fd()))
+    }
+
+    /// The request currently held.
+    pub fn request(&self) -> Request {
+        self.request
+    }
+
+    /// The bytes this handle holds.
+    pub fn held(&self) -> ByteSet {
+        self.held
+    }
+
+    /// The handle's own descriptor of the image.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.image.fd()
+    }
+
+    /// Whether the locks are process-wide POSIX locks (the fallback).
+    pub fn is_posix(&self) -> bool {
+        self.flavor == Flavor::Posix
+    }
+
+    /// Unlocks every byte this handle locked, explicitly (a forked child
+    /// holding a copy of the descriptor would otherwise keep OFD locks
+    /// alive), then closes the descriptor. The descriptor is closed even if
+    /// unlocking fails. (Closing a read-only descriptor loses nothing, so its
+    /// result is not reported.)
+    pub fn release(mut self) -> Result<()> {
+        self.unlock_all()
+        // Dropping self closes the descriptor; Drop finds nothing left to unlock.
+    }
+
+    fn unlock_all(&mut self) -> Result<()> {
+        let held = std::mem::take(&mut self.held);
+        unlock_bytes(self.image.fd(), self.flavor, held)
+            .map_err(|e| Error::os(e, "cannot unlock the image's bytes"))
+    }
+}
+
+impl Drop for Lock {
+    fn drop(&mut self) {
+        let _ = self.unlock_all();
+    }
+}
+
+/// Would [`Lock::acquire`] of `request` on `path` succeed now? Takes no lock.
+pub fn check(path: &Path, request: Request, options: Options) -> Result<()> {
+    let image = Image::open(path)?;
+    let flavor = flavor(&image, options)?;
+    let plan = request.plan();
+    let fd = image.fd();
+    // Locking fails only where somebody holds a byte exclusively: that is
+    // what a read-lock test finds.
+    let outcome = match find_blocked(fd, flavor, plan.lock, false) {
+        Ok(None) => run_tests(fd, flavor, &plan.tests),
+        Ok(Some((byte, found))) => Err(Failure::Locked(byte, Errno::EAGAIN, Some(found))),
+        Err(e) => Err(Failure::Os(e, "cannot test the image's bytes")),
+    };
+    outcome.map_err(|f| f.into_error(&image, None))
+}
+
+fn flavor(image: &Image, options: Options) -> Result<Flavor> {
+    if fcntl::ofd_available(image.fd()) {
+        Ok(Flavor::Ofd)
+    } else if options.allow_posix {
+        Ok(Flavor::Posix)
+    } else {
+        Err(Error::os(
+            Errno::ENOLCK,
+            "this kernel has no open file description locks (F_OFD_SETLK, Linux 3.15+); \
+             pass FPL_FLAG_ALLOW_POSIX to use process-wide POSIX locks, which any close() \
+             of the image in this process drops",
+        ))
+    }
+}
+
+/// Why a step of the algorithm failed, before it is put into words.
+enum Failure {
+    /// Locking `byte` failed with this errno (EAGAIN/EACCES: held exclusively).
+    Locked(u32, Errno, Option<fcntl::Found>),
+    /// A test found `test.byte` held by somebody else.
+    Conflict(Test, fcntl::Found),
+    /// A system call failed.
+    Os(Errno, &'static str),
+}
+
+impl Failure {
+    fn into_error(self, image: &Image, own_fd: Option<i32>) -> Error {
+        let path = image.display_path();
+        let (kind, byte, perm, found) = match self {
+            Failure::Os(errno, what) => return Error::os(errno, what),
+            Failure::Locked(byte, errno, found) => {
+                if errno != Errno::EAGAIN && errno != Errno::EACCES {
+                    // QEMU's words for a lock the file system refuses (NFS, FUSE).
+                    let name = path.as_deref().map_or_else(String::new, |p| {
+                        format!(" of '{}'", p.to_string_lossy())
+                    });
+                    return Error::os(
+                        errno,
+                        format!(
+                            "Failed to lock byte {byte}{name} (the file system may not \
+                             support byte-range locks)"
+                        ),
+                    );
+                }
+                let perm = Perm::from_index(byte % 100).unwrap_or(Perm::ConsistentRead);
+                (ConflictKind::Lock, byte, perm, found)
+            }
+            Failure::Conflict(test, found) => {
+                (ConflictKind::Test, test.byte, test.perm, Some(found))
+            }
+        };
+        let holder = find_holder(image, byte, found, own_fd);
+        Error::Conflict(Box::new(Conflict {
+            kind,
+            byte,
+            perm,
+            path,
+            holder,
+        }))
+    }
+}
+
+/// A process holding `byte`: the pid F_GETLK gave for a POSIX lock, or one
+/// found in `/proc` for an OFD lock (never this handle's own descriptor).
+fn find_holder(
+    image: &Image,
+    byte: u32,
+    found: Option<fcntl::Found>,
+    own_fd: Option<i32>,
+) -> Option<HolderId> {
+    if let Some(pid) = found.map(|f| f.pid).filter(|pid| *pid > 0) {
+        return Some(HolderId {
+            pid,
+            name: holders::process_name(pid),
+        });
+    }
+    let id = FileId {
+        dev: image.dev(),
+        ino: image.ino(),
+    };
+    let me = std::process::id() as i32;
+    let found = holders::scan(&[id]).pop()?;
+    let candidates = found.holders.into_iter().filter(|h| h.held.covers(byte));
+    // Prefer another process; in this one, never the handle's own descriptor.
+    let mut best = None;
+    for h in candidates {
+        if h.pid != me {
+            best = Some(h);
+            break;
+        }
+        if Some(h.fd) != own_fd && best.is_none() {
+            best = Some(h);
+        }
+    }
+    best.map(|h| HolderId {
+        pid: h.pid,
+        name: h.name,
+    })
+}
+
+/// Locks `bytes` run by run. On failure, what this call took is unlocked
+/// again and the first byte (ascending, as QEMU locks) that cannot be locked
+/// is named.
+fn lock_bytes(fd: BorrowedFd<'_>, flavor: Flavor, bytes: ByteSet) -> Result<(), Failure> {
+    let mut taken = ByteSet::EMPTY;
+    for (first, len) in bytes.runs() {
+        if let Err(errno) = fcntl::lock_read(fd, flavor, first, len) {
+            let _ = unlock_bytes(fd, flavor, taken);
+            // The failed call took nothing (F_SETLK is all or nothing); find
+            // which byte of the run per-byte locking would have stopped at.
+            let run: ByteSet = (first..first + len).collect();
+            let blocked = find_blocked(fd, flavor, run, false).ok().flatten();
+            let (byte, found) = blocked.map_or((first, None), |(b, f)| (b, Some(f)));
+            return Err(Failure::Locked(byte, errno, found));
+        }
+        taken = taken.union((first..first + len).collect());
+    }
+    Ok(())
+}
+
+fn unlock_bytes(fd: BorrowedFd<'_>, flavor: Flavor, bytes: ByteSet) -> Result<(), Errno> {
+    let mut result = Ok(());
+    for (first, len) in bytes.runs() {
+        // Keep going: every byte that can be unlocked must be.
+        if let Err(e) = fcntl::unlock(fd, flavor, first, len) {
+            result = result.and(Err(e));
+        }
+    }
+    result
+}
+
+/// The lowest byte of `bytes` that somebody else holds in a way that blocks
+/// a lock of the given kind, with the lock in the way.
+fn find_blocked(
+    fd: BorrowedFd<'_>,
+    flavor: Flavor,
+    bytes: ByteSet,
+    exclusive: bool,
+) -> Result<Option<(u32, fcntl::Found)>, Errno> {
+    for (first, len) in bytes.runs() {
+        if fcntl::test(fd, flavor, first, len, exclusive)?.is_none() {
+            continue;
+        }
+        for byte in first..first + len {
+            if let Some(found) = fcntl::test(fd, flavor, byte, 1, exclusive)? {
+                return Ok(Some((byte, found)));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// Runs the tests: one F_GETLK per run of tested bytes; only if one finds
+/// something are the tests run one by one in QEMU's order, so that the
+/// conflict reported is the one QEMU would report.
+fn run_tests(fd: BorrowedFd<'_>, flavor: Flavor, tests: &[Test]) -> Result<(), Failure> {
+    let tested: ByteSet = tests.iter().map(|t| t.byte).collect();
+    let mut clear = true;
+    for (first, len) in tested.runs() {
+        match fcntl::test(fd, flavor, first, len, true) {
+            Ok(None) => {}
+            Ok(Some(_)) => {
+                clear = false;
+                break;
+            }
+            Err(e) => return Err(Failure::Os(e, "cannot test the image's bytes")),
+        }
+    }
+    if clear {
+        return Ok(());
+    }
+    for test in tests {
+        match fcntl::test(fd, flavor, test.byte, 1, true) {
+            Ok(None) => {}
+            Ok(Some(found)) => return Err(Failure::Conflict(*test, found)),
+            Err(e) => return Err(Failure::Os(e, "cannot test the image's bytes")),
+        }
+    }
+    Ok(())
+}
+
+/// The protocol bytes the adopted open file description already holds,
+/// from `/proc/self/fdinfo` (where only this description's OFD locks show).
+/// Without `/proc`, none are assumed.
+fn description_bytes(image: &Image) -> ByteSet {
+    let path = format!("/proc/self/fdinfo/{}", image.fd().as_raw_fd());
+    let Ok(info) = std::fs::read_to_string(path) else {
+        return ByteSet::EMPTY;
+    };
+    let (major, minor) = (libc::major(image.dev()), libc::minor(image.dev()));
+    let mut held = crate::protocol::Held::default();
+    for line in lock_lines(&info) {
+        // Only OFD locks belong to the description; a POSIX lock of this
+        // process on the same bytes is another owner.
+        if line.class == LockClass::Ofd && line.is_on(major, minor, image.ino()) {
+            held.add_range(line.first, line.last);
+        }
+    }
+    ByteSet::new(held.perm, held.unshared)
+}
