@@ -7,7 +7,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 fn main() {
-    let crate_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let crate_dir =
+        PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let out_dir = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
     let major = env::var("CARGO_PKG_VERSION_MAJOR").expect("cargo sets the version");
     let minor = env::var("CARGO_PKG_VERSION_MINOR").expect("cargo sets the version");

@@ -2,10 +2,10 @@
 //! `/proc/locks`). Pure: text in, values out, never a panic.
 //!
 //! ```text
-//! lock:	1: OFDLCK ADVISORY  READ -1 fe:00:10010712 100 101
-//! lock:	2: POSIX  ADVISORY  WRITE 4410 00:2e:1234 0 0
+//! lock:   1: OFDLCK ADVISORY  READ -1 fe:00:10010712 100 101
+//! lock:   2: POSIX  ADVISORY  WRITE 4410 00:2e:1234 0 0
 //! ```
-//! Fields: id, (`->` for a waiter), class, mode, type, pid, `MAJ:MIN:INODE`
+//! (a tab follows `lock:`). Fields: id, (`->` for a waiter), class, mode, type, pid, `MAJ:MIN:INODE`
 //! with major and minor in hex, first byte, last byte or `EOF`.
 
 /// Which lock family a line describes.
@@ -125,7 +125,10 @@ mod tests {
         let lines: Vec<_> = lock_lines(text).collect();
         assert_eq!(lines.len(), 3);
         assert_eq!(lines[0].class, LockClass::Ofd);
-        assert_eq!((lines[0].major, lines[0].minor, lines[0].ino), (0xfe, 0, 10010712));
+        assert_eq!(
+            (lines[0].major, lines[0].minor, lines[0].ino),
+            (0xfe, 0, 10010712)
+        );
         assert_eq!((lines[0].first, lines[0].last), (100, Some(101)));
         assert!(lines[0].covers(101) && !lines[0].covers(102));
         assert_eq!(lines[2].class, LockClass::Posix);
@@ -137,11 +140,20 @@ mod tests {
 
     #[test]
     fn waiters_and_garbage_are_skipped() {
-        assert_eq!(parse_lock_line("1: -> POSIX ADVISORY WRITE 1 08:01:2 0 0"), None);
+        assert_eq!(
+            parse_lock_line("1: -> POSIX ADVISORY WRITE 1 08:01:2 0 0"),
+            None
+        );
         assert_eq!(parse_lock_line(""), None);
-        assert_eq!(parse_lock_line("1: POSIX ADVISORY WRITE x 08:01:2 0 0"), None);
+        assert_eq!(
+            parse_lock_line("1: POSIX ADVISORY WRITE x 08:01:2 0 0"),
+            None
+        );
         assert_eq!(parse_lock_line("1: POSIX ADVISORY WRITE 1 08:01 0 0"), None);
-        assert_eq!(parse_lock_line("1: POSIX ADVISORY WRITE 1 08:01:2 5 4"), None);
+        assert_eq!(
+            parse_lock_line("1: POSIX ADVISORY WRITE 1 08:01:2 5 4"),
+            None
+        );
         assert_eq!(parse_lock_line("1: POSIX ADVISORY WRITE 1 08:01:2 0"), None);
     }
 }

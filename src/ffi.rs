@@ -498,10 +498,18 @@ mod tests {
     fn presets_agree_with_the_rust_api() {
         use crate::perm::Mode;
         let pairs = [
-            (Mode::ReadShared, FPL_MODE_READ_SHARED_PERM, FPL_MODE_READ_SHARED_SHARE),
+            (
+                Mode::ReadShared,
+                FPL_MODE_READ_SHARED_PERM,
+                FPL_MODE_READ_SHARED_SHARE,
+            ),
             (Mode::Read, FPL_MODE_READ_PERM, FPL_MODE_READ_SHARE),
             (Mode::Write, FPL_MODE_WRITE_PERM, FPL_MODE_WRITE_SHARE),
-            (Mode::Exclusive, FPL_MODE_EXCLUSIVE_PERM, FPL_MODE_EXCLUSIVE_SHARE),
+            (
+                Mode::Exclusive,
+                FPL_MODE_EXCLUSIVE_PERM,
+                FPL_MODE_EXCLUSIVE_SHARE,
+            ),
         ];
         for (mode, perm, shared) in pairs {
             assert_eq!((mode.perm().bits(), mode.shared().bits()), (perm, shared));

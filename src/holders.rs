@@ -9,7 +9,7 @@ use std::fs;
 use std::io::ErrorKind;
 use std::os::unix::fs::MetadataExt;
 
-use crate::fdinfo::{lock_lines, LockClass};
+use crate::fdinfo::{lock_lines, parse_lock_line, LockClass, LockLine};
 use crate::protocol::Held;
 
 /// The identity locks belong to: an inode on a device.
@@ -47,8 +47,15 @@ pub struct Found {
 /// Finds the holders of protocol bytes (0, 100-104, 200-204) of each of
 /// `targets`, walking `/proc` once for all of them. The result is in the
 /// order of `targets`.
+///
+/// A process that cannot be inspected (PID 1 of a sandbox, another user's
+/// process without privilege) matters only if it may hold the image's
+/// bytes: then `/proc/locks`, which every process may read, is compared
+/// with what was attributed, and an image with a lock nobody found is
+/// marked [`Found::partial`].
 pub fn scan(targets: &[FileId]) -> Vec<Found> {
     let mut found = vec![Found::default(); targets.len()];
+    let mut seen: Vec<Vec<LockLine>> = vec![Vec::new(); targets.len()];
     let Ok(procs) = fs::read_dir("/proc") else {
         found.iter_mut().for_each(|f| f.partial = true);
         return found;
@@ -57,10 +64,12 @@ pub fn scan(targets: &[FileId]) -> Vec<Found> {
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
         .collect();
     pids.sort_unstable();
+    let mut refused = false;
     for pid in pids {
-        if scan_process(pid, targets, &mut found).is_err() {
-            found.iter_mut().for_each(|f| f.partial = true);
-        }
+        refused |= scan_process(pid, targets, &mut found, &mut seen).is_err();
+    }
+    if refused {
+        mark_unattributed(targets, &seen, &mut found);
     }
     for f in &mut found {
         f.holders.sort_by_key(|h| (h.pid, h.fd));
@@ -68,8 +77,52 @@ pub fn scan(targets: &[FileId]) -> Vec<Found> {
     found
 }
 
-/// Err(()) when the process could not be inspected (not when it is gone).
-fn scan_process(pid: i32, targets: &[FileId], found: &mut [Found]) -> Result<(), ()> {
+/// Marks partial every target with a lock in `/proc/locks` that no
+/// inspected descriptor showed.
+fn mark_unattributed(targets: &[FileId], seen: &[Vec<LockLine>], found: &mut [Found]) {
+    let Ok(all) = fs::read_to_string("/proc/locks") else {
+        found.iter_mut().for_each(|f| f.partial = true);
+        return;
+    };
+    let lines: Vec<LockLine> = all.lines().filter_map(parse_lock_line).collect();
+    for (i, id) in targets.iter().enumerate() {
+        let (major, minor) = (libc::major(id.dev), libc::minor(id.dev));
+        let key = |l: &LockLine| (l.class, l.write, l.first, l.last);
+        let on_image = lines
+            .iter()
+            .filter(|l| l.class != LockClass::Other && l.is_on(major, minor, id.ino))
+            .filter(|l| touches_protocol(l));
+        // Descriptors sharing one description each show its locks, so
+        // attributed lines may outnumber held ones; a count of held lines
+        // above the attributed count means an owner was missed.
+        for line in on_image {
+            let held = lines
+                .iter()
+                .filter(|l| l.is_on(major, minor, id.ino) && key(l) == key(line))
+                .count();
+            let attributed = seen[i].iter().filter(|l| key(l) == key(line)).count();
+            if held > attributed {
+                found[i].partial = true;
+                break;
+            }
+        }
+    }
+}
+
+fn touches_protocol(line: &LockLine) -> bool {
+    let mut held = Held::default();
+    held.add_range(line.first, line.last);
+    !held.is_empty()
+}
+
+/// Err(()) when the process (or one of its descriptors) could not be
+/// inspected; a process that is gone is no error.
+fn scan_process(
+    pid: i32,
+    targets: &[FileId],
+    found: &mut [Found],
+    seen: &mut [Vec<LockLine>],
+) -> Result<(), ()> {
     let fds = match fs::read_dir(format!("/proc/{pid}/fd")) {
         Ok(fds) => fds,
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
@@ -79,7 +132,11 @@ fn scan_process(pid: i32, targets: &[FileId], found: &mut [Found]) -> Result<(),
     let mut refused = false;
     for entry in fds {
         let Ok(entry) = entry else { continue };
-        let Some(fd) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+        let Some(fd) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
             continue;
         };
         let meta = match fs::metadata(entry.path()) {
@@ -106,7 +163,12 @@ fn scan_process(pid: i32, targets: &[FileId], found: &mut [Found]) -> Result<(),
                 continue;
             }
         };
-        let held = held_in(&info, id);
+        let lines: Vec<LockLine> = image_lines(&info, id).collect();
+        let mut held = Held::default();
+        for line in &lines {
+            held.add_range(line.first, line.last);
+        }
+        seen[index].extend(lines);
         if held.is_empty() {
             continue;
         }
@@ -125,16 +187,10 @@ fn scan_process(pid: i32, targets: &[FileId], found: &mut [Found]) -> Result<(),
     }
 }
 
-/// The protocol bytes that the fcntl lock lines of one fdinfo hold on `id`.
-pub fn held_in(fdinfo: &str, id: FileId) -> Held {
+/// The fcntl lock lines of one fdinfo that are on `id`.
+fn image_lines(fdinfo: &str, id: FileId) -> impl Iterator<Item = LockLine> + '_ {
     let (major, minor) = (libc::major(id.dev), libc::minor(id.dev));
-    let mut held = Held::default();
-    for line in lock_lines(fdinfo) {
-        if line.class != LockClass::Other && line.is_on(major, minor, id.ino) {
-            held.add_range(line.first, line.last);
-        }
-    }
-    held
+    lock_lines(fdinfo).filter(move |l| l.class != LockClass::Other && l.is_on(major, minor, id.ino))
 }
 
 /// `/proc/PID/comm` without its newline, or "" if unreadable.

@@ -33,18 +33,16 @@ impl Image {
             ))
         })?;
         let flags = OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOCTTY | OFlag::O_NONBLOCK;
-        let fd = open(c_path.as_c_str(), flags, Mode::empty()).map_err(|e| {
-            Error::os(e, format!("cannot open '{}'", path.to_string_lossy()))
-        })?;
+        let fd = open(c_path.as_c_str(), flags, Mode::empty())
+            .map_err(|e| Error::os(e, format!("cannot open '{}'", path.to_string_lossy())))?;
         Image::checked(fd, Some(path.to_path_buf()))
     }
 
     /// Adopts a duplicate (close-on-exec) of the caller's `fd`: it shares the
     /// caller's open file description, and with it the OFD locks.
     pub fn from_fd(fd: BorrowedFd<'_>) -> Result<Image> {
-        let dup = fcntl(fd, FcntlArg::F_DUPFD_CLOEXEC(3)).map_err(|e| {
-            Error::os(e, "cannot duplicate the descriptor (is it an open file?)")
-        })?;
+        let dup = fcntl(fd, FcntlArg::F_DUPFD_CLOEXEC(3))
+            .map_err(|e| Error::os(e, "cannot duplicate the descriptor (is it an open file?)"))?;
         // SAFETY: F_DUPFD_CLOEXEC returned a new descriptor that nothing else owns.
         let dup = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(dup) };
         let flags = fcntl(dup.as_fd(), FcntlArg::F_GETFL)
@@ -63,10 +61,10 @@ impl Image {
     fn checked(fd: OwnedFd, path: Option<PathBuf>) -> Result<Image> {
         let st = fstat(fd.as_fd()).map_err(|e| Error::os(e, "cannot stat the image"))?;
         let name = || {
-            path.as_deref()
-                .map_or_else(|| "the descriptor".to_owned(), |p| {
-                    format!("'{}'", p.to_string_lossy())
-                })
+            path.as_deref().map_or_else(
+                || "the descriptor".to_owned(),
+                |p| format!("'{}'", p.to_string_lossy()),
+            )
         };
         match SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits()) {
             SFlag::S_IFREG | SFlag::S_IFBLK => {}
@@ -114,5 +112,4 @@ impl Image {
             std::fs::read_link(format!("/proc/self/fd/{}", self.fd.as_raw_fd())).ok()
         })
     }
-
 }

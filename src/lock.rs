@@ -213,9 +213,9 @@ impl Failure {
             Failure::Locked(byte, errno, found) => {
                 if errno != Errno::EAGAIN && errno != Errno::EACCES {
                     // QEMU's words for a lock the file system refuses (NFS, FUSE).
-                    let name = path.as_deref().map_or_else(String::new, |p| {
-                        format!(" of '{}'", p.to_string_lossy())
-                    });
+                    let name = path
+                        .as_deref()
+                        .map_or_else(String::new, |p| format!(" of '{}'", p.to_string_lossy()));
                     return Error::os(
                         errno,
                         format!(

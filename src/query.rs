@@ -61,8 +61,14 @@ pub fn held_bytes(fd: BorrowedFd<'_>) -> Result<Held> {
     };
     let mut held = Held::default();
     for (first, len) in RANGES {
-        search(fd, flavor, u64::from(first), u64::from(first + len - 1), &mut held)
-            .map_err(|e| Error::os(e, "cannot test the image's bytes"))?;
+        search(
+            fd,
+            flavor,
+            u64::from(first),
+            u64::from(first + len - 1),
+            &mut held,
+        )
+        .map_err(|e| Error::os(e, "cannot test the image's bytes"))?;
     }
     Ok(held)
 }
