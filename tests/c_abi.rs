@@ -50,3 +50,25 @@ fn header_compiles_as_cpp() {
     assert!(out.status.success(), "{text}");
     assert_eq!(text.trim(), format!("-2 {}", env!("CARGO_PKG_VERSION")));
 }
+
+#[test]
+fn c_example_demo_shows_refusal_then_admission() {
+    let tmp = TempDir::new("demo");
+    let exe = compile(
+        &[&root().join("c-examples/demo.c")],
+        &tmp.path().join("fpl-demo"),
+        false,
+        &[],
+    );
+    let out = Command::new(&exe).output().expect("the demo runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "demo failed:\n{text}");
+    assert!(text.contains("refused (byte 201"), "{text}");
+    assert!(text.contains("Failed to get \"write\" lock (held by fpl-demo, pid "), "{text}");
+    assert!(text.contains("Is another process using the image ["), "{text}");
+    assert!(
+        text.contains("uses consistent read, write, resize; does not share write, write unchanged, resize"),
+        "{text}"
+    );
+    assert!(text.contains("got the write lock"), "{text}");
+}
