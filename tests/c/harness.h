@@ -42,7 +42,7 @@ static const char *h_test = "";
     CHECK((rc) == (want), "rc=%d want=%d message='%s'", (rc), (want),        \
           (err).message)
 
-static void h_die(const char *what) {
+static inline void h_die(const char *what) {
     fprintf(stderr, "harness: %s: %s\n", what, strerror(errno));
     exit(99);
 }
@@ -50,14 +50,14 @@ static void h_die(const char *what) {
 /* A fresh temporary folder for one run. */
 static char h_dir[1024];
 
-static void h_make_dir(void) {
+static inline void h_make_dir(void) {
     const char *base = getenv("TMPDIR");
     snprintf(h_dir, sizeof h_dir, "%s/fpl-c-XXXXXX", base ? base : "/tmp");
     if (!mkdtemp(h_dir)) h_die("mkdtemp");
 }
 
 /* Creates DIR/NAME (1 MiB, sparse) and returns its path in a static slot. */
-static const char *h_image(const char *name) {
+static inline const char *h_image(const char *name) {
     static char paths[32][PATH_MAX];
     static int next;
     char *p = paths[next++ % 32];
@@ -69,7 +69,7 @@ static const char *h_image(const char *name) {
     return p;
 }
 
-static ino_t h_ino(const char *path) {
+static inline ino_t h_ino(const char *path) {
     struct stat st;
     if (stat(path, &st) != 0) h_die("stat");
     return st.st_ino;
@@ -79,7 +79,7 @@ static ino_t h_ino(const char *path) {
  * bits 6-10 = 200-204. */
 #define B(byte) ((byte) == 0 ? 1u : (byte) < 200 ? 1u << ((byte) - 99) : 1u << ((byte) - 194))
 
-static unsigned h_mask_of_range(unsigned long long first, unsigned long long last) {
+static inline unsigned h_mask_of_range(unsigned long long first, unsigned long long last) {
     static const unsigned bytes[] = {0, 100, 101, 102, 103, 104, 200, 201, 202, 203, 204};
     unsigned m = 0;
     for (size_t i = 0; i < sizeof bytes / sizeof bytes[0]; i++)
@@ -89,7 +89,7 @@ static unsigned h_mask_of_range(unsigned long long first, unsigned long long las
 
 /* What /proc/locks says about inode INO: the bytes held by anybody, and
  * the number of lock entries (one per owner and merged range). */
-static unsigned h_proc_locks(ino_t ino, int *entries) {
+static inline unsigned h_proc_locks(ino_t ino, int *entries) {
     FILE *f = fopen("/proc/locks", "re");
     if (!f) h_die("open /proc/locks");
     char line[512];
@@ -115,7 +115,7 @@ static unsigned h_proc_locks(ino_t ino, int *entries) {
 }
 
 /* The bytes the open file description behind FD holds (its fdinfo). */
-static unsigned h_fd_locks(int fd) {
+static inline unsigned h_fd_locks(int fd) {
     char path[64], line[512];
     snprintf(path, sizeof path, "/proc/self/fdinfo/%d", fd);
     FILE *f = fopen(path, "re");
@@ -133,7 +133,7 @@ static unsigned h_fd_locks(int fd) {
     return mask;
 }
 
-static int h_count_fds(void) {
+static inline int h_count_fds(void) {
     DIR *d = opendir("/proc/self/fd");
     if (!d) h_die("opendir /proc/self/fd");
     int n = 0;
@@ -156,7 +156,7 @@ typedef struct {
 
 static const char *h_self;
 
-static int h_spawn(h_helper *h, char *const argv[]) {
+static inline int h_spawn(h_helper *h, char *const argv[]) {
     int in[2], out[2];
     if (pipe2(in, O_CLOEXEC) != 0 || pipe2(out, O_CLOEXEC) != 0) h_die("pipe");
     pid_t pid = fork();
@@ -177,7 +177,7 @@ static int h_spawn(h_helper *h, char *const argv[]) {
     return strncmp(h->reply, "ok", 2) == 0 ? 0 : -1;
 }
 
-static int h_hold(h_helper *h, const char *path, unsigned perm, unsigned shared, unsigned flags) {
+static inline int h_hold(h_helper *h, const char *path, unsigned perm, unsigned shared, unsigned flags) {
     char p[16], s[16], f[16];
     snprintf(p, sizeof p, "%u", perm);
     snprintf(s, sizeof s, "%u", shared);
@@ -186,7 +186,7 @@ static int h_hold(h_helper *h, const char *path, unsigned perm, unsigned shared,
     return h_spawn(h, argv);
 }
 
-static int h_finish(h_helper *h) {
+static inline int h_finish(h_helper *h) {
     int status = 0;
     close(h->to_child);
     close(h->from_child);
@@ -194,7 +194,7 @@ static int h_finish(h_helper *h) {
     return status;
 }
 
-static int h_helper_main(int argc, char **argv) {
+static inline int h_helper_main(int argc, char **argv) {
     if (argc == 6 && strcmp(argv[1], "hold") == 0) {
         fpl_lock *lock = NULL;
         fpl_error err;

@@ -18,13 +18,13 @@
  * fails the run with what to install, never skips. */
 typedef struct {
     char version[16];
-    char dir[PATH_MAX];
+    char dir[1024];
 } q_qemu;
 
 static q_qemu q_versions[4];
 static int q_nversions;
 
-static void q_load_versions(void) {
+static inline void q_load_versions(void) {
     const char *spec = getenv("FPL_QEMU_DIRS");
     if (!spec || !*spec) {
         fprintf(stderr, "FPL_QEMU_DIRS is not set: run these tests through `cargo test`\n");
@@ -44,7 +44,7 @@ static void q_load_versions(void) {
 }
 
 /* The path of TOOL for QEMU Q; exits the run if it is missing. */
-static const char *q_tool(const q_qemu *q, const char *tool) {
+static inline const char *q_tool(const q_qemu *q, const char *tool) {
     static char paths[16][PATH_MAX];
     static int next;
     char *p = paths[next++ % 16];
@@ -60,7 +60,7 @@ static const char *q_tool(const q_qemu *q, const char *tool) {
     return p;
 }
 
-static int q_has_tool(const q_qemu *q, const char *tool) {
+static inline int q_has_tool(const q_qemu *q, const char *tool) {
     char p[PATH_MAX];
     snprintf(p, sizeof p, "%s/%s", q->dir, tool);
     return access(p, X_OK) == 0;
@@ -77,7 +77,7 @@ typedef struct {
 
 static pid_t q_live[64];
 
-static void q_track(pid_t pid) {
+static inline void q_track(pid_t pid) {
     for (int i = 0; i < 64; i++)
         if (q_live[i] == 0) {
             q_live[i] = pid;
@@ -85,12 +85,12 @@ static void q_track(pid_t pid) {
         }
 }
 
-static void q_untrack(pid_t pid) {
+static inline void q_untrack(pid_t pid) {
     for (int i = 0; i < 64; i++)
         if (q_live[i] == pid) q_live[i] = 0;
 }
 
-static void q_kill_all(void) {
+static inline void q_kill_all(void) {
     for (int i = 0; i < 64; i++)
         if (q_live[i] > 0) {
             kill(q_live[i], SIGKILL);
@@ -102,7 +102,7 @@ static void q_kill_all(void) {
 static int q_log_counter;
 
 /* Starts ARGV with a pipe as stdin and a log file as stdout and stderr. */
-static q_proc q_start(char *const argv[]) {
+static inline q_proc q_start(char *const argv[]) {
     q_proc p;
     int in[2];
     if (pipe2(in, O_CLOEXEC) != 0) h_die("pipe");
@@ -127,7 +127,7 @@ static q_proc q_start(char *const argv[]) {
 }
 
 /* Reads a process's log (at most LEN-1 bytes). */
-static const char *q_read_log(const char *path, char *buf, size_t len) {
+static inline const char *q_read_log(const char *path, char *buf, size_t len) {
     buf[0] = 0;
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) return buf;
@@ -137,13 +137,13 @@ static const char *q_read_log(const char *path, char *buf, size_t len) {
     return buf;
 }
 
-static void q_sleep_ms(int ms) {
+static inline void q_sleep_ms(int ms) {
     struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
     nanosleep(&ts, NULL);
 }
 
 /* Whether P is still running (reaps it if not; *STATUS gets its status). */
-static int q_running(q_proc *p, int *status) {
+static inline int q_running(q_proc *p, int *status) {
     int st = 0;
     pid_t r = waitpid(p->pid, &st, WNOHANG);
     if (r == p->pid) {
@@ -156,7 +156,7 @@ static int q_running(q_proc *p, int *status) {
 }
 
 /* Stops P (SIGTERM, then SIGKILL after 5 s) and reaps it. */
-static int q_stop(q_proc *p) {
+static inline int q_stop(q_proc *p) {
     int status = 0;
     if (p->in >= 0) {
         close(p->in);
@@ -177,7 +177,7 @@ static int q_stop(q_proc *p) {
 
 /* Runs ARGV to completion (killed after TIMEOUT_S); its stdout and stderr
  * land in OUT. Returns the exit code, or 128+signal. */
-static int q_run(char *const argv[], char *out, size_t len, int timeout_s) {
+static inline int q_run(char *const argv[], char *out, size_t len, int timeout_s) {
     q_proc p = q_start(argv);
     close(p.in);
     p.in = -1;
@@ -197,7 +197,7 @@ static int q_run(char *const argv[], char *out, size_t len, int timeout_s) {
 
 /* Waits (at most 30 s) until the bytes on PATH's inode are exactly WANT
  * (an h_proc_locks mask), or P exits. Returns 1 when they are. */
-static int q_wait_bytes(q_proc *p, const char *path, unsigned want) {
+static inline int q_wait_bytes(q_proc *p, const char *path, unsigned want) {
     for (int i = 0; i < 3000; i++) {
         if (h_proc_locks(h_ino(path), NULL) == want) return 1;
         if (p && !q_running(p, NULL)) return h_proc_locks(h_ino(path), NULL) == want;
@@ -207,7 +207,7 @@ static int q_wait_bytes(q_proc *p, const char *path, unsigned want) {
 }
 
 /* ---- images ------------------------------------------------------------ */
-static const char *q_create(const q_qemu *q, const char *name, const char *fmt,
+static inline const char *q_create(const q_qemu *q, const char *name, const char *fmt,
                             const char *backing) {
     static char paths[32][PATH_MAX];
     static int next;
@@ -247,7 +247,7 @@ typedef struct {
     unsigned name[10]; /* the permission bit each test's message names */
 } q_plan_t;
 
-static q_plan_t q_plan(unsigned perm, unsigned shared, int exact) {
+static inline q_plan_t q_plan(unsigned perm, unsigned shared, int exact) {
     q_plan_t p;
     memset(&p, 0, sizeof p);
     unsigned use = perm, refuse = ~shared & 0xfu;
@@ -283,7 +283,7 @@ static q_plan_t q_plan(unsigned perm, unsigned shared, int exact) {
     return p;
 }
 
-static const char *q_perm_name(unsigned bit) {
+static inline const char *q_perm_name(unsigned bit) {
     switch (bit) {
     case P_CR: return "consistent read";
     case P_W: return "write";
@@ -295,7 +295,7 @@ static const char *q_perm_name(unsigned bit) {
 /* The outcome the protocol predicts for a request against bytes HELD by
  * others (read locks only): 0 and no message if admitted, else the byte
  * of the first failing test and QEMU's message in MSG. */
-static unsigned q_predict(unsigned held, unsigned perm, unsigned shared, int exact, char *msg,
+static inline unsigned q_predict(unsigned held, unsigned perm, unsigned shared, int exact, char *msg,
                           size_t len) {
     q_plan_t p = q_plan(perm, shared, exact);
     msg[0] = 0;
@@ -321,7 +321,7 @@ static const struct {
 };
 
 /* Describes a mask for messages, e.g. "100-101,103,201,203". */
-static const char *q_bytes(unsigned mask, char *buf, size_t len) {
+static inline const char *q_bytes(unsigned mask, char *buf, size_t len) {
     static const unsigned all[] = {0, 100, 101, 102, 103, 104, 200, 201, 202, 203, 204};
     buf[0] = 0;
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
@@ -341,7 +341,7 @@ typedef struct {
 } q_qmp;
 
 /* Reads one line (a JSON object) into LINE; 0 on success. */
-static int q_qmp_line(q_qmp *m, char *line, size_t cap, int timeout_ms) {
+static inline int q_qmp_line(q_qmp *m, char *line, size_t cap, int timeout_ms) {
     for (;;) {
         char *nl = memchr(m->buf, '\n', m->len);
         if (nl) {
@@ -363,7 +363,7 @@ static int q_qmp_line(q_qmp *m, char *line, size_t cap, int timeout_ms) {
 
 /* Sends one command and returns its reply line (events are skipped):
  * contains "return" on success, "error" on failure. */
-static const char *q_qmp_cmd(q_qmp *m, const char *json, char *reply, size_t cap) {
+static inline const char *q_qmp_cmd(q_qmp *m, const char *json, char *reply, size_t cap) {
     size_t n = strlen(json);
     if (write(m->fd, json, n) != (ssize_t)n || write(m->fd, "\n", 1) != 1) {
         snprintf(reply, cap, "(write failed)");
@@ -376,7 +376,7 @@ static const char *q_qmp_cmd(q_qmp *m, const char *json, char *reply, size_t cap
 }
 
 /* Connects to SOCK (retrying while the server starts) and negotiates. */
-static int q_qmp_connect(q_qmp *m, const char *sock) {
+static inline int q_qmp_connect(q_qmp *m, const char *sock) {
     struct sockaddr_un sa;
     memset(&sa, 0, sizeof sa);
     sa.sun_family = AF_UNIX;
