@@ -1,7 +1,7 @@
 //! The thin fcntl layer: lock, unlock and test byte ranges. It knows nothing
 //! of permissions.
 
-use std::os::fd::BorrowedFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::{AtomicU8, Ordering};
 
 use nix::errno::Errno;
@@ -24,16 +24,27 @@ const OFD_NO: u8 = 2;
 static OFD: AtomicU8 = AtomicU8::new(UNKNOWN);
 
 /// Whether the kernel has OFD locks (Linux 3.15+), probed once with a
-/// harmless F_OFD_GETLK on `fd`, as QEMU probes on /dev/null.
+/// harmless F_OFD_GETLK on /dev/null, as QEMU probes. Only where /dev/null
+/// cannot be opened is `fd` used; a file system that refuses locks on one
+/// image must not decide for every other image.
 pub fn ofd_available(fd: BorrowedFd<'_>) -> bool {
     match OFD.load(Ordering::Relaxed) {
         OFD_YES => true,
         OFD_NO => false,
         _ => {
+            let null = nix::fcntl::open(
+                c"/dev/null",
+                nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
+                nix::sys::stat::Mode::empty(),
+            );
             let mut fl = flock(libc::F_WRLCK, 0, 1);
+            let probe = match &null {
+                Ok(null) => fcntl(null.as_fd(), FcntlArg::F_OFD_GETLK(&mut fl)),
+                Err(_) => fcntl(fd, FcntlArg::F_OFD_GETLK(&mut fl)),
+            };
             // EINVAL is the answer of a kernel without F_OFD_*; any other
             // failure says nothing about OFD support and is not cached.
-            match fcntl(fd, FcntlArg::F_OFD_GETLK(&mut fl)) {
+            match probe {
                 Ok(_) => {
                     OFD.store(OFD_YES, Ordering::Relaxed);
                     true
