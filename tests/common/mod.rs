@@ -110,7 +110,9 @@ pub fn qemu_dirs() -> String {
     static DIRS: OnceLock<String> = OnceLock::new();
     DIRS.get_or_init(|| {
         let qemu10 = PathBuf::from("/usr/bin");
-        let version = Command::new(qemu10.join("qemu-img")).arg("--version").output();
+        let version = Command::new(qemu10.join("qemu-img"))
+            .arg("--version")
+            .output();
         let ok = version
             .as_ref()
             .map(|o| String::from_utf8_lossy(&o.stdout).contains("version 10."))
@@ -138,6 +140,11 @@ pub fn qemu_dirs() -> String {
 /// Compiles tests/c/NAME.c and runs it (in its own process group, killed
 /// whole after LIMIT), asserting that every check passed.
 pub fn run_suite(name: &str, limit: Duration) {
+    run_suite_with(name, limit, &[]);
+}
+
+/// [`run_suite`] with extra environment variables for the suite.
+pub fn run_suite_with(name: &str, limit: Duration, env: &[(&str, &Path)]) {
     let tmp = TempDir::new(name);
     let exe = compile(
         &[&root().join(format!("tests/c/{name}.c"))],
@@ -148,6 +155,7 @@ pub fn run_suite(name: &str, limit: Duration) {
     let mut child = Command::new(&exe)
         .env("TMPDIR", tmp.path())
         .env("FPL_QEMU_DIRS", qemu_dirs())
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
@@ -156,8 +164,10 @@ pub fn run_suite(name: &str, limit: Duration) {
     let pid = child.id() as i32;
     let stdout = child.stdout.take().expect("piped");
     let stderr = child.stderr.take().expect("piped");
-    let out_reader = std::thread::spawn(move || std::io::read_to_string(stdout).unwrap_or_default());
-    let err_reader = std::thread::spawn(move || std::io::read_to_string(stderr).unwrap_or_default());
+    let out_reader =
+        std::thread::spawn(move || std::io::read_to_string(stdout).unwrap_or_default());
+    let err_reader =
+        std::thread::spawn(move || std::io::read_to_string(stderr).unwrap_or_default());
     let start = Instant::now();
     let status = loop {
         if let Some(status) = child.try_wait().expect("wait for the suite") {
@@ -182,4 +192,3 @@ pub fn run_suite(name: &str, limit: Duration) {
     assert!(status.success(), "{name} failed ({status}):\n{stderr}");
     assert!(stdout.contains(" passed, 0 failed"), "{stdout}");
 }
-
