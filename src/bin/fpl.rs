@@ -1,0 +1,105 @@
+//! `fpl`: inspect, test and take QEMU's image locks from the command line.
+//! The first user of libfpl's Rust API.
+//!
+//! - `fpl status [--json] [--no-holders] IMAGE...`: free, or who holds
+//!   each image and for what, in QEMU's words.
+//! - `fpl check (--mode MODE | --perm LIST --share LIST) [--exact] IMAGE...`:
+//!   would taking the locks succeed? Exit 0 yes, 1 conflict, 2 error.
+//! - `fpl hold ... IMAGE... [-- COMMAND...]`: hold the locks on all images
+//!   while a command runs, or until a signal.
+//! - `fpl demo`: the above against a real qemu-storage-daemon.
+//!
+//! `--json` prints one JSON array with one object per image, in command-line
+//! order; [`json`] documents the objects. Exit status 2 means an error
+//! (including a wrong command line).
+
+// The crate root is src/bin/fpl.rs, so its modules are named by path.
+#[path = "fpl/check.rs"]
+mod check;
+#[path = "fpl/demo.rs"]
+mod demo;
+#[path = "fpl/hold.rs"]
+mod hold;
+#[path = "fpl/json.rs"]
+mod json;
+#[path = "fpl/report.rs"]
+mod report;
+#[path = "fpl/request.rs"]
+mod request;
+#[path = "fpl/signals.rs"]
+mod signals;
+#[path = "fpl/status.rs"]
+mod status;
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Exit status: everything as asked (granted, inspected, held).
+pub const EXIT_OK: u8 = 0;
+/// Exit status: an image is in use in a conflicting way.
+pub const EXIT_CONFLICT: u8 = 1;
+/// Exit status: something could not be done (and clap's usage errors).
+pub const EXIT_ERROR: u8 = 2;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "fpl",
+    version,
+    about = "Inspect, test and take QEMU's image locks",
+    long_about = "Inspect, test and take QEMU's image locks (the byte-range \
+                  locks QEMU's file-posix driver puts on disk images), so that \
+                  scripts and other programs can share images with QEMU safely.",
+    after_help = "Examples:
+  fpl status vm.qcow2 base.raw
+  fpl check --mode exclusive vm.qcow2
+  fpl hold --mode exclusive vm.qcow2 -- cp vm.qcow2 /backup/
+  fpl demo
+
+`fpl COMMAND --help` tells more about each command."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Show whether images are free, or who holds them and for what.
+    Status(status::StatusArgs),
+    /// Test whether an access would be granted now (takes no lock).
+    Check(check::CheckArgs),
+    /// Take the locks on images while a command runs, or until a signal.
+    Hold(hold::HoldArgs),
+    /// Show fpl at work against a real qemu-storage-daemon, in a temporary folder.
+    #[command(
+        long_about = "Shows fpl at work against a real QEMU process: creates a \
+                      qcow2 image in a temporary folder, has qemu-storage-daemon \
+                      export it read-write, shows `fpl status` naming the daemon, \
+                      `fpl check` refusing exclusive access with QEMU's message and \
+                      admitting read-shared access, then stops the daemon and shows \
+                      the image free. The folder is removed and the daemon stopped \
+                      on every way out, Ctrl-C included. Needs qemu-img and \
+                      qemu-storage-daemon (package qemu-utils)."
+    )]
+    Demo,
+}
+
+/// Writes a line on standard output. A closed pipe (`fpl status | head`)
+/// is not an error worth a panic: the exit status still tells the outcome.
+pub fn out(line: &str) {
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(stdout, "{line}").and_then(|()| stdout.flush());
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let status = match &cli.command {
+        Cmd::Status(args) => status::run(args),
+        Cmd::Check(args) => check::run(args),
+        Cmd::Hold(args) => hold::run(args),
+        Cmd::Demo => demo::run(),
+    };
+    ExitCode::from(status)
+}

@@ -1,0 +1,255 @@
+//! `fpl hold`: take the locks on every image or on none, run a command (or
+//! wait for a signal) while they are held, then release them.
+
+use std::ffi::OsString;
+use std::io::ErrorKind;
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use fpl::{Error, Lock};
+use nix::sys::signal::{kill, Signal};
+use nix::sys::signalfd::siginfo;
+use nix::unistd::{getpgid, getpgrp, Pid};
+
+use crate::request::AccessArgs;
+use crate::signals::{signal_of, Signals, STOP};
+use crate::{out, report, EXIT_CONFLICT, EXIT_ERROR, EXIT_OK};
+
+/// How often `--wait` tries again.
+const RETRY: Duration = Duration::from_millis(100);
+
+/// `fpl hold`.
+#[derive(Debug, Args)]
+#[command(after_long_help = AFTER_HELP)]
+pub struct HoldArgs {
+    #[command(flatten)]
+    pub access: AccessArgs,
+
+    /// If an image is in use in a conflicting way, try again every 100 ms
+    /// for up to SECONDS (fractions allowed) instead of failing at once.
+    #[arg(long, value_name = "SECONDS", value_parser = parse_seconds)]
+    pub wait: Option<Duration>,
+
+    /// The images (files or block devices).
+    #[arg(value_name = "IMAGE", required = true)]
+    pub images: Vec<PathBuf>,
+
+    /// The command to run while the locks are held, after `--`.
+    #[arg(last = true, value_name = "COMMAND")]
+    pub command: Vec<OsString>,
+}
+
+const AFTER_HELP: &str = "\
+Takes the locks on all the images, or on none: if one image cannot be locked,
+those already locked are released. The locks are QEMU's, so QEMU processes
+that conflict with them are refused while they are held.
+
+With a command (after --), runs it with the locks held, passes SIGINT,
+SIGTERM and SIGHUP on to it, releases the locks when it exits and exits with
+its status (128+N if signal N killed it; 127 if it cannot be found, 126 if it
+cannot be run). The command does not inherit the lock descriptors: if fpl is
+killed, the locks go with it.
+
+Without a command, prints one line saying what it holds, then holds the locks
+until it gets SIGINT (Ctrl-C), SIGTERM or SIGHUP, and exits 0. A signal fpl
+was started ignoring stays ignored (nohup ignores SIGHUP; shells make
+background jobs ignore SIGINT): the line names the signals that count.
+
+Exit status otherwise: 1 if an image is in use in a conflicting way (after
+--wait, if given), 2 on any other error.
+
+Examples:
+  fpl hold --mode exclusive vm.qcow2 -- cp vm.qcow2 /backup/
+  fpl hold --mode read --wait 30 base.qcow2 -- qemu-img check base.qcow2
+  fpl hold --mode write vm.qcow2 &";
+
+fn parse_seconds(text: &str) -> Result<Duration, String> {
+    let seconds: f64 = text
+        .parse()
+        .map_err(|_| format!("'{text}' is not a number of seconds"))?;
+    Duration::try_from_secs_f64(seconds)
+        .map_err(|_| format!("'{text}' is not a number of seconds from 0 up"))
+}
+
+/// Runs `fpl hold`; returns the exit status.
+pub fn run(args: &HoldArgs) -> u8 {
+    let locks = match acquire_waiting(args) {
+        Ok(locks) => locks,
+        Err(status) => return status,
+    };
+    let outcome = match args.command.split_first() {
+        None => hold_until_signal(args),
+        Some((program, rest)) => run_command(program, rest),
+    };
+    release_all(locks);
+    match outcome {
+        Ok(status) => status,
+        Err(what) => {
+            eprintln!("fpl: {what}");
+            EXIT_ERROR
+        }
+    }
+}
+
+/// Takes every lock, retrying conflicts until the `--wait` deadline.
+/// On failure the message is printed and the exit status returned.
+fn acquire_waiting(args: &HoldArgs) -> Result<Vec<(PathBuf, Lock)>, u8> {
+    let deadline = args.wait.map(|w| Instant::now() + w);
+    let mut announced = false;
+    loop {
+        let (path, e) = match acquire_all(args) {
+            Ok(locks) => return Ok(locks),
+            Err(failure) => failure,
+        };
+        let left = deadline.and_then(|d| d.checked_duration_since(Instant::now()));
+        match (e.conflict(), left) {
+            (Some(conflict), Some(left)) if !left.is_zero() => {
+                if !announced {
+                    eprintln!(
+                        "fpl: {}: in use ({}); waiting",
+                        path.to_string_lossy(),
+                        conflict.qemu_message()
+                    );
+                    announced = true;
+                }
+                sleep(RETRY.min(left));
+            }
+            (Some(_), _) => {
+                eprintln!(
+                    "fpl: {}: cannot take {}: {e}",
+                    path.to_string_lossy(),
+                    args.access.describe()
+                );
+                return Err(EXIT_CONFLICT);
+            }
+            (None, _) => {
+                report::print_error(&path, &e);
+                return Err(EXIT_ERROR);
+            }
+        }
+    }
+}
+
+/// One attempt at every image, in command-line order; on failure nothing
+/// stays locked. Two names of one inode (symlink, hard link) are locked
+/// once: the locks belong to the inode, and a second description of it
+/// would conflict with the first.
+fn acquire_all(args: &HoldArgs) -> Result<Vec<(PathBuf, Lock)>, (PathBuf, Error)> {
+    let request = args.access.request();
+    let options = args.access.options();
+    let mut locks: Vec<(PathBuf, Lock)> = Vec::with_capacity(args.images.len());
+    let mut inodes = Vec::with_capacity(args.images.len());
+    for path in &args.images {
+        if let Ok(meta) = std::fs::metadata(path) {
+            let inode = (meta.dev(), meta.ino());
+            if inodes.contains(&inode) {
+                continue;
+            }
+            inodes.push(inode);
+        }
+        match Lock::acquire(path, request, options) {
+            Ok(lock) => locks.push((path.clone(), lock)),
+            Err(e) => {
+                release_all(locks);
+                return Err((path.clone(), e));
+            }
+        }
+    }
+    Ok(locks)
+}
+
+fn release_all(locks: Vec<(PathBuf, Lock)>) {
+    for (path, lock) in locks {
+        if let Err(e) = lock.release() {
+            // Exiting closes the descriptor, which drops the locks anyway.
+            report::print_error(&path, &e);
+        }
+    }
+}
+
+fn hold_until_signal(args: &HoldArgs) -> Result<u8, String> {
+    let signals = Signals::block(&STOP, false)?;
+    let names: Vec<_> = args.images.iter().map(|p| p.to_string_lossy()).collect();
+    out(&format!(
+        "fpl: holding {} ({}) until {}; pid {}",
+        names.join(", "),
+        args.access.describe(),
+        signals.describe_stop(),
+        std::process::id()
+    ));
+    loop {
+        let info = signals.next()?;
+        if signal_of(&info).is_some_and(|s| STOP.contains(&s)) {
+            return Ok(EXIT_OK);
+        }
+    }
+}
+
+fn run_command(program: &OsString, rest: &[OsString]) -> Result<u8, String> {
+    // SIGCHLD must be blocked before the child exists: unblocked, its
+    // default action would discard it.
+    let mut wanted = STOP.to_vec();
+    wanted.push(Signal::SIGCHLD);
+    let signals = Signals::block(&wanted, false)?;
+    let shown = program.to_string_lossy();
+    let mut command = Command::new(program);
+    command.args(rest);
+    let mut child = match signals.restore_in_child(&mut command).spawn() {
+        Ok(child) => child,
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            eprintln!("fpl: cannot run '{shown}': command not found");
+            return Ok(127);
+        }
+        Err(e) => {
+            eprintln!("fpl: cannot run '{shown}': {e}");
+            return Ok(126);
+        }
+    };
+    let status = wait_forwarding(&mut child, &signals)?;
+    Ok(exit_status_of(status))
+}
+
+/// Waits for the child, passing on the stop signals.
+fn wait_forwarding(child: &mut Child, signals: &Signals) -> Result<ExitStatus, String> {
+    let pid = Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
+    loop {
+        if let Some(status) = child.try_wait().map_err(|e| format!("cannot wait: {e}"))? {
+            return Ok(status);
+        }
+        let info = match signals.next() {
+            Ok(info) => info,
+            // Without signals, at least wait for the command.
+            Err(_) => return child.wait().map_err(|e| format!("cannot wait: {e}")),
+        };
+        match signal_of(&info) {
+            Some(signal) if STOP.contains(&signal) && should_forward(&info, pid) => {
+                let _ = kill(pid, signal);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// A signal from the terminal (Ctrl-C, hangup) goes to the whole
+/// foreground process group: a child still in ours has had it already, and
+/// passing it on would deliver it twice.
+fn should_forward(info: &siginfo, child: Pid) -> bool {
+    if info.ssi_code != libc::SI_KERNEL {
+        return true;
+    }
+    getpgid(Some(child)).map_or(true, |group| group != getpgrp())
+}
+
+/// The command's exit status, or 128+N for a command killed by signal N, as shells report it.
+fn exit_status_of(status: ExitStatus) -> u8 {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => u8::try_from(code & 0xff).unwrap_or(EXIT_ERROR),
+        (None, Some(signal)) => u8::try_from(128 + signal).unwrap_or(EXIT_ERROR),
+        (None, None) => EXIT_ERROR,
+    }
+}

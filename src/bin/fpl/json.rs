@@ -1,0 +1,129 @@
+//! The objects `--json` prints. `status --json` and `check --json` print
+//! one JSON array with one object per image, in command-line order. Names
+//! are those of the C structs (`fpl_status`, `fpl_holder`, `fpl_error`);
+//! permission sets are lists of QEMU's names.
+//!
+//! `status`, an image that could be inspected:
+//!
+//! ```json
+//! {"path": "vm.qcow2",
+//!  "perm": ["consistent-read", "write", "resize"],  // bytes 100+i held
+//!  "unshared": ["write", "resize"],                   // bytes 200+i held
+//!  "flags": [],               // "legacy" (104/204), "libvirt" (byte 0),
+//!                             // "holders-partial" (some process not inspectable)
+//!  "holders": [{"pid": 4410, "fd": 12, "name": "qemu-storage-da",
+//!               "perm": [...], "unshared": [...], "flags": [...]}]}
+//! ```
+//!
+//! `holders` is left out with `--no-holders`. Bytes held while `holders` is
+//! empty mean a holder this host cannot see, never a free image.
+//!
+//! `check`: `{"path": ..., "ok": true}` when the access would be granted;
+//! on a conflict `{"path": ..., "ok": false, "error": MESSAGE, "errno": 11,
+//! "conflict": {"byte": 201, "perm": "write", "message": QEMU's first line,
+//! "holder": {"pid": ..., "name": ...} or null}}`.
+//!
+//! Any command, an image that could not be inspected: `{"path": ...,
+//! "error": MESSAGE, "errno": N}`, plus `"hint"` when there is advice, and
+//! `"ok": false` for `check`.
+
+use std::path::Path;
+
+use fpl::{Error, Held, Holder, PermSet, Status};
+use serde_json::{json, Map, Value};
+
+use crate::report;
+
+/// QEMU's names of the permissions in `set`, in bit order.
+fn perm_list(set: PermSet) -> Value {
+    set.iter().map(|p| p.cli_name()).collect()
+}
+
+fn held_flags(held: &Held) -> Vec<&'static str> {
+    let mut flags = Vec::new();
+    if held.legacy {
+        flags.push("legacy");
+    }
+    if held.libvirt {
+        flags.push("libvirt");
+    }
+    flags
+}
+
+fn holder(h: &Holder) -> Value {
+    json!({
+        "pid": h.pid,
+        "fd": h.fd,
+        "name": h.name,
+        "perm": perm_list(h.held.perm),
+        "unshared": perm_list(h.held.unshared),
+        "flags": held_flags(&h.held),
+    })
+}
+
+/// The `status` object of an inspected image; `holders` when they were looked up.
+pub fn status(path: &Path, status: &Status, holders: bool) -> Value {
+    let mut flags = held_flags(&status.held);
+    if status.holders_partial {
+        flags.push("holders-partial");
+    }
+    let mut object = json!({
+        "path": path.to_string_lossy(),
+        "perm": perm_list(status.held.perm),
+        "unshared": perm_list(status.held.unshared),
+        "flags": flags,
+    });
+    if holders {
+        object["holders"] = status.holders.iter().map(holder).collect();
+    }
+    object
+}
+
+/// The object of an image that could not be inspected.
+pub fn error(path: &Path, e: &Error) -> Value {
+    let mut object = Map::new();
+    object.insert("path".into(), path.to_string_lossy().into());
+    object.insert("error".into(), e.to_string().into());
+    object.insert("errno".into(), e.errno().into());
+    if let Some(hint) = report::hint(e) {
+        object.insert("hint".into(), hint.into());
+    }
+    Value::Object(object)
+}
+
+/// The `check` object: granted, refused (with the conflict) or an error.
+pub fn check(path: &Path, outcome: &Result<(), Error>) -> Value {
+    let e = match outcome {
+        Ok(()) => return json!({"path": path.to_string_lossy(), "ok": true}),
+        Err(e) => e,
+    };
+    let mut object = Map::new();
+    object.insert("path".into(), path.to_string_lossy().into());
+    object.insert("ok".into(), false.into());
+    if let Value::Object(fields) = error(path, e) {
+        object.extend(fields.into_iter().filter(|(k, _)| k != "path"));
+    }
+    if let Some(c) = e.conflict() {
+        let holder = c
+            .holder
+            .as_ref()
+            .map_or(Value::Null, |h| json!({"pid": h.pid, "name": h.name}));
+        object.insert(
+            "conflict".into(),
+            json!({
+                "byte": c.byte,
+                "perm": c.perm.cli_name(),
+                "message": c.qemu_message(),
+                "holder": holder,
+            }),
+        );
+    }
+    Value::Object(object)
+}
+
+/// Prints the array, indented, on standard output.
+pub fn print(objects: Vec<Value>) {
+    // Serializing a Value to a string cannot fail: no map has non-string keys.
+    let text = serde_json::to_string_pretty(&Value::Array(objects)).unwrap_or_default();
+    crate::out(&text);
+}

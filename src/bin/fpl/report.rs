@@ -1,0 +1,48 @@
+//! How a failure on one image is told to the user: the library's message,
+//! the image it concerns, and what to do about it.
+
+use std::path::Path;
+
+use fpl::Error;
+
+/// What the user can do about `e`, when the errno says it.
+pub fn hint(e: &Error) -> Option<&'static str> {
+    if e.conflict().is_some() {
+        return None;
+    }
+    match e.errno() {
+        libc::ENOENT => Some("check the path: fpl never creates images"),
+        libc::EACCES | libc::EPERM => Some(
+            "fpl opens images read-only: it needs read permission on the image \
+             and search permission on its folders (or run it as the image's owner)",
+        ),
+        libc::ENOLCK | libc::EOPNOTSUPP => Some(
+            "the file system does not support byte-range locks (some NFS and FUSE \
+             mounts): QEMU cannot lock images there either. On a kernel without \
+             open file description locks (before Linux 3.15), `check` and `hold` \
+             accept --allow-posix",
+        ),
+        libc::EISDIR => Some("name the image file, not its folder"),
+        _ => None,
+    }
+}
+
+/// The message for `e` on `path`, with the path in front unless the message
+/// already names it.
+pub fn message(path: &Path, e: &Error) -> String {
+    let shown = path.to_string_lossy();
+    let msg = e.to_string();
+    if msg.contains(&format!("'{shown}'")) {
+        msg
+    } else {
+        format!("{shown}: {msg}")
+    }
+}
+
+/// Prints `e` on standard error as `fpl: MESSAGE`, and the hint if any.
+pub fn print_error(path: &Path, e: &Error) {
+    eprintln!("fpl: {}", message(path, e));
+    if let Some(hint) = hint(e) {
+        eprintln!("fpl: hint: {hint}");
+    }
+}

@@ -1,0 +1,1 @@
+//! Tests of the `fpl` command against real QEMU processes.
