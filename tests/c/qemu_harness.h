@@ -106,7 +106,7 @@ static inline q_proc q_start(char *const argv[]) {
     q_proc p;
     int in[2];
     if (pipe2(in, O_CLOEXEC) != 0) h_die("pipe");
-    snprintf(p.log, sizeof p.log, "%s/proc-%d.log", h_dir, q_log_counter++);
+    snprintf(p.log, sizeof p.log, "%s/proc-%d-%d.log", h_dir, (int)getpid(), q_log_counter++);
     int log = open(p.log, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (log < 0) h_die("open log");
     pid_t pid = fork();
@@ -192,6 +192,7 @@ static inline int q_run(char *const argv[], char *out, size_t len, int timeout_s
         q_sleep_ms(10);
     }
     q_read_log(p.log, out, len);
+    unlink(p.log);
     return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
 }
 
