@@ -64,10 +64,18 @@ fn c_example_demo_shows_refusal_then_admission() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "demo failed:\n{text}");
     assert!(text.contains("refused (byte 201"), "{text}");
-    assert!(text.contains("Failed to get \"write\" lock (held by fpl-demo, pid "), "{text}");
-    assert!(text.contains("Is another process using the image ["), "{text}");
     assert!(
-        text.contains("uses consistent read, write, resize; does not share write, write unchanged, resize"),
+        text.contains("Failed to get \"write\" lock (held by fpl-demo, pid "),
+        "{text}"
+    );
+    assert!(
+        text.contains("Is another process using the image ["),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "uses consistent read, write, resize; does not share write, write unchanged, resize"
+        ),
         "{text}"
     );
     assert!(text.contains("got the write lock"), "{text}");

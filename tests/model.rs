@@ -164,7 +164,10 @@ fn explore(parties: &[Party]) -> Outcome {
         }
         for i in 0..parties.len() {
             for j in i + 1..parties.len() {
-                let (a, b) = (holds(&parties[i], s.phase[i]), holds(&parties[j], s.phase[j]));
+                let (a, b) = (
+                    holds(&parties[i], s.phase[i]),
+                    holds(&parties[j], s.phase[j]),
+                );
                 if let (Some(a), Some(b)) = (a, b) {
                     if conflict(a, b) {
                         return Outcome {
@@ -298,7 +301,10 @@ fn three_parties_never_hold_conflicting_requests() {
             }
         }
     }
-    println!("{} triples, {states} states explored, no violation", reqs.len().pow(3));
+    println!(
+        "{} triples, {states} states explored, no violation",
+        reqs.len().pow(3)
+    );
 }
 
 #[test]
@@ -347,7 +353,10 @@ fn the_explorer_finds_the_race_of_testing_before_locking() {
         acquire(write, Order::TestThenLock),
         acquire(reader, Order::TestThenLock),
     ]);
-    assert!(out.violation.is_some(), "a writer and a stable reader race too");
+    assert!(
+        out.violation.is_some(),
+        "a writer and a stable reader race too"
+    );
 
     // An update that tests before locking its new bytes is just as broken.
     let shared = Request::new(Mode::ReadShared.perm(), Mode::ReadShared.shared());
@@ -355,7 +364,10 @@ fn the_explorer_finds_the_race_of_testing_before_locking() {
         update(shared, write, Order::TestThenLock),
         update(shared, write, Order::TestThenLock),
     ]);
-    assert!(out.violation.is_some(), "two read-shared holders upgrading to write");
+    assert!(
+        out.violation.is_some(),
+        "two read-shared holders upgrading to write"
+    );
 }
 
 #[test]
@@ -368,7 +380,10 @@ fn the_semantics_know_what_conflicts() {
     assert!(conflict(r(Mode::Write, false), r(Mode::Write, true)));
     assert!(conflict(r(Mode::Read, false), r(Mode::Write, false)));
     assert!(!conflict(r(Mode::ReadShared, false), r(Mode::Write, false)));
-    assert!(conflict(r(Mode::ReadShared, true), r(Mode::Exclusive, false)));
+    assert!(conflict(
+        r(Mode::ReadShared, true),
+        r(Mode::Exclusive, false)
+    ));
     // QEMU's write-unchanged user next to a strict party refusing write.
     let wu = Request {
         perm: PermSet::from_bits(CR | WU).expect("bits"),

@@ -41,7 +41,11 @@ fn create_image(dir: &Path, name: &str, format: &str) -> PathBuf {
         .arg("16M")
         .output()
         .expect("qemu-img runs");
-    assert!(out.status.success(), "qemu-img create: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "qemu-img create: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     path
 }
 
@@ -194,14 +198,25 @@ fn qemu_io_raw_writer_is_seen_named_and_conflicts() {
     assert_eq!((err.byte, err.perm), (101, FPL_PERM_WRITE));
     assert_eq!(err.holder_pid, qemu.0.id() as i32);
     let msg = message(&err);
-    assert!(msg.starts_with("Failed to get shared \"write\" lock"), "{msg}");
+    assert!(
+        msg.starts_with("Failed to get shared \"write\" lock"),
+        "{msg}"
+    );
     assert!(msg.contains("held by qemu-io"), "{msg}");
-    assert!(msg.contains(&format!("Is another process using the image [{}]?", image.display())));
+    assert!(msg.contains(&format!(
+        "Is another process using the image [{}]?",
+        image.display()
+    )));
     // Rolled back: only QEMU's bytes remain.
     assert_eq!(proc_locks_bytes(&image), [100, 101]);
 
     // Reading while sharing everything is fine next to a writer.
-    let (rc, lock, err) = acquire(&image, FPL_MODE_READ_SHARED_PERM, FPL_MODE_READ_SHARED_SHARE, 0);
+    let (rc, lock, err) = acquire(
+        &image,
+        FPL_MODE_READ_SHARED_PERM,
+        FPL_MODE_READ_SHARED_SHARE,
+        0,
+    );
     assert_eq!(rc, 0, "{}", message(&err));
     // SAFETY: a live handle.
     assert_eq!(unsafe { fpl_release(lock) }, 0);
@@ -228,7 +243,10 @@ fn qemu_io_qcow2_writer_refuses_a_second_writer() {
         assert_eq!(err.holder_pid, qemu.0.id() as i32);
         let msg = message(&err);
         assert!(msg.starts_with("Failed to get \"write\" lock"), "{msg}");
-        assert!(msg.contains("Is another process using the image ["), "{msg}");
+        assert!(
+            msg.contains("Is another process using the image ["),
+            "{msg}"
+        );
     }
     assert_eq!(proc_locks_bytes(&image), [100, 101, 103, 201, 203]);
 }
@@ -251,10 +269,19 @@ fn qemu_io_is_refused_while_libfpl_holds_exclusive() {
     // which exclusive holds.
     let refused = open();
     let stderr = String::from_utf8_lossy(&refused.stderr);
-    assert!(!refused.status.success(), "qemu-io opened an exclusively held image");
-    assert!(stderr.contains("Failed to get \"consistent read\" lock"), "{stderr}");
     assert!(
-        stderr.contains(&format!("Is another process using the image [{}]?", image.display())),
+        !refused.status.success(),
+        "qemu-io opened an exclusively held image"
+    );
+    assert!(
+        stderr.contains("Failed to get \"consistent read\" lock"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "Is another process using the image [{}]?",
+            image.display()
+        )),
         "{stderr}"
     );
     // Read-only with force-share (-U) shares everything but still uses
@@ -264,7 +291,10 @@ fn qemu_io_is_refused_while_libfpl_holds_exclusive() {
         .arg(&image)
         .output()
         .expect("qemu-io runs");
-    assert!(!forced.status.success(), "-U -r must still need consistent read");
+    assert!(
+        !forced.status.success(),
+        "-U -r must still need consistent read"
+    );
 
     // SAFETY: a live handle.
     assert_eq!(unsafe { fpl_release(lock) }, 0);
