@@ -80,7 +80,7 @@ pub fn scan(targets: &[FileId]) -> Vec<Found> {
 /// Marks partial every target with a lock in `/proc/locks` that no
 /// inspected descriptor showed.
 fn mark_unattributed(targets: &[FileId], seen: &[Vec<LockLine>], found: &mut [Found]) {
-    let Ok(all) = fs::read_to_string("/proc/locks") else {
+    let Some(all) = read_proc_locks() else {
         found.iter_mut().for_each(|f| f.partial = true);
         return;
     };
@@ -107,6 +107,21 @@ fn mark_unattributed(targets: &[FileId], seen: &[Vec<LockLine>], found: &mut [Fo
             }
         }
     }
+}
+
+/// `/proc/locks`, read until two passes agree: the kernel produces it a
+/// page at a time, each page under its own lock, so one pass taken while
+/// other processes lock and unlock can miss or repeat entries.
+fn read_proc_locks() -> Option<String> {
+    let mut text = fs::read_to_string("/proc/locks").ok()?;
+    for _ in 0..5 {
+        let again = fs::read_to_string("/proc/locks").ok()?;
+        if again == text {
+            break;
+        }
+        text = again;
+    }
+    Some(text)
 }
 
 fn touches_protocol(line: &LockLine) -> bool {

@@ -143,7 +143,16 @@ fn wait_for_bytes(image: &Path, qemu: &mut Qemu) -> Query {
 fn proc_locks_bytes(image: &Path) -> Vec<u32> {
     use std::os::unix::fs::MetadataExt;
     let ino = std::fs::metadata(image).expect("image exists").ino();
-    let text = std::fs::read_to_string("/proc/locks").expect("/proc/locks readable");
+    // Read until two passes agree: /proc/locks comes a page at a time.
+    let read = || std::fs::read_to_string("/proc/locks").expect("/proc/locks readable");
+    let mut text = read();
+    for _ in 0..50 {
+        let again = read();
+        if again == text {
+            break;
+        }
+        text = again;
+    }
     let mut bytes = Vec::new();
     for line in text.lines().filter_map(fpl::fdinfo::parse_lock_line) {
         if line.ino != ino {

@@ -89,7 +89,7 @@ static inline unsigned h_mask_of_range(unsigned long long first, unsigned long l
 
 /* What /proc/locks says about inode INO: the bytes held by anybody, and
  * the number of lock entries (one per owner and merged range). */
-static inline unsigned h_proc_locks(ino_t ino, int *entries) {
+static inline unsigned h_proc_locks_once(ino_t ino, int *entries) {
     FILE *f = fopen("/proc/locks", "re");
     if (!f) h_die("open /proc/locks");
     char line[512];
@@ -110,6 +110,22 @@ static inline unsigned h_proc_locks(ino_t ino, int *entries) {
         n++;
     }
     fclose(f);
+    if (entries) *entries = n;
+    return mask;
+}
+
+/* /proc/locks is produced a page at a time, each page under its own lock:
+ * while other processes lock and unlock, one pass can miss entries. Read
+ * until two passes in a row agree. */
+static inline unsigned h_proc_locks(ino_t ino, int *entries) {
+    int n = 0, m = 0;
+    unsigned mask = h_proc_locks_once(ino, &n);
+    for (int i = 0; i < 50; i++) {
+        unsigned again = h_proc_locks_once(ino, &m);
+        if (again == mask && m == n) break;
+        mask = again;
+        n = m;
+    }
     if (entries) *entries = n;
     return mask;
 }
