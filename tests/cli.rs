@@ -1,1 +1,909 @@
-//! Tests of the `fpl` command against real QEMU processes.
+//! The `fpl` command against real QEMU 10 processes (qemu-io, qemu-img,
+//! qemu-storage-daemon from qemu-utils).
+//!
+//! Every test has its own folder and images, kills the processes it starts
+//! however it ends (guards with `Drop`), and never assumes that the lock
+//! table holds only its own locks: `/proc/locks` lines are filtered by the
+//! image's device and inode. Waiting for another process is a bounded poll
+//! or a line it prints; no assertion is about time.
+
+use std::fs::{self, File};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use fpl::fdinfo::{lock_lines, parse_lock_line};
+use fpl::{Held, Perm, PermSet};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde_json::Value;
+
+const FPL: &str = env!("CARGO_BIN_EXE_fpl");
+
+/// The bound on waiting for another process to do something; only a test
+/// that is going to fail anyway ever waits this long.
+const PATIENCE: Duration = Duration::from_secs(30);
+
+// ---------------------------------------------------------------- helpers
+
+/// A folder of the test's own, removed when the test ends.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(test: &str) -> TempDir {
+        static COUNT: AtomicUsize = AtomicUsize::new(0);
+        let n = COUNT.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("fpl-cli-{test}-{}-{n}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir(&dir).expect("a folder in the temporary folder can be created");
+        TempDir(dir)
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+
+    /// A 1 MiB raw image.
+    fn raw(&self, name: &str) -> PathBuf {
+        let path = self.0.join(name);
+        File::create(&path)
+            .and_then(|f| f.set_len(1 << 20))
+            .expect("the image can be created");
+        path
+    }
+
+    /// A 64 MiB qcow2 image made by qemu-img.
+    fn qcow2(&self, name: &str) -> PathBuf {
+        let path = self.0.join(name);
+        let out = Command::new(qemu("qemu-img"))
+            .args(["create", "-q", "-f", "qcow2"])
+            .arg(&path)
+            .arg("64M")
+            .output()
+            .expect("qemu-img runs");
+        assert!(
+            out.status.success(),
+            "qemu-img create: {}",
+            text(&out.stderr)
+        );
+        path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A QEMU program; its absence fails the test, saying what to install.
+fn qemu(name: &str) -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/bin")])
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| panic!("{name} not found: install qemu-utils (QEMU 10)"))
+}
+
+/// A started process, killed and reaped however the test ends.
+struct Running {
+    child: Child,
+    stdin: Option<ChildStdin>,
+}
+
+impl Running {
+    fn spawn(command: &mut Command) -> Running {
+        let mut child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {command:?}: {e}"));
+        let stdin = child.stdin.take();
+        Running { child, stdin }
+    }
+
+    fn pid(&self) -> i32 {
+        i32::try_from(self.child.id()).expect("pids fit in i32")
+    }
+
+    fn signal(&self, signal: Signal) {
+        kill(Pid::from_raw(self.pid()), signal).expect("the process can be signalled");
+    }
+
+    /// Closes its standard input (qemu-io then quits).
+    fn close_stdin(&mut self) {
+        self.stdin.take();
+    }
+
+    /// Waits for it to exit (bounded).
+    fn wait(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("waitpid works") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "process {} did not exit",
+                self.pid()
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Lines of its standard output (taken from the child; it must be piped).
+    fn stdout_lines(&mut self) -> Lines {
+        Lines::of(self.child.stdout.take().expect("stdout is piped"))
+    }
+
+    /// Lines of its standard error (it must be piped).
+    fn stderr_lines(&mut self) -> Lines {
+        Lines::of(self.child.stderr.take().expect("stderr is piped"))
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A process that is not our child (the command of a killed `fpl hold`),
+/// killed however the test ends.
+struct Orphan(i32);
+
+impl Drop for Orphan {
+    fn drop(&mut self) {
+        let _ = kill(Pid::from_raw(self.0), Signal::SIGKILL);
+    }
+}
+
+/// The lines a process prints, read on a thread so that waiting is bounded.
+struct Lines {
+    lines: Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Lines {
+    fn of(stream: impl Read + Send + 'static) -> Lines {
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stream).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Lines {
+            lines: rx,
+            seen: Vec::new(),
+        }
+    }
+
+    /// The first line containing `needle` (bounded wait).
+    fn find(&mut self, needle: &str) -> String {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(line) => self.seen.push(line),
+                Err(_) => panic!("no line containing {needle:?}; got {:?}", self.seen),
+            }
+        }
+    }
+}
+
+/// `qemu-io -f raw IMAGE` reading commands from a pipe: it holds the image
+/// read-write (bytes 100-101) until the pipe closes.
+fn qemu_io_holding(image: &Path) -> Running {
+    let running = Running::spawn(
+        Command::new(qemu("qemu-io"))
+            .args(["-f", "raw"])
+            .arg(image)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
+    wait_until(&format!("qemu-io to lock {}", image.display()), || {
+        let held = held(image);
+        held.perm == PermSet::from_iter([Perm::ConsistentRead, Perm::Write])
+            && held.unshared.is_empty()
+    });
+    running
+}
+
+/// qemu-storage-daemon exporting a qcow2 image writable over NBD: it holds
+/// bytes 100-101, 103, 201 and 203.
+fn daemon_holding(dir: &TempDir, image: &Path) -> Running {
+    let running = Running::spawn(
+        Command::new(qemu("qemu-storage-daemon"))
+            .current_dir(dir.path())
+            .arg("--blockdev")
+            .arg(format!(
+                "driver=file,node-name=file0,filename={}",
+                image.display()
+            ))
+            .args([
+                "--blockdev",
+                "driver=qcow2,node-name=disk0,file=file0",
+                "--nbd-server",
+                "addr.type=unix,addr.path=nbd.sock",
+                "--export",
+                "type=nbd,id=exp0,node-name=disk0,writable=on",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
+    wait_until("qemu-storage-daemon to lock the image", || {
+        let held = held(image);
+        held.perm == PermSet::from_iter([Perm::ConsistentRead, Perm::Write, Perm::Resize])
+            && held.unshared == PermSet::from_iter([Perm::Write, Perm::Resize])
+    });
+    running
+}
+
+/// The bytes held on `image`, seen through the library.
+fn held(image: &Path) -> Held {
+    fpl::query(image, false)
+        .unwrap_or_else(|e| panic!("cannot query {}: {e}", image.display()))
+        .held
+}
+
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + PATIENCE;
+    while !done() {
+        assert!(Instant::now() < deadline, "gave up waiting for {what}");
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The bytes held on `image` according to `/proc/locks`, this image's
+/// lines only.
+fn proc_locks(image: &Path) -> Held {
+    let meta = fs::metadata(image).expect("the image exists");
+    let (major, minor) = (libc::major(meta.dev()), libc::minor(meta.dev()));
+    let mut held = Held::default();
+    for line in stable_proc_locks().lines().filter_map(parse_lock_line) {
+        if line.is_on(major, minor, meta.ino()) {
+            held.add_range(line.first, line.last);
+        }
+    }
+    held
+}
+
+/// `/proc/locks` as two reads in a row agree on it: the kernel writes it a
+/// page at a time, so one read taken while other tests lock and unlock can
+/// repeat or miss lines.
+fn stable_proc_locks() -> String {
+    let read = || fs::read_to_string("/proc/locks").expect("/proc/locks is readable");
+    let mut text = read();
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let again = read();
+        if again == text {
+            return text;
+        }
+        assert!(Instant::now() < deadline, "/proc/locks never settled");
+        text = again;
+    }
+}
+
+fn fpl(args: &[&str]) -> Output {
+    Command::new(FPL)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("fpl runs")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn s(path: &Path) -> &str {
+    path.to_str().expect("temporary paths are UTF-8")
+}
+
+/// Asserts the exit status and returns standard output.
+fn expect_status(out: &Output, code: i32) -> String {
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "stdout: {}\nstderr: {}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
+/// `qemu-io -c quit -f raw IMAGE`: a QEMU writer opening and closing the image.
+fn qemu_writer(image: &Path) -> Output {
+    Command::new(qemu("qemu-io"))
+        .args(["-c", "quit", "-f", "raw"])
+        .arg(image)
+        .stdin(Stdio::null())
+        .output()
+        .expect("qemu-io runs")
+}
+
+fn names(value: &Value) -> PermSet {
+    let list = value.as_array().expect("a permission list is an array");
+    list.iter()
+        .map(|v| v.as_str().expect("permission names are strings"))
+        .map(|name| PermSet::parse_list(name).expect("a QEMU permission name"))
+        .fold(PermSet::NONE, PermSet::union)
+}
+
+// ---------------------------------------------------------------- status
+
+#[test]
+fn status_names_the_qemu_holder_and_what_it_holds() {
+    let dir = TempDir::new("status-names");
+    let image = dir.raw("a.raw");
+    let qemu_io = qemu_io_holding(&image);
+
+    let out = expect_status(&fpl(&["status", s(&image)]), 0);
+    let expected = format!(
+        "{}: in use by qemu-io (pid {}, fd ",
+        s(&image),
+        qemu_io.pid()
+    );
+    assert!(out.contains(&expected), "{out}");
+    assert!(
+        out.contains("uses consistent read, write; shares everything"),
+        "{out}"
+    );
+
+    let out = expect_status(&fpl(&["status", "--no-holders", s(&image)]), 0);
+    assert_eq!(
+        out.trim(),
+        format!(
+            "{}: in use: uses consistent read, write; shares everything",
+            s(&image)
+        )
+    );
+}
+
+#[test]
+fn status_describes_a_read_write_qcow2_export() {
+    let dir = TempDir::new("status-daemon");
+    let image = dir.qcow2("vm.qcow2");
+    let daemon = daemon_holding(&dir, &image);
+
+    let out = expect_status(&fpl(&["status", s(&image)]), 0);
+    let expected = format!(
+        "{}: in use by qemu-storage-da (pid {}, fd ",
+        s(&image),
+        daemon.pid()
+    );
+    assert!(out.contains(&expected), "{out}");
+    assert!(
+        out.contains("uses consistent read, write, resize; does not share write, resize"),
+        "{out}"
+    );
+}
+
+#[test]
+fn status_of_free_missing_and_odd_files() {
+    let dir = TempDir::new("status-free");
+    let image = dir.raw("free.raw");
+    let missing = dir.path().join("missing.raw");
+
+    let out = expect_status(&fpl(&["status", s(&image)]), 0);
+    assert_eq!(out.trim(), format!("{}: free", s(&image)));
+
+    // One image that cannot be inspected makes the exit status 2; the
+    // others are still reported.
+    let result = fpl(&["status", s(&image), s(&missing), s(dir.path())]);
+    let out = expect_status(&result, 2);
+    assert_eq!(out.trim(), format!("{}: free", s(&image)));
+    let err = text(&result.stderr);
+    assert!(err.contains("No such file or directory"), "{err}");
+    assert!(err.contains("check the path"), "{err}");
+    assert!(err.contains("is a directory"), "{err}");
+}
+
+#[test]
+fn status_names_holders_of_every_name_of_an_image() {
+    let dir = TempDir::new("status-links");
+    let image = dir.raw("a.raw");
+    let link = dir.path().join("link.raw");
+    std::os::unix::fs::symlink(&image, &link).expect("a symlink can be made");
+    let other = dir.raw("b.raw");
+    let qemu_a = qemu_io_holding(&image);
+    let qemu_b = qemu_io_holding(&other);
+
+    let out = expect_status(&fpl(&["status", s(&image), s(&link), s(&other)]), 0);
+    for (name, pid) in [
+        (&image, qemu_a.pid()),
+        (&link, qemu_a.pid()),
+        (&other, qemu_b.pid()),
+    ] {
+        let expected = format!("{}: in use by qemu-io (pid {pid}, fd ", s(name));
+        assert!(out.contains(&expected), "{expected:?} missing in {out}");
+    }
+}
+
+#[test]
+fn status_json_matches_proc_locks() {
+    let dir = TempDir::new("status-json");
+    let raw = dir.raw("a.raw");
+    let qcow2 = dir.qcow2("b.qcow2");
+    let free = dir.raw("c.raw");
+    let missing = dir.path().join("d.raw");
+    let qemu_io = qemu_io_holding(&raw);
+    let daemon = daemon_holding(&dir, &qcow2);
+
+    let out = fpl(&[
+        "status",
+        "--json",
+        s(&raw),
+        s(&qcow2),
+        s(&free),
+        s(&missing),
+    ]);
+    let json = expect_status(&out, 2);
+    let value: Value = serde_json::from_str(&json).expect("status --json prints JSON");
+    let objects = value.as_array().expect("an array");
+    assert_eq!(objects.len(), 4, "{json}");
+
+    for (object, image, pid) in [
+        (&objects[0], &raw, qemu_io.pid()),
+        (&objects[1], &qcow2, daemon.pid()),
+    ] {
+        assert_eq!(object["path"], s(image));
+        let kernel = proc_locks(image);
+        assert_eq!(names(&object["perm"]), kernel.perm, "{json}");
+        assert_eq!(names(&object["unshared"]), kernel.unshared, "{json}");
+        // "holders-partial" is not asserted absent: it depends on every
+        // other process on the machine, which other tests start and stop.
+        let flags = object["flags"].as_array().expect("flags are a list");
+        assert!(
+            !flags.iter().any(|f| f == "legacy" || f == "libvirt"),
+            "{json}"
+        );
+        let holders = object["holders"].as_array().expect("holders are listed");
+        assert_eq!(holders.len(), 1, "{json}");
+        let holder = &holders[0];
+        assert_eq!(holder["pid"], pid, "{json}");
+        assert_eq!(names(&holder["perm"]), kernel.perm, "{json}");
+        assert_eq!(names(&holder["unshared"]), kernel.unshared, "{json}");
+        // The descriptor named is one that holds locks on this inode.
+        let fd = holder["fd"].as_i64().expect("fd is a number");
+        let fdinfo = fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}"))
+            .expect("the holder's fdinfo is readable");
+        let meta = fs::metadata(image).expect("the image exists");
+        assert!(lock_lines(&fdinfo).any(|l| l.ino == meta.ino()), "{fdinfo}");
+    }
+    assert_eq!(names(&objects[1]["perm"]).bits(), 0x0b, "{json}");
+    assert_eq!(names(&objects[1]["unshared"]).bits(), 0x0a, "{json}");
+
+    assert_eq!(objects[2]["path"], s(&free));
+    assert_eq!(objects[2]["perm"], serde_json::json!([]));
+    assert_eq!(objects[2]["unshared"], serde_json::json!([]));
+    assert_eq!(objects[2]["holders"], serde_json::json!([]));
+
+    assert_eq!(objects[3]["path"], s(&missing));
+    assert_eq!(objects[3]["errno"], libc::ENOENT);
+    let error = objects[3]["error"].as_str().expect("an error message");
+    assert!(error.contains("No such file or directory"), "{error}");
+}
+
+// ---------------------------------------------------------------- check
+
+#[test]
+fn check_exit_status_is_0_granted_1_conflict_2_error() {
+    let dir = TempDir::new("check");
+    let image = dir.raw("a.raw");
+    let free = dir.raw("free.raw");
+    let missing = dir.path().join("missing.raw");
+    let qemu_io = qemu_io_holding(&image);
+
+    let out = expect_status(&fpl(&["check", "--mode", "read-shared", s(&image)]), 0);
+    assert_eq!(
+        out.trim(),
+        format!("{}: read-shared would be granted", s(&image))
+    );
+    expect_status(
+        &fpl(&[
+            "check",
+            "--perm",
+            "consistent-read",
+            "--share",
+            "all",
+            s(&image),
+        ]),
+        0,
+    );
+
+    // qemu-io holds 100-101: exclusive refuses to share consistent read.
+    let out = expect_status(
+        &fpl(&["check", "--mode", "exclusive", s(&free), s(&image)]),
+        1,
+    );
+    assert!(
+        out.contains(&format!("{}: exclusive would be granted", s(&free))),
+        "{out}"
+    );
+    let refusal = format!(
+        "{}: exclusive would be refused: Failed to get shared \"consistent read\" lock \
+         (held by qemu-io, pid {})",
+        s(&image),
+        qemu_io.pid()
+    );
+    assert!(out.contains(&refusal), "{out}");
+    assert!(
+        out.contains(&format!(
+            "Is another process using the image [{}]?",
+            s(&image)
+        )),
+        "{out}"
+    );
+    // read refuses to share write.
+    let out = expect_status(&fpl(&["check", "--mode", "read", s(&image)]), 1);
+    assert!(out.contains("Failed to get shared \"write\" lock"), "{out}");
+
+    // An error outweighs a conflict.
+    let result = fpl(&["check", "--mode", "exclusive", s(&image), s(&missing)]);
+    expect_status(&result, 2);
+    assert!(text(&result.stderr).contains("No such file or directory"));
+
+    let result = fpl(&["check", "--mode", "sideways", s(&free)]);
+    expect_status(&result, 2);
+    assert!(text(&result.stderr).contains("unknown mode 'sideways'"));
+    let result = fpl(&["check", "--perm", "read", "--share", "all", s(&free)]);
+    expect_status(&result, 2);
+    assert!(text(&result.stderr).contains("unknown permission 'read'"));
+}
+
+#[test]
+fn check_json_describes_the_conflict() {
+    let dir = TempDir::new("check-json");
+    let image = dir.raw("a.raw");
+    let free = dir.raw("free.raw");
+    let missing = dir.path().join("missing.raw");
+    let qemu_io = qemu_io_holding(&image);
+
+    let out = fpl(&[
+        "check",
+        "--json",
+        "--mode",
+        "read",
+        s(&free),
+        s(&image),
+        s(&missing),
+    ]);
+    let json = expect_status(&out, 2);
+    let value: Value = serde_json::from_str(&json).expect("check --json prints JSON");
+    assert_eq!(value[0], serde_json::json!({"path": s(&free), "ok": true}));
+    let refused = &value[1];
+    assert_eq!(refused["ok"], false);
+    assert_eq!(refused["errno"], libc::EAGAIN);
+    assert_eq!(refused["conflict"]["byte"], 101);
+    assert_eq!(refused["conflict"]["perm"], "write");
+    assert_eq!(
+        refused["conflict"]["message"],
+        "Failed to get shared \"write\" lock"
+    );
+    assert_eq!(refused["conflict"]["holder"]["pid"], qemu_io.pid());
+    assert_eq!(refused["conflict"]["holder"]["name"], "qemu-io");
+    assert_eq!(value[2]["ok"], false);
+    assert_eq!(value[2]["errno"], libc::ENOENT);
+}
+
+// ---------------------------------------------------------------- hold
+
+#[test]
+fn hold_refuses_a_qemu_writer_while_the_command_runs() {
+    let dir = TempDir::new("hold-command");
+    let image = dir.raw("a.raw");
+    // `head -c1` runs until it reads a byte: the test decides when it ends.
+    let mut hold = Running::spawn(
+        Command::new(FPL)
+            .args([
+                "hold",
+                "--mode",
+                "exclusive",
+                s(&image),
+                "--",
+                "head",
+                "-c1",
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null()),
+    );
+    wait_until("fpl hold to lock the image", || {
+        held(&image).unshared == PermSet::ALL
+    });
+
+    let refused = qemu_writer(&image);
+    assert!(!refused.status.success(), "QEMU was admitted");
+    let err = text(&refused.stderr);
+    assert!(err.contains("Failed to get"), "{err}");
+    assert!(err.contains("Is another process using the image"), "{err}");
+
+    hold.stdin
+        .as_mut()
+        .expect("stdin is piped")
+        .write_all(b"x")
+        .expect("head reads its input");
+    assert_eq!(hold.wait().code(), Some(0));
+    let admitted = qemu_writer(&image);
+    assert!(admitted.status.success(), "{}", text(&admitted.stderr));
+    assert!(held(&image).perm.is_empty());
+}
+
+#[test]
+fn hold_exits_with_the_command_status() {
+    let dir = TempDir::new("hold-status");
+    let image = dir.raw("a.raw");
+    let hold = |command: &[&str]| {
+        let mut args = vec!["hold", "--mode", "write", s(&image), "--"];
+        args.extend_from_slice(command);
+        fpl(&args).status
+    };
+    assert_eq!(hold(&["sh", "-c", "exit 7"]).code(), Some(7));
+    assert_eq!(hold(&["sh", "-c", "kill -TERM $$"]).code(), Some(128 + 15));
+    assert_eq!(hold(&["fpl-test-no-such-command"]).code(), Some(127));
+    assert!(held(&image).perm.is_empty());
+}
+
+#[test]
+fn hold_takes_every_image_or_none() {
+    let dir = TempDir::new("hold-all");
+    let free = dir.raw("free.raw");
+    let busy = dir.raw("busy.raw");
+    let marker = dir.path().join("ran");
+    let qemu_io = qemu_io_holding(&busy);
+
+    let out = fpl(&[
+        "hold",
+        "--mode",
+        "exclusive",
+        s(&free),
+        s(&busy),
+        "--",
+        "touch",
+        s(&marker),
+    ]);
+    expect_status(&out, 1);
+    let err = text(&out.stderr);
+    assert!(
+        err.contains(&format!("{}: cannot take exclusive", s(&busy))),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("(held by qemu-io, pid {})", qemu_io.pid())),
+        "{err}"
+    );
+    assert!(!marker.exists(), "the command ran without the locks");
+    assert!(held(&free).perm.is_empty());
+}
+
+#[test]
+fn sigterm_to_hold_ends_the_command_and_frees_the_image() {
+    let dir = TempDir::new("hold-sigterm");
+    let image = dir.raw("a.raw");
+    let mut hold = Running::spawn(
+        Command::new(FPL)
+            .args(["hold", "--mode", "exclusive", s(&image), "--"])
+            .args(["sh", "-c", "echo $$; exec sleep 600"])
+            .stdout(Stdio::piped()),
+    );
+    let line = hold.stdout_lines().find("");
+    let command: i32 = line.trim().parse().expect("the command prints its pid");
+    let _command = Orphan(command);
+    assert_eq!(held(&image).unshared, PermSet::ALL);
+
+    hold.signal(Signal::SIGTERM);
+    let status = hold.wait();
+    assert_eq!(status.code(), Some(128 + 15), "{status:?}");
+    // fpl reaped the command before exiting, so it is gone.
+    assert!(!Path::new(&format!("/proc/{command}")).exists());
+    assert!(held(&image).perm.is_empty());
+    assert!(held(&image).unshared.is_empty());
+    assert!(qemu_writer(&image).status.success());
+}
+
+#[test]
+fn hold_without_a_command_holds_until_a_signal() {
+    let dir = TempDir::new("hold-signal");
+    let image = dir.raw("a.raw");
+    let mut hold = Running::spawn(
+        Command::new(FPL)
+            .args(["hold", "--mode", "write", s(&image)])
+            .stdout(Stdio::piped()),
+    );
+    let line = hold.stdout_lines().find("holding");
+    assert!(line.contains(s(&image)), "{line}");
+
+    let out = expect_status(&fpl(&["status", s(&image)]), 0);
+    let expected = format!("{}: in use by fpl (pid {}, fd ", s(&image), hold.pid());
+    assert!(out.contains(&expected), "{out}");
+    assert!(
+        out.contains(
+            "uses consistent read, write, resize; does not share write, write unchanged, resize"
+        ),
+        "{out}"
+    );
+    assert!(!qemu_writer(&image).status.success(), "QEMU was admitted");
+
+    // The line names the signals that end the hold (one fpl was started
+    // ignoring does not count): send one of them.
+    let signal = if line.contains("SIGINT") {
+        Signal::SIGINT
+    } else {
+        Signal::SIGTERM
+    };
+    hold.signal(signal);
+    assert_eq!(hold.wait().code(), Some(0));
+    assert!(held(&image).perm.is_empty());
+    assert!(qemu_writer(&image).status.success());
+}
+
+#[test]
+fn the_command_does_not_inherit_the_locks() {
+    let dir = TempDir::new("hold-cloexec");
+    let image = dir.raw("a.raw");
+    let mut hold = Running::spawn(
+        Command::new(FPL)
+            .args(["hold", "--mode", "exclusive", s(&image), "--"])
+            .args(["sh", "-c", "echo $$; exec sleep 600"])
+            .stdout(Stdio::piped()),
+    );
+    let line = hold.stdout_lines().find("");
+    let command: i32 = line.trim().parse().expect("the command prints its pid");
+    let _command = Orphan(command);
+    assert_eq!(held(&image).unshared, PermSet::ALL);
+
+    // SIGKILL is not passed on: fpl dies, its command lives on. The locks
+    // die with fpl only if the command has no copy of the descriptor.
+    hold.signal(Signal::SIGKILL);
+    hold.wait();
+    assert!(Path::new(&format!("/proc/{command}")).exists());
+    assert!(held(&image).perm.is_empty(), "the command kept the locks");
+    assert!(qemu_writer(&image).status.success());
+}
+
+#[test]
+fn wait_takes_the_lock_once_qemu_quits() {
+    let dir = TempDir::new("hold-wait");
+    let image = dir.raw("a.raw");
+    let mut qemu_io = qemu_io_holding(&image);
+    let mut hold = Running::spawn(
+        Command::new(FPL)
+            .args(["hold", "--wait", "600", "--mode", "exclusive", s(&image)])
+            .args(["--", "true"])
+            .stderr(Stdio::piped()),
+    );
+    // fpl says once that it waits; only then does QEMU quit.
+    let line = hold.stderr_lines().find("waiting");
+    assert!(line.contains(s(&image)), "{line}");
+    assert!(hold.child.try_wait().expect("waitpid works").is_none());
+
+    qemu_io.close_stdin();
+    assert_eq!(qemu_io.wait().code(), Some(0));
+    assert_eq!(hold.wait().code(), Some(0));
+}
+
+#[test]
+fn wait_gives_up_like_check() {
+    let dir = TempDir::new("hold-wait-expires");
+    let image = dir.raw("a.raw");
+    let qemu_io = qemu_io_holding(&image);
+    let out = fpl(&[
+        "hold",
+        "--wait",
+        "0.3",
+        "--mode",
+        "exclusive",
+        s(&image),
+        "--",
+        "true",
+    ]);
+    expect_status(&out, 1);
+    let err = text(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "Failed to get shared \"consistent read\" lock (held by qemu-io, pid {})",
+            qemu_io.pid()
+        )),
+        "{err}"
+    );
+}
+
+// ---------------------------------------------------------------- demo, help
+
+#[test]
+fn demo_shows_a_qemu_storage_daemon_and_cleans_up() {
+    qemu("qemu-img");
+    qemu("qemu-storage-daemon");
+    let dir = TempDir::new("demo");
+    let out = Command::new(FPL)
+        .arg("demo")
+        .env("TMPDIR", dir.path())
+        .stdin(Stdio::null())
+        .output()
+        .expect("fpl runs");
+    let stdout = expect_status(&out, 0);
+    for expected in [
+        "vm.qcow2: in use by qemu-storage-da (pid ",
+        "uses consistent read, write, resize; does not share write, resize",
+        "vm.qcow2: exclusive would be refused: Failed to get \"write\" lock (held by qemu-storage-da, pid ",
+        "vm.qcow2: read-shared would be granted",
+        "vm.qcow2: free",
+    ] {
+        assert!(stdout.contains(expected), "{expected:?} missing in {stdout}");
+    }
+    let folder = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("$ cd "))
+        .expect("the demo says where it works");
+    assert!(folder.starts_with(s(dir.path())), "{folder}");
+    assert!(!Path::new(folder).exists(), "the demo left {folder} behind");
+}
+
+#[test]
+fn demo_says_what_to_install_without_qemu() {
+    let dir = TempDir::new("demo-no-qemu");
+    let out = Command::new(FPL)
+        .arg("demo")
+        .env("PATH", dir.path())
+        .env("TMPDIR", dir.path())
+        .output()
+        .expect("fpl runs");
+    expect_status(&out, 2);
+    assert!(text(&out.stderr).contains("install qemu-utils"));
+    assert_eq!(fs::read_dir(dir.path()).map(Iterator::count).ok(), Some(0));
+}
+
+#[test]
+fn every_command_has_help_and_usage_errors_exit_2() {
+    for command in ["status", "check", "hold", "demo"] {
+        let out = expect_status(&fpl(&[command, "--help"]), 0);
+        assert!(out.contains(&format!("Usage: fpl {command}")), "{out}");
+    }
+    assert!(expect_status(&fpl(&["--help"]), 0).contains("Commands:"));
+    for args in [
+        &["status"][..],
+        &["check", "x.img"],
+        &["check", "--mode", "read", "--share", "all", "x.img"],
+        &["check", "--perm", "write", "x.img"],
+        &["hold", "--wait", "-1", "--mode", "read", "x.img"],
+        &["frobnicate"],
+    ] {
+        let out = fpl(args);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+        assert!(!out.stderr.is_empty(), "{args:?}");
+    }
+}
+
+#[test]
+fn exit_status_of_a_killed_hold_is_not_success() {
+    // Guards the guard: a hold killed by a signal it does not catch.
+    let dir = TempDir::new("hold-killed");
+    let image = dir.raw("a.raw");
+    let mut hold = Running::spawn(
+        Command::new(FPL)
+            .args(["hold", "--mode", "read", s(&image)])
+            .stdout(Stdio::piped()),
+    );
+    hold.stdout_lines().find("holding");
+    hold.signal(Signal::SIGKILL);
+    assert_eq!(hold.wait().signal(), Some(libc::SIGKILL));
+    assert!(held(&image).perm.is_empty());
+}
