@@ -434,6 +434,41 @@ fn status_names_holders_of_every_name_of_an_image() {
 }
 
 #[test]
+fn status_never_calls_an_image_free_when_the_holder_is_out_of_sight() {
+    let dir = TempDir::new("status-unseen");
+    let image = dir.raw("a.raw");
+    let _qemu_io = qemu_io_holding(&image);
+
+    // fpl in a PID namespace of its own, with its own /proc: qemu-io holds
+    // the bytes but is nowhere in that /proc. (Not root: a user namespace
+    // grants the right to make the others.)
+    let mut unshare = Command::new("unshare");
+    let root = fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0);
+    if !root {
+        unshare.args(["--user", "--map-root-user"]);
+    }
+    let out = unshare
+        .args(["--pid", "--fork", "--mount-proc", FPL, "status", s(&image)])
+        .output()
+        .expect("unshare (util-linux) runs");
+    let stdout = expect_status(&out, 0);
+    assert_eq!(
+        stdout.lines().next(),
+        Some(
+            format!(
+                "{}: held by a process fpl cannot see: uses consistent read, write; \
+                 shares everything",
+                s(&image)
+            )
+            .as_str()
+        ),
+        "{stdout}"
+    );
+    assert!(stdout.contains("another PID namespace"), "{stdout}");
+    assert!(!stdout.contains("free"), "{stdout}");
+}
+
+#[test]
 fn status_json_matches_proc_locks() {
     let dir = TempDir::new("status-json");
     let raw = dir.raw("a.raw");
@@ -850,6 +885,37 @@ fn demo_shows_a_qemu_storage_daemon_and_cleans_up() {
         .expect("the demo says where it works");
     assert!(folder.starts_with(s(dir.path())), "{folder}");
     assert!(!Path::new(folder).exists(), "the demo left {folder} behind");
+}
+
+#[test]
+fn demo_cleans_up_when_interrupted() {
+    qemu("qemu-storage-daemon");
+    let dir = TempDir::new("demo-interrupted");
+    let mut demo = Running::spawn(
+        Command::new(FPL)
+            .arg("demo")
+            .env("TMPDIR", dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null()),
+    );
+    // Once the daemon holds the image, stop the demo. It looks at signals
+    // between steps, so it may also have finished first: either way nothing
+    // may be left behind.
+    let mut lines = demo.stdout_lines();
+    let status = lines.find("in use by qemu-storage-da (pid ");
+    let daemon: i32 = status
+        .split("(pid ")
+        .nth(1)
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|pid| pid.parse().ok())
+        .expect("the status line names the daemon's pid");
+    let _daemon = Orphan(daemon);
+    demo.signal(Signal::SIGTERM);
+    let code = demo.wait().code();
+    assert!(code == Some(128 + 15) || code == Some(0), "{code:?}");
+    assert!(!Path::new(&format!("/proc/{daemon}")).exists());
+    assert_eq!(fs::read_dir(dir.path()).map(Iterator::count).ok(), Some(0));
 }
 
 #[test]

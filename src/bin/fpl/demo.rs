@@ -87,7 +87,7 @@ pub fn run() -> u8 {
             EXIT_ERROR
         }
         Err(Stop::Signal(signo)) => {
-            eprintln!("fpl: demo: interrupted by signal {signo}; stopped the daemon and removed the folder");
+            eprintln!("fpl: demo: interrupted by signal {signo}; cleaned up");
             u8::try_from(128 + signo).unwrap_or(EXIT_ERROR)
         }
     }

@@ -16,7 +16,7 @@
 //! ```
 //!
 //! `holders` is left out with `--no-holders`. Bytes held while `holders` is
-//! empty mean a holder this host cannot see, never a free image.
+//! empty mean a holder fpl cannot see, never a free image.
 //!
 //! `check`: `{"path": ..., "ok": true}` when the access would be granted;
 //! on a conflict `{"path": ..., "ok": false, "error": MESSAGE, "errno": 11,

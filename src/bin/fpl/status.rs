@@ -4,9 +4,6 @@
 use std::path::{Path, PathBuf};
 
 use clap::Args;
-use fpl::holders::{self, FileId};
-use fpl::image::Image;
-use fpl::query::held_bytes;
 use fpl::{Error, Held, Holder, Status};
 
 use crate::{json, out, report, EXIT_ERROR, EXIT_OK};
@@ -32,7 +29,7 @@ pub struct StatusArgs {
 const AFTER_HELP: &str = "\
 Each image is `free`, or one line per holder says what it uses and what it
 does not share, in QEMU's words. Bytes held by nobody visible are reported as
-`held by a process this host cannot see` (another host sharing the file
+`held by a process fpl cannot see` (another host sharing the file
 system, another PID namespace, or a process fpl may not inspect): never as
 free.
 
@@ -58,61 +55,16 @@ pub struct Inspected {
 }
 
 /// Tests each image's bytes, then (with `holders`) names the holders of all
-/// of them with one walk of `/proc`.
+/// of them with one walk of `/proc` (`fpl::query_many`).
 pub fn inspect(paths: &[PathBuf], holders: bool) -> Vec<Inspected> {
-    let mut ids: Vec<FileId> = Vec::new();
-    let mut inspected: Vec<(Inspected, Option<usize>)> = paths
-        .iter()
-        .map(|path| match test_bytes(path) {
-            Ok((held, id)) => {
-                // Two names of one inode (a symlink, a hard link) share its locks.
-                let index = ids.iter().position(|i| *i == id).unwrap_or_else(|| {
-                    ids.push(id);
-                    ids.len() - 1
-                });
-                let status = Status {
-                    held,
-                    ..Status::default()
-                };
-                (
-                    Inspected {
-                        path: path.clone(),
-                        outcome: Ok(status),
-                    },
-                    Some(index),
-                )
-            }
-            Err(e) => (
-                Inspected {
-                    path: path.clone(),
-                    outcome: Err(e),
-                },
-                None,
-            ),
+    fpl::query::query_many(paths, holders)
+        .into_iter()
+        .zip(paths)
+        .map(|(outcome, path)| Inspected {
+            path: path.clone(),
+            outcome,
         })
-        .collect();
-    if holders && !ids.is_empty() {
-        let found = holders::scan(&ids);
-        for (image, index) in &mut inspected {
-            if let (Ok(status), Some(f)) = (&mut image.outcome, index.and_then(|i| found.get(i))) {
-                status.holders = f.holders.clone();
-                status.holders_partial = f.partial;
-            }
-        }
-    }
-    inspected.into_iter().map(|(image, _)| image).collect()
-}
-
-/// The bytes held on `path` and the inode they belong to, from one open
-/// (what `fpl::query(path, false)` does, keeping the inode's identity).
-fn test_bytes(path: &Path) -> Result<(Held, FileId), Error> {
-    let image = Image::open(path)?;
-    let held = held_bytes(image.fd())?;
-    let id = FileId {
-        dev: image.dev(),
-        ino: image.ino(),
-    };
-    Ok((held, id))
+        .collect()
 }
 
 /// Runs `fpl status`; returns the exit status.
@@ -175,7 +127,7 @@ pub fn describe_status(path: &Path, status: &Status, holders_looked_up: bool) ->
             ("also held", unseen)
         };
         lines.push(format!(
-            "{path}: {prefix} by a process this host cannot see: {}",
+            "{path}: {prefix} by a process fpl cannot see: {}",
             describe_held(&held)
         ));
         lines.push(if status.holders_partial {
@@ -185,8 +137,9 @@ pub fn describe_status(path: &Path, status: &Status, holders_looked_up: bool) ->
             )
         } else {
             format!(
-                "{path}: note: no process here holds these bytes: the holder may \
-                 run on another host sharing the file system, or in another PID namespace"
+                "{path}: note: no process fpl can see holds these bytes: the holder \
+                 may run on another host sharing the file system, or in another PID \
+                 namespace"
             )
         });
     }
