@@ -42,6 +42,19 @@ impl Error {
         }
     }
 
+    /// Testing byte `byte` failed with `errno`: the file system refuses
+    /// byte-range locks (NFS without lockd, some FUSE file systems).
+    pub fn test_failed(errno: Errno, byte: u32, path: Option<&Path>) -> Error {
+        let name = path.map_or_else(String::new, |p| format!(" of '{}'", p.to_string_lossy()));
+        Error::os(
+            errno,
+            format!(
+                "Failed to test byte {byte}{name} (the file system may not support \
+                 byte-range locks)"
+            ),
+        )
+    }
+
     /// The positive errno: `EAGAIN` for a conflict, `EINVAL` for a bad
     /// argument, the OS error otherwise.
     pub fn errno(&self) -> i32 {

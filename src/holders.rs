@@ -4,21 +4,94 @@
 //! lslocks (2.40+) finds it: walk `/proc/PID/fd`, keep the descriptors whose
 //! inode is the image's (one `stat` each, no read), and match the `lock:`
 //! lines of their `/proc/PID/fdinfo/FD` on device, inode and byte range.
+//!
+//! The device in lock lines is the file system's own (its super block's),
+//! which is not always what `stat` says: on btrfs `st_dev` names the
+//! subvolume. [`Mounts`] finds the lock lines' device from the mount the
+//! image's descriptor is on.
 
+use std::collections::HashMap;
 use std::fs;
 use std::io::ErrorKind;
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::os::unix::fs::MetadataExt;
 
-use crate::fdinfo::{lock_lines, parse_lock_line, LockClass, LockLine};
+use crate::fdinfo::{lock_lines, LockClass};
 use crate::protocol::Held;
 
-/// The identity locks belong to: an inode on a device.
+/// The identity `stat` gives an inode: what `/proc/PID/fd` entries are
+/// matched on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct FileId {
     /// `st_dev`.
     pub dev: u64,
     /// `st_ino`.
     pub ino: u64,
+}
+
+/// An image to find holders of: its `stat` identity and the device its
+/// lock lines name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Target {
+    /// What `stat` says.
+    pub id: FileId,
+    /// Major number of the device in lock lines.
+    pub major: u32,
+    /// Minor number of the device in lock lines.
+    pub minor: u32,
+}
+
+impl Target {
+    /// A target whose lock lines name the `stat` device (true of most file
+    /// systems; see [`Mounts::target`] for the exact answer).
+    pub fn from_stat(id: FileId) -> Target {
+        Target {
+            id,
+            major: libc::major(id.dev),
+            minor: libc::minor(id.dev),
+        }
+    }
+}
+
+/// This process's mounts: mount id to the device of the mounted file
+/// system, from `/proc/self/mountinfo`.
+#[derive(Debug, Clone, Default)]
+pub struct Mounts {
+    devices: HashMap<u64, (u32, u32)>,
+}
+
+impl Mounts {
+    /// Reads `/proc/self/mountinfo` (empty if unreadable).
+    pub fn read() -> Mounts {
+        let text = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let devices = text
+            .lines()
+            .filter_map(|line| {
+                let mut fields = line.split_ascii_whitespace();
+                let id = fields.next()?.parse().ok()?;
+                let _parent = fields.next()?;
+                let (major, minor) = fields.next()?.split_once(':')?;
+                Some((id, (major.parse().ok()?, minor.parse().ok()?)))
+            })
+            .collect();
+        Mounts { devices }
+    }
+
+    /// The target for an image open on `fd` with `stat` identity `id`: the
+    /// lock lines' device is that of the mount `fd` is on (its fdinfo's
+    /// `mnt_id`), or the `stat` device where that cannot be told.
+    pub fn target(&self, fd: BorrowedFd<'_>, id: FileId) -> Target {
+        let fdinfo = fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd()));
+        let mount = fdinfo.ok().and_then(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("mnt_id:"))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        });
+        match mount.and_then(|m| self.devices.get(&m)) {
+            Some(&(major, minor)) => Target { id, major, minor },
+            None => Target::from_stat(id),
+        }
+    }
 }
 
 /// A process descriptor holding protocol bytes of an image.
@@ -34,110 +107,62 @@ pub struct Holder {
     pub held: Held,
 }
 
-/// What a walk of `/proc` found for one image.
+/// What one walk of `/proc` found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Found {
-    /// Holders, by pid then descriptor.
-    pub holders: Vec<Holder>,
-    /// Some process could not be inspected (another user's, without
-    /// privilege): bytes may be held by somebody not listed.
-    pub partial: bool,
+pub struct Scan {
+    /// For each target, in order: its holders, by pid then descriptor.
+    pub holders: Vec<Vec<Holder>>,
+    /// Some process (or descriptor) could not be inspected: another user's
+    /// without privilege, or a sandbox's PID 1. Its locks are unknown.
+    pub refused: bool,
+}
+
+impl Scan {
+    /// Whether holders of `held` may be missing for target `i`: some held
+    /// byte has no holder found, and some process could not be inspected.
+    /// (A byte with no holder while every process was inspected belongs to
+    /// somebody this host cannot see: another NFS client, another PID
+    /// namespace.)
+    pub fn partial(&self, i: usize, held: Held) -> bool {
+        let found = self
+            .holders
+            .get(i)
+            .map(|hs| hs.iter().fold(Held::default(), |acc, h| acc.union(h.held)))
+            .unwrap_or_default();
+        self.refused && found.union(held) != found
+    }
 }
 
 /// Finds the holders of protocol bytes (0, 100-104, 200-204) of each of
-/// `targets`, walking `/proc` once for all of them. The result is in the
-/// order of `targets`.
-///
-/// A process that cannot be inspected (PID 1 of a sandbox, another user's
-/// process without privilege) matters only if it may hold the image's
-/// bytes: then `/proc/locks`, which every process may read, is compared
-/// with what was attributed, and an image with a lock nobody found is
-/// marked [`Found::partial`].
-pub fn scan(targets: &[FileId]) -> Vec<Found> {
-    let mut found = vec![Found::default(); targets.len()];
-    let mut seen: Vec<Vec<LockLine>> = vec![Vec::new(); targets.len()];
+/// `targets`, walking `/proc` once for all of them.
+pub fn scan(targets: &[Target]) -> Scan {
+    let mut out = Scan {
+        holders: vec![Vec::new(); targets.len()],
+        refused: false,
+    };
+    if targets.is_empty() {
+        return out;
+    }
     let Ok(procs) = fs::read_dir("/proc") else {
-        found.iter_mut().for_each(|f| f.partial = true);
-        return found;
+        out.refused = true;
+        return out;
     };
     let mut pids: Vec<i32> = procs
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
         .collect();
     pids.sort_unstable();
-    let mut refused = false;
     for pid in pids {
-        refused |= scan_process(pid, targets, &mut found, &mut seen).is_err();
+        out.refused |= scan_process(pid, targets, &mut out.holders).is_err();
     }
-    if refused {
-        mark_unattributed(targets, &seen, &mut found);
+    for hs in &mut out.holders {
+        hs.sort_by_key(|h| (h.pid, h.fd));
     }
-    for f in &mut found {
-        f.holders.sort_by_key(|h| (h.pid, h.fd));
-    }
-    found
-}
-
-/// Marks partial every target with a lock in `/proc/locks` that no
-/// inspected descriptor showed.
-fn mark_unattributed(targets: &[FileId], seen: &[Vec<LockLine>], found: &mut [Found]) {
-    let Some(all) = read_proc_locks() else {
-        found.iter_mut().for_each(|f| f.partial = true);
-        return;
-    };
-    let lines: Vec<LockLine> = all.lines().filter_map(parse_lock_line).collect();
-    for (i, id) in targets.iter().enumerate() {
-        let (major, minor) = (libc::major(id.dev), libc::minor(id.dev));
-        let key = |l: &LockLine| (l.class, l.write, l.first, l.last);
-        let on_image = lines
-            .iter()
-            .filter(|l| l.class != LockClass::Other && l.is_on(major, minor, id.ino))
-            .filter(|l| touches_protocol(l));
-        // Descriptors sharing one description each show its locks, so
-        // attributed lines may outnumber held ones; a count of held lines
-        // above the attributed count means an owner was missed.
-        for line in on_image {
-            let held = lines
-                .iter()
-                .filter(|l| l.is_on(major, minor, id.ino) && key(l) == key(line))
-                .count();
-            let attributed = seen[i].iter().filter(|l| key(l) == key(line)).count();
-            if held > attributed {
-                found[i].partial = true;
-                break;
-            }
-        }
-    }
-}
-
-/// `/proc/locks`, read until two passes agree: the kernel produces it a
-/// page at a time, each page under its own lock, so one pass taken while
-/// other processes lock and unlock can miss or repeat entries.
-fn read_proc_locks() -> Option<String> {
-    let mut text = fs::read_to_string("/proc/locks").ok()?;
-    for _ in 0..5 {
-        let again = fs::read_to_string("/proc/locks").ok()?;
-        if again == text {
-            break;
-        }
-        text = again;
-    }
-    Some(text)
-}
-
-fn touches_protocol(line: &LockLine) -> bool {
-    let mut held = Held::default();
-    held.add_range(line.first, line.last);
-    !held.is_empty()
+    out
 }
 
 /// Err(()) when the process (or one of its descriptors) could not be
 /// inspected; a process that is gone is no error.
-fn scan_process(
-    pid: i32,
-    targets: &[FileId],
-    found: &mut [Found],
-    seen: &mut [Vec<LockLine>],
-) -> Result<(), ()> {
+fn scan_process(pid: i32, targets: &[Target], found: &mut [Vec<Holder>]) -> Result<(), ()> {
     let fds = match fs::read_dir(format!("/proc/{pid}/fd")) {
         Ok(fds) => fds,
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
@@ -167,7 +192,7 @@ fn scan_process(
             dev: meta.dev(),
             ino: meta.ino(),
         };
-        let Some(index) = targets.iter().position(|t| *t == id) else {
+        let Some(index) = targets.iter().position(|t| t.id == id) else {
             continue;
         };
         let info = match fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")) {
@@ -178,17 +203,12 @@ fn scan_process(
                 continue;
             }
         };
-        let lines: Vec<LockLine> = image_lines(&info, id).collect();
-        let mut held = Held::default();
-        for line in &lines {
-            held.add_range(line.first, line.last);
-        }
-        seen[index].extend(lines);
+        let held = held_in(&info, &targets[index]);
         if held.is_empty() {
             continue;
         }
         let name = name.get_or_insert_with(|| process_name(pid)).clone();
-        found[index].holders.push(Holder {
+        found[index].push(Holder {
             pid,
             fd,
             name,
@@ -202,10 +222,15 @@ fn scan_process(
     }
 }
 
-/// The fcntl lock lines of one fdinfo that are on `id`.
-fn image_lines(fdinfo: &str, id: FileId) -> impl Iterator<Item = LockLine> + '_ {
-    let (major, minor) = (libc::major(id.dev), libc::minor(id.dev));
-    lock_lines(fdinfo).filter(move |l| l.class != LockClass::Other && l.is_on(major, minor, id.ino))
+/// The protocol bytes the fcntl lock lines of one fdinfo hold on `target`.
+fn held_in(fdinfo: &str, target: &Target) -> Held {
+    let mut held = Held::default();
+    for line in lock_lines(fdinfo) {
+        if line.class != LockClass::Other && line.is_on(target.major, target.minor, target.id.ino) {
+            held.add_range(line.first, line.last);
+        }
+    }
+    held
 }
 
 /// `/proc/PID/comm` without its newline, or "" if unreadable.

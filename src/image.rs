@@ -99,6 +99,14 @@ impl Image {
         self.dev
     }
 
+    /// The inode's `stat` identity.
+    pub fn file_id(&self) -> crate::holders::FileId {
+        crate::holders::FileId {
+            dev: self.dev,
+            ino: self.ino,
+        }
+    }
+
     /// The inode number.
     pub fn ino(&self) -> u64 {
         self.ino

@@ -14,10 +14,10 @@ use nix::errno::Errno;
 use crate::error::{Conflict, ConflictKind, Error, HolderId, Result};
 use crate::fcntl::{self, Flavor};
 use crate::fdinfo::{lock_lines, LockClass};
-use crate::holders::{self, FileId};
+use crate::holders::{self, Mounts};
 use crate::image::Image;
 use crate::perm::Perm;
-use crate::protocol::{ByteSet, Plan, Request, Test};
+use crate::protocol::{ByteSet, Plan, Request, Test, USE_BASE};
 
 /// How to lock beyond the request itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -176,7 +176,12 @@ pub fn check(path: &Path, request: Request, options: Options) -> Result<()> {
     let outcome = match find_blocked(fd, flavor, plan.lock, false) {
         Ok(None) => run_tests(fd, flavor, &plan.tests),
         Ok(Some((byte, found))) => Err(Failure::Locked(byte, Errno::EAGAIN, Some(found))),
-        Err(e) => Err(Failure::Os(e, "cannot test the image's bytes")),
+        // As fpl_acquire would report it: locking is what fails first.
+        Err(e) => Err(Failure::Locked(
+            plan.lock.iter().next().unwrap_or(USE_BASE),
+            e,
+            None,
+        )),
     };
     outcome.map_err(|f| f.into_error(&image, None))
 }
@@ -202,15 +207,17 @@ enum Failure {
     Locked(u32, Errno, Option<fcntl::Found>),
     /// A test found `test.byte` held by somebody else.
     Conflict(Test, fcntl::Found),
-    /// A system call failed.
-    Os(Errno, &'static str),
+    /// Testing a byte failed with this errno (the file system refuses locks).
+    TestFailed(Errno, u32),
 }
 
 impl Failure {
     fn into_error(self, image: &Image, own_fd: Option<i32>) -> Error {
         let path = image.display_path();
         let (kind, byte, perm, found) = match self {
-            Failure::Os(errno, what) => return Error::os(errno, what),
+            Failure::TestFailed(errno, byte) => {
+                return Error::test_failed(errno, byte, path.as_deref())
+            }
             Failure::Locked(byte, errno, found) => {
                 if errno != Errno::EAGAIN && errno != Errno::EACCES {
                     // QEMU's words for a lock the file system refuses (NFS, FUSE).
@@ -257,13 +264,10 @@ fn find_holder(
             name: holders::process_name(pid),
         });
     }
-    let id = FileId {
-        dev: image.dev(),
-        ino: image.ino(),
-    };
     let me = std::process::id() as i32;
-    let found = holders::scan(&[id]).pop()?;
-    let candidates = found.holders.into_iter().filter(|h| h.held.covers(byte));
+    let target = Mounts::read().target(image.fd(), image.file_id());
+    let found = holders::scan(&[target]).holders.pop()?;
+    let candidates = found.into_iter().filter(|h| h.held.covers(byte));
     // Prefer another process; in this one, never the handle's own descriptor.
     let mut best = None;
     for h in candidates {
@@ -368,13 +372,13 @@ fn run_tests(fd: BorrowedFd<'_>, flavor: Flavor, tests: &[Test]) -> Result<(), F
     match fcntl::test(fd, flavor, first, last - first + 1, true) {
         Ok(None) => return Ok(()),
         Ok(Some(_)) => {}
-        Err(e) => return Err(Failure::Os(e, "cannot test the image's bytes")),
+        Err(e) => return Err(Failure::TestFailed(e, first)),
     }
     for test in tests {
         match fcntl::test(fd, flavor, test.byte, 1, true) {
             Ok(None) => {}
             Ok(Some(found)) => return Err(Failure::Conflict(*test, found)),
-            Err(e) => return Err(Failure::Os(e, "cannot test the image's bytes")),
+            Err(e) => return Err(Failure::TestFailed(e, test.byte)),
         }
     }
     Ok(())
@@ -388,12 +392,12 @@ fn description_bytes(image: &Image) -> ByteSet {
     let Ok(info) = std::fs::read_to_string(path) else {
         return ByteSet::EMPTY;
     };
-    let (major, minor) = (libc::major(image.dev()), libc::minor(image.dev()));
+    let target = Mounts::read().target(image.fd(), image.file_id());
     let mut held = crate::protocol::Held::default();
     for line in lock_lines(&info) {
         // Only OFD locks belong to the description; a POSIX lock of this
         // process on the same bytes is another owner.
-        if line.class == LockClass::Ofd && line.is_on(major, minor, image.ino()) {
+        if line.class == LockClass::Ofd && line.is_on(target.major, target.minor, target.id.ino) {
             held.add_range(line.first, line.last);
         }
     }

@@ -7,7 +7,7 @@ use nix::errno::Errno;
 
 use crate::error::{Error, Result};
 use crate::fcntl::{self, Flavor};
-use crate::holders::{self, FileId, Holder};
+use crate::holders::{self, Holder, Mounts, Target};
 use crate::image::Image;
 use crate::protocol::{Held, LIBVIRT_BYTE, UNSHARE_BASE, USE_BASE};
 
@@ -30,29 +30,72 @@ const RANGES: [(u32, u32); 3] = [(LIBVIRT_BYTE, 1), (USE_BASE, 5), (UNSHARE_BASE
 /// Reports the protocol bytes held on `path`; with `holders`, also names
 /// the processes holding them.
 pub fn query(path: &Path, holders: bool) -> Result<Status> {
-    let image = Image::open(path)?;
-    let held = held_bytes(image.fd())?;
-    let mut status = Status {
-        held,
-        ..Status::default()
-    };
-    if holders {
-        let id = FileId {
-            dev: image.dev(),
-            ino: image.ino(),
-        };
-        if let Some(found) = holders::scan(&[id]).pop() {
-            status.holders = found.holders;
-            status.holders_partial = found.partial;
+    query_many(&[path], holders)
+        .pop()
+        .unwrap_or_else(|| Err(Error::invalid("no image")))
+}
+
+/// [`query`] for many images at once: each image's bytes are tested, then
+/// the holders of all the held ones are found with one walk of `/proc`, so
+/// the cost grows with the host's descriptors plus the images, not their
+/// product. Names of one inode (links) share its locks and its holders.
+pub fn query_many<P: AsRef<Path>>(paths: &[P], holders: bool) -> Vec<Result<Status>> {
+    let mounts = holders.then(Mounts::read);
+    let mut targets: Vec<Target> = Vec::new();
+    let mut results: Vec<(Result<Status>, Option<usize>)> = paths
+        .iter()
+        .map(|path| {
+            let image = match Image::open(path.as_ref()) {
+                Ok(image) => image,
+                Err(e) => return (Err(e), None),
+            };
+            let held = match held_bytes_named(image.fd(), Some(path.as_ref())) {
+                Ok(held) => held,
+                Err(e) => return (Err(e), None),
+            };
+            let status = Status {
+                held,
+                ..Status::default()
+            };
+            // Free images need no walk of /proc.
+            let index = match &mounts {
+                Some(mounts) if !held.is_empty() => {
+                    let target = mounts.target(image.fd(), image.file_id());
+                    Some(
+                        targets
+                            .iter()
+                            .position(|t| *t == target)
+                            .unwrap_or_else(|| {
+                                targets.push(target);
+                                targets.len() - 1
+                            }),
+                    )
+                }
+                _ => None,
+            };
+            (Ok(status), index)
+        })
+        .collect();
+    if !targets.is_empty() {
+        let scan = holders::scan(&targets);
+        for (result, index) in &mut results {
+            if let (Ok(status), Some(i)) = (result, *index) {
+                status.holders = scan.holders[i].clone();
+                status.holders_partial = scan.partial(i, status.held);
+            }
         }
     }
-    Ok(status)
+    results.into_iter().map(|(r, _)| r).collect()
 }
 
 /// The protocol bytes somebody holds, seen from a descriptor that holds
 /// none: F_GETLK asking for F_WRLCK over each range finds a lock in the way;
 /// the parts of the range on either side of it are searched again.
 pub fn held_bytes(fd: BorrowedFd<'_>) -> Result<Held> {
+    held_bytes_named(fd, None)
+}
+
+fn held_bytes_named(fd: BorrowedFd<'_>, path: Option<&Path>) -> Result<Held> {
     // POSIX F_GETLK does not see this process's own POSIX locks; OFD does.
     let flavor = if fcntl::ofd_available(fd) {
         Flavor::Ofd
@@ -68,7 +111,7 @@ pub fn held_bytes(fd: BorrowedFd<'_>) -> Result<Held> {
             u64::from(first + len - 1),
             &mut held,
         )
-        .map_err(|e| Error::os(e, "cannot test the image's bytes"))?;
+        .map_err(|e| Error::test_failed(e, first, path))?;
     }
     Ok(held)
 }

@@ -485,14 +485,16 @@ fn bits(set: PermSet) -> u32 {
 /// What a file system is expected to do beyond the common scenario.
 #[derive(Clone, Copy)]
 struct Expect {
-    /// Whether libfpl names the processes holding the bytes. It matches the
-    /// `lock:` lines of `/proc/PID/fdinfo` on `stat`'s device, so it can
-    /// only where the kernel shows locks on that device.
+    /// Whether libfpl names the processes holding the bytes.
     holders_named: bool,
+    /// Whether the kernel shows the locks on the device `stat` reports (not
+    /// on btrfs, where libfpl must use the mount's device instead).
+    lock_dev_is_stat_dev: bool,
 }
 
 const NAMED: Expect = Expect {
     holders_named: true,
+    lock_dev_is_stat_dev: true,
 };
 
 /// The common scenario on `image` (an existing raw image).
@@ -505,11 +507,11 @@ fn scenario(image: &Path, expect: Expect) {
     let (bytes, lock_dev) = fdinfo_locks(pid, ino);
     assert_eq!(bytes, WRITE_BYTES, "fdinfo of fpl-holder on {image:?}");
     let lock_dev = lock_dev.expect("fpl-holder's locks are in its fdinfo");
-    // Holders can be named exactly when the kernel shows the locks on the
-    // device stat reports: documents why a file system lacks names.
+    // Where the kernel shows the locks on another device than stat's,
+    // libfpl must find it from the mount to name holders.
     assert_eq!(
         lock_dev == st_dev(image),
-        expect.holders_named,
+        expect.lock_dev_is_stat_dev,
         "{image:?}: locks shown on device {lock_dev:?}, stat says {:?}",
         st_dev(image)
     );
@@ -798,14 +800,11 @@ fn xfs_loop_image() {
     scenario(&new_image(&m.path().join("disk.raw")), NAMED);
 }
 
-/// btrfs: locking, QEMU's refusal and the reported bytes work; holders are
-/// not named. stat(2) gives a file the device of its subvolume (an anonymous
+/// btrfs: stat(2) gives a file the device of its subvolume (an anonymous
 /// device of its own, e.g. 0:40), while the kernel shows its locks in
 /// /proc/locks and /proc/PID/fdinfo on the super block's device (e.g. 0:39,
-/// the one /proc/self/mountinfo shows for the mount), so libfpl's match of
-/// lock lines on stat's device finds none. The scenario asserts exactly
-/// that mismatch; set `holders_named` once libfpl matches on the mount's
-/// device.
+/// the one /proc/self/mountinfo shows for the mount). libfpl matches lock
+/// lines on the mount's device, so holders are named here too.
 #[test]
 fn btrfs_loop_image() {
     need_root();
@@ -820,7 +819,8 @@ fn btrfs_loop_image() {
     scenario(
         &new_image(&m.path().join("disk.raw")),
         Expect {
-            holders_named: false,
+            holders_named: true,
+            lock_dev_is_stat_dev: false,
         },
     );
 }
@@ -1001,12 +1001,10 @@ fn fuse_lock_operation_fails_with_eopnotsupp() {
     fuse_lock_failure("eopnotsupp", libc::EOPNOTSUPP, "EOPNOTSUPP");
 }
 
-/// fpl_check and fpl_query on a file system that refuses locks should name
-/// the problem as fpl_acquire does. They do not yet: their F_OFD_GETLK
-/// failure becomes "cannot test the image's bytes: ENOLCK: ..." (src/lock.rs
-/// `check`, src/query.rs `held_bytes`).
+/// fpl_check and fpl_query on a file system that refuses locks name the
+/// problem as fpl_acquire does (check as acquire would fail: locking byte
+/// 100; query: testing it).
 #[test]
-#[ignore = "libfpl: fpl_check/fpl_query on a FUSE lock failure say \"cannot test the image's bytes\", not the file system problem"]
 fn fuse_lock_failure_check_and_query_name_the_file_system_problem() {
     need_root();
     let tmp = TempDir::new("fs-fuse-check");
