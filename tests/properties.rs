@@ -17,7 +17,12 @@ fn lockish_line() -> impl Strategy<Value = String> {
             Just("->"),
             Just("LEASE")
         ],
-        prop_oneof![Just("ADVISORY"), Just("MANDATORY"), Just("ACTIVE"), Just("")],
+        prop_oneof![
+            Just("ADVISORY"),
+            Just("MANDATORY"),
+            Just("ACTIVE"),
+            Just("")
+        ],
         prop_oneof![Just("READ"), Just("WRITE"), Just("UNLCK"), Just("x")],
         "-?[0-9]{0,12}",
         "[0-9a-f]{0,9}:[0-9a-f]{0,9}:[0-9]{0,25}",
