@@ -347,6 +347,41 @@ int fpl_query(const char *path,
               struct fpl_error *err);
 
 /**
+ * fpl_query for N images at once: each image's bytes are tested, then the
+ * holders of all of them are found with one walk of /proc (none at all if
+ * no image is held), so the cost grows with the host's descriptors plus N,
+ * not their product.
+ *
+ * For each image i, RESULTS[i] is 0 or the negative errno that
+ * fpl_query(PATHS[i]) would return, and STATUSES[i] is written when
+ * RESULTS[i] is 0. With FPL_QUERY_HOLDERS, the holders of all images are
+ * written to HOLDERS one image after another, in image order: image i's
+ * STATUSES[i].n_holders holders come right after those of the images
+ * before it. At most CAP are written; *N_HOLDERS (if not NULL) counts all
+ * found, so a caller whose CAP was too small can tell and call again.
+ *
+ * Returns 0 when every image was inspected; otherwise the negative errno
+ * of the first image that could not be, described in ERR (RESULTS tells
+ * which). Bad arguments (NULL PATHS, STATUSES or RESULTS with N > 0, a
+ * NULL path, NULL HOLDERS with CAP > 0, unknown flags) give `-EINVAL` and
+ * write nothing else.
+ *
+ * # Safety
+ * PATHS: N pointers to NUL-terminated strings. STATUSES, RESULTS: N
+ * writable elements each. HOLDERS: NULL or CAP writable elements.
+ * N_HOLDERS, ERR: NULL or writable. Any thread.
+ */
+int fpl_query_many(const char *const *paths,
+                   size_t n,
+                   uint32_t flags,
+                   struct fpl_status *statuses,
+                   int32_t *results,
+                   struct fpl_holder *holders,
+                   size_t cap,
+                   size_t *n_holders,
+                   struct fpl_error *err);
+
+/**
  * The version of the loaded library, e.g. "0.1.0": a static string, never
  * NULL, never to be freed. Compare with FPL_VERSION_STRING to detect a
  * header / library mismatch.

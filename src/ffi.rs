@@ -240,6 +240,37 @@ fn request(perm: u32, shared: u32, flags: u32) -> Result<(Request, Options), Err
     Ok((req, options))
 }
 
+fn status_out(found: &query::Status) -> fpl_status {
+    let mut flags = 0;
+    if found.held.legacy {
+        flags |= FPL_STATUS_LEGACY;
+    }
+    if found.held.libvirt {
+        flags |= FPL_STATUS_LIBVIRT;
+    }
+    if found.holders_partial {
+        flags |= FPL_STATUS_HOLDERS_PARTIAL;
+    }
+    fpl_status {
+        perm: found.held.perm.bits(),
+        unshared: found.held.unshared.bits(),
+        flags,
+        n_holders: u32::try_from(found.holders.len()).unwrap_or(u32::MAX),
+    }
+}
+
+fn holder_out(h: &crate::holders::Holder) -> fpl_holder {
+    let mut out = fpl_holder {
+        pid: h.pid,
+        fd: h.fd,
+        perm: h.held.perm.bits(),
+        unshared: h.held.unshared.bits(),
+        name: [0; FPL_NAME_SIZE],
+    };
+    copy_text(&mut out.name, h.name.as_bytes());
+    out
+}
+
 fn into_handle(lock: Lock) -> *mut fpl_lock {
     Box::into_raw(Box::new(lock)).cast()
 }
@@ -437,37 +468,112 @@ pub unsafe extern "C" fn fpl_query(
             )));
         }
         let found = query::query(path, flags & FPL_QUERY_HOLDERS != 0)?;
-        let mut bits = 0;
-        if found.held.legacy {
-            bits |= FPL_STATUS_LEGACY;
-        }
-        if found.held.libvirt {
-            bits |= FPL_STATUS_LIBVIRT;
-        }
-        if found.holders_partial {
-            bits |= FPL_STATUS_HOLDERS_PARTIAL;
-        }
         for (i, h) in found.holders.iter().take(cap).enumerate() {
-            let mut out = fpl_holder {
-                pid: h.pid,
-                fd: h.fd,
-                perm: h.held.perm.bits(),
-                unshared: h.held.unshared.bits(),
-                name: [0; FPL_NAME_SIZE],
-            };
-            copy_text(&mut out.name, h.name.as_bytes());
             // SAFETY: i < cap, and HOLDERS has CAP writable elements (contract).
-            unsafe { holders.add(i).write(out) };
+            unsafe { holders.add(i).write(holder_out(h)) };
         }
-        let out = fpl_status {
-            perm: found.held.perm.bits(),
-            unshared: found.held.unshared.bits(),
-            flags: bits,
-            n_holders: u32::try_from(found.holders.len()).unwrap_or(u32::MAX),
-        };
+        let out = status_out(&found);
         // SAFETY: STATUS is non-NULL and writable (contract).
         unsafe { status.write(out) };
         Ok(())
+    })
+}
+
+/// fpl_query for N images at once: each image's bytes are tested, then the
+/// holders of all of them are found with one walk of /proc (none at all if
+/// no image is held), so the cost grows with the host's descriptors plus N,
+/// not their product.
+///
+/// For each image i, RESULTS[i] is 0 or the negative errno that
+/// fpl_query(PATHS[i]) would return, and STATUSES[i] is written when
+/// RESULTS[i] is 0. With FPL_QUERY_HOLDERS, the holders of all images are
+/// written to HOLDERS one image after another, in image order: image i's
+/// STATUSES[i].n_holders holders come right after those of the images
+/// before it. At most CAP are written; *N_HOLDERS (if not NULL) counts all
+/// found, so a caller whose CAP was too small can tell and call again.
+///
+/// Returns 0 when every image was inspected; otherwise the negative errno
+/// of the first image that could not be, described in ERR (RESULTS tells
+/// which). Bad arguments (NULL PATHS, STATUSES or RESULTS with N > 0, a
+/// NULL path, NULL HOLDERS with CAP > 0, unknown flags) give `-EINVAL` and
+/// write nothing else.
+///
+/// # Safety
+/// PATHS: N pointers to NUL-terminated strings. STATUSES, RESULTS: N
+/// writable elements each. HOLDERS: NULL or CAP writable elements.
+/// N_HOLDERS, ERR: NULL or writable. Any thread.
+#[no_mangle]
+pub unsafe extern "C" fn fpl_query_many(
+    paths: *const *const c_char,
+    n: usize,
+    flags: u32,
+    statuses: *mut fpl_status,
+    results: *mut i32,
+    holders: *mut fpl_holder,
+    cap: usize,
+    n_holders: *mut usize,
+    err: *mut fpl_error,
+) -> c_int {
+    boundary!(err, {
+        if n > 0 && (paths.is_null() || statuses.is_null() || results.is_null()) {
+            return Err(Error::invalid("paths, statuses and results must not be NULL"));
+        }
+        if holders.is_null() && cap > 0 {
+            return Err(Error::invalid("holders is NULL but cap is not 0"));
+        }
+        if flags & !FPL_QUERY_HOLDERS != 0 {
+            return Err(Error::invalid(format!(
+                "invalid query flags 0x{flags:x}: only FPL_QUERY_HOLDERS exists"
+            )));
+        }
+        let mut list: Vec<&Path> = Vec::with_capacity(n);
+        for i in 0..n {
+            // SAFETY: PATHS has N elements (contract).
+            let p = unsafe { paths.add(i).read() };
+            // SAFETY: each is NULL or NUL-terminated (contract).
+            let path = unsafe { path_arg(p) };
+            match path {
+                Ok(path) => list.push(path),
+                Err(e) if p.is_null() => {
+                    return Err(Error::invalid(format!("paths[{i}] is NULL: {e}")))
+                }
+                // An empty path fails on its own below, like fpl_query.
+                Err(_) => list.push(Path::new("")),
+            }
+        }
+        let found = query::query_many(&list, flags & FPL_QUERY_HOLDERS != 0);
+        let mut first_error: Option<Error> = None;
+        let mut written = 0usize;
+        let mut total = 0usize;
+        for (i, outcome) in found.into_iter().enumerate() {
+            match outcome {
+                Ok(status) => {
+                    for h in &status.holders {
+                        if written < cap {
+                            // SAFETY: written < cap, HOLDERS has CAP elements.
+                            unsafe { holders.add(written).write(holder_out(h)) };
+                            written += 1;
+                        }
+                    }
+                    total += status.holders.len();
+                    // SAFETY: i < n; STATUSES and RESULTS have N elements.
+                    unsafe {
+                        statuses.add(i).write(status_out(&status));
+                        results.add(i).write(0);
+                    }
+                }
+                Err(e) => {
+                    // SAFETY: i < n; RESULTS has N elements.
+                    unsafe { results.add(i).write(-e.errno()) };
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        // SAFETY: NULL or writable (contract).
+        if let Some(out) = unsafe { n_holders.as_mut() } {
+            *out = total;
+        }
+        first_error.map_or(Ok(()), Err)
     })
 }
 

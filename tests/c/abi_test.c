@@ -261,6 +261,56 @@ static void test_query(void) {
     h_finish(&raw);
 }
 
+static void test_query_many(void) {
+    h_test = "query_many";
+    const char *a = h_image("many-a.img");
+    char b[PATH_MAX], missing[PATH_MAX], free_img[PATH_MAX];
+    snprintf(b, sizeof b, "%s", h_image("many-b.img"));
+    snprintf(free_img, sizeof free_img, "%s", h_image("many-free.img"));
+    snprintf(missing, sizeof missing, "%s/many-missing.img", h_dir);
+    h_helper writer, reader;
+    CHECK(h_hold(&writer, a, FPL_MODE_WRITE_PERM, FPL_MODE_WRITE_SHARE, 0) == 0, "%s", writer.reply);
+    CHECK(h_hold(&reader, b, FPL_MODE_READ_PERM, FPL_MODE_READ_SHARE, 0) == 0, "%s", reader.reply);
+    const char *paths[] = {a, missing, b, free_img, a};
+    fpl_status st[5];
+    int results[5];
+    fpl_holder hs[8];
+    size_t total = 0;
+    fpl_error err;
+    int rc = fpl_query_many(paths, 5, FPL_QUERY_HOLDERS, st, results, hs, 8, &total, &err);
+    CHECK_RC(rc, -ENOENT, err);
+    CHECK(strstr(err.message, "many-missing.img") != NULL, "%s", err.message);
+    CHECK(results[0] == 0 && results[1] == -ENOENT && results[2] == 0 && results[3] == 0 &&
+              results[4] == 0,
+          "results %d %d %d %d %d", results[0], results[1], results[2], results[3], results[4]);
+    CHECK(st[0].perm == FPL_MODE_WRITE_PERM && st[0].n_holders == 1, "a: %#x %u", st[0].perm,
+          st[0].n_holders);
+    CHECK(st[2].perm == FPL_PERM_CONSISTENT_READ && st[2].n_holders == 1, "b: %#x %u", st[2].perm,
+          st[2].n_holders);
+    CHECK(st[3].perm == 0 && st[3].unshared == 0 && st[3].n_holders == 0, "free");
+    CHECK(st[4].perm == st[0].perm && st[4].n_holders == 1, "a named twice");
+    CHECK(total == 3, "total %zu", total);
+    CHECK(hs[0].pid == writer.pid && hs[1].pid == reader.pid && hs[2].pid == writer.pid,
+          "holders in image order: %d %d %d", hs[0].pid, hs[1].pid, hs[2].pid);
+    /* A cap too small: counts still right. */
+    rc = fpl_query_many(paths + 2, 3, FPL_QUERY_HOLDERS, st, results, hs, 1, &total, &err);
+    CHECK_RC(rc, 0, err);
+    CHECK(total == 2 && hs[0].pid == reader.pid, "total %zu", total);
+    /* Bad arguments write nothing. */
+    results[0] = 12345;
+    rc = fpl_query_many(NULL, 2, 0, st, results, NULL, 0, NULL, &err);
+    CHECK_RC(rc, -EINVAL, err);
+    const char *with_null[] = {a, NULL};
+    rc = fpl_query_many(with_null, 2, 0, st, results, NULL, 0, NULL, &err);
+    CHECK_RC(rc, -EINVAL, err);
+    CHECK(results[0] == 12345, "written on bad arguments");
+    rc = fpl_query_many(paths, 1, 0x8, st, results, NULL, 0, NULL, &err);
+    CHECK_RC(rc, -EINVAL, err);
+    rc = fpl_query_many(NULL, 0, 0, NULL, NULL, NULL, 0, NULL, &err);
+    CHECK_RC(rc, 0, err);
+    CHECK(h_finish(&writer) == 0 && h_finish(&reader) == 0, "helpers");
+}
+
 static void test_acquire_fd(void) {
     h_test = "acquire_fd";
     const char *img = h_image("fd.img");
@@ -515,6 +565,7 @@ int main(int argc, char **argv) {
     test_exclusive_lock_of_other_software();
     test_update();
     test_query();
+    test_query_many();
     test_acquire_fd();
     test_release_despite_forked_child();
     test_release_on_other_thread();
