@@ -32,7 +32,8 @@ Exit status: 0 if the access would be granted on every image, 1 if some image
 is in use in a conflicting way, 2 if some image could not be tested (or the
 command line is wrong).
 
-JSON (--json): an array with one object per image, in command-line order:
+JSON (--json): an array with one object per image, in command-line order,
+each on a line of its own:
   {\"path\": \"a.img\", \"ok\": true}
   {\"path\": \"b.img\", \"ok\": false, \"error\": MESSAGE, \"errno\": 11,
    \"conflict\": {\"byte\": 201, \"perm\": \"write\",

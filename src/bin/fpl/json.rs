@@ -1,5 +1,6 @@
 //! The objects `--json` prints. `status --json` and `check --json` print
-//! one JSON array with one object per image, in command-line order. Names
+//! one JSON array with one object per image, in command-line order, each
+//! object on a line of its own. Names
 //! are those of the C structs (`fpl_status`, `fpl_holder`, `fpl_error`);
 //! permission sets are lists of QEMU's names.
 //!
@@ -121,9 +122,14 @@ pub fn check(path: &Path, outcome: &Result<(), Error>) -> Value {
     Value::Object(object)
 }
 
-/// Prints the array, indented, on standard output.
+/// Prints the array on standard output, one object per line:
+/// `[\n{...},\n{...}\n]`, valid JSON that line tools can still read.
 pub fn print(objects: Vec<Value>) {
-    // Serializing a Value to a string cannot fail: no map has non-string keys.
-    let text = serde_json::to_string_pretty(&Value::Array(objects)).unwrap_or_default();
-    crate::out(&text);
+    // Serializing a Value cannot fail: all its map keys are strings.
+    let lines: Vec<String> = objects.iter().map(Value::to_string).collect();
+    if lines.is_empty() {
+        crate::out("[]");
+    } else {
+        crate::out(&format!("[\n{}\n]", lines.join(",\n")));
+    }
 }

@@ -35,7 +35,8 @@ free.
 
 Exit status: 0 if every image could be inspected, 2 otherwise.
 
-JSON (--json): an array with one object per image, in command-line order:
+JSON (--json): an array with one object per image, in command-line order,
+each on a line of its own:
   {\"path\": \"vm.qcow2\",
    \"perm\": [\"consistent-read\", \"write\", \"resize\"],  (bytes 100+i held)
    \"unshared\": [\"write\", \"resize\"],                   (bytes 200+i held)
