@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 use crate::fcntl::{self, Flavor};
 use crate::holders::{self, Holder, Mounts, Target};
 use crate::image::Image;
-use crate::protocol::{Held, LIBVIRT_BYTE, UNSHARE_BASE, USE_BASE};
+use crate::protocol::{Held, LIBVIRT_BYTE, UNSHARE_BASE};
 
 /// What [`query`] found.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -24,8 +24,10 @@ pub struct Status {
     pub holders_partial: bool,
 }
 
-/// The ranges a query looks at: byte 0 (libvirt), 100-104, 200-204.
-const RANGES: [(u32, u32); 3] = [(LIBVIRT_BYTE, 1), (USE_BASE, 5), (UNSHARE_BASE, 5)];
+/// The range a query looks at: from byte 0 (libvirt) to 204. One F_GETLK
+/// answers for a free image; locks on bytes outside the protocol only cost
+/// a few more calls, as the search splits around them.
+const RANGES: [(u32, u32); 1] = [(LIBVIRT_BYTE, UNSHARE_BASE + 5)];
 
 /// Reports the protocol bytes held on `path`; with `holders`, also names
 /// the processes holding them.
