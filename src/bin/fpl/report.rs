@@ -17,10 +17,10 @@ pub fn hint(e: &Error) -> Option<&'static str> {
              and search permission on its folders (or run it as the image's owner)",
         ),
         libc::ENOLCK | libc::EOPNOTSUPP => Some(
-            "the file system does not support byte-range locks (some NFS and FUSE \
-             mounts): QEMU cannot lock images there either. On a kernel without \
-             open file description locks (before Linux 3.15), `check` and `hold` \
-             accept --allow-posix",
+            "the file system refuses byte-range locks (some FUSE mounts; NFS without \
+             its lock service): QEMU fails to lock images there too. Use a local file \
+             system or fix the mount. Only on a kernel without open file description \
+             locks (before Linux 3.15) does --allow-posix help",
         ),
         libc::EISDIR => Some("name the image file, not its folder"),
         _ => None,
