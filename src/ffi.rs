@@ -389,10 +389,13 @@ pub unsafe extern "C" fn fpl_update(
     })
 }
 
-/// Unlocks every byte the handle locked (explicitly, so a forked child that
-/// still has a copy of the descriptor cannot keep the image locked), closes
-/// its descriptor and frees it. NULL is a no-op returning 0. Returns a
-/// negative errno if unlocking failed; the handle is freed all the same.
+/// Unlocks every byte the handle locked, closes its descriptor and frees it.
+/// A forked child that still has a copy of the descriptor cannot keep the
+/// image locked: the bytes are unlocked explicitly whenever the process has
+/// forked since the lock was taken (or the descriptor was the caller's);
+/// otherwise closing the handle's only descriptor drops them at once. NULL
+/// is a no-op returning 0. Returns a negative errno if unlocking failed;
+/// the handle is freed all the same.
 ///
 /// # Safety
 /// LOCK: NULL or a live handle, never used again afterwards. Any thread.
@@ -484,11 +487,11 @@ pub unsafe extern "C" fn fpl_query(
 /// no image is held), so the cost grows with the host's descriptors plus N,
 /// not their product.
 ///
-/// For each image i, RESULTS[i] is 0 or the negative errno that
-/// fpl_query(PATHS[i]) would return, and STATUSES[i] is written when
-/// RESULTS[i] is 0. With FPL_QUERY_HOLDERS, the holders of all images are
+/// For each image i, `RESULTS[i]` is 0 or the negative errno that
+/// fpl_query(`PATHS[i]`) would return, and `STATUSES[i]` is written when
+/// `RESULTS[i]` is 0. With FPL_QUERY_HOLDERS, the holders of all images are
 /// written to HOLDERS one image after another, in image order: image i's
-/// STATUSES[i].n_holders holders come right after those of the images
+/// `STATUSES[i]`.n_holders holders come right after those of the images
 /// before it. At most CAP are written; *N_HOLDERS (if not NULL) counts all
 /// found, so a caller whose CAP was too small can tell and call again.
 ///
@@ -516,7 +519,9 @@ pub unsafe extern "C" fn fpl_query_many(
 ) -> c_int {
     boundary!(err, {
         if n > 0 && (paths.is_null() || statuses.is_null() || results.is_null()) {
-            return Err(Error::invalid("paths, statuses and results must not be NULL"));
+            return Err(Error::invalid(
+                "paths, statuses and results must not be NULL",
+            ));
         }
         if holders.is_null() && cap > 0 {
             return Err(Error::invalid("holders is NULL but cap is not 0"));

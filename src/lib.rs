@@ -7,7 +7,7 @@
 //! rolls back on conflict ([`Lock::acquire`]). By default libfpl follows the
 //! stricter rules proposed for new software on qemu-devel in 2021;
 //! [`Request::exact`] makes it lock and test byte for byte what QEMU would.
-//! [`query`] reports which bytes are held and names the processes holding
+//! [`query()`] reports which bytes are held and names the processes holding
 //! them, which QEMU itself cannot do.
 //!
 //! ```no_run
@@ -31,6 +31,7 @@ pub mod error;
 pub mod fcntl;
 pub mod fdinfo;
 pub mod ffi;
+mod forks;
 pub mod holders;
 pub mod image;
 pub mod lock;

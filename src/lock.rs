@@ -14,6 +14,7 @@ use nix::errno::Errno;
 use crate::error::{Conflict, ConflictKind, Error, HolderId, Result};
 use crate::fcntl::{self, Flavor};
 use crate::fdinfo::{lock_lines, LockClass};
+use crate::forks;
 use crate::holders::{self, Mounts};
 use crate::image::Image;
 use crate::perm::Perm;
@@ -42,13 +43,18 @@ pub struct Lock {
     held: ByteSet,
     /// Bytes the adopted description held before: never locked or unlocked here.
     foreign: ByteSet,
+    /// Whether the handle's descriptor is the only one of its description
+    /// (acquired by path, not adopted from a caller's descriptor).
+    private: bool,
+    /// The fork count when the lock was taken.
+    forks_at: u64,
 }
 
 impl Lock {
     /// Opens `path` and takes the locks for `request`.
     pub fn acquire(path: &Path, request: Request, options: Options) -> Result<Lock> {
         let image = Image::open(path)?;
-        Lock::take(image, request, options, ByteSet::EMPTY)
+        Lock::take(image, request, options, None)
     }
 
     /// Takes the locks for `request` on the caller's open file description.
@@ -59,11 +65,19 @@ impl Lock {
     pub fn acquire_fd(fd: BorrowedFd<'_>, request: Request, options: Options) -> Result<Lock> {
         let image = Image::from_fd(fd)?;
         let foreign = description_bytes(&image);
-        Lock::take(image, request, options, foreign)
+        Lock::take(image, request, options, Some(foreign))
     }
 
-    fn take(image: Image, request: Request, options: Options, foreign: ByteSet) -> Result<Lock> {
+    /// `adopted`: the bytes a caller's description already held, or None
+    /// for a description of our own.
+    fn take(
+        image: Image,
+        request: Request,
+        options: Options,
+        adopted: Option<ByteSet>,
+    ) -> Result<Lock> {
         let flavor = flavor(&image, options)?;
+        let forks_at = forks::count();
         let plan = request.plan();
         let mut lock = Lock {
             image,
@@ -74,7 +88,9 @@ impl Lock {
                 tests: Vec::new(),
             },
             held: ByteSet::EMPTY,
-            foreign,
+            foreign: adopted.unwrap_or(ByteSet::EMPTY),
+            private: adopted.is_none(),
+            forks_at,
         };
         lock.change(plan, false)?;
         lock.request = request;
@@ -142,14 +158,31 @@ impl Lock {
         self.flavor == Flavor::Posix
     }
 
-    /// Unlocks every byte this handle locked, explicitly (a forked child
-    /// holding a copy of the descriptor would otherwise keep OFD locks
-    /// alive), then closes the descriptor. The descriptor is closed even if
+    /// Unlocks every byte this handle locked, then closes the descriptor. A
+    /// forked child holding a copy of the descriptor would keep OFD locks
+    /// alive, so they are unlocked explicitly — unless the descriptor is the
+    /// handle's own and the process has not forked since the lock was taken
+    /// (a `pthread_atfork` handler counts forks): then closing it drops them
+    /// at once. The descriptor is closed even if
     /// unlocking fails. (Closing a read-only descriptor loses nothing, so its
     /// result is not reported.)
     pub fn release(mut self) -> Result<()> {
-        self.unlock_all()
-        // Dropping self closes the descriptor; Drop finds nothing left to unlock.
+        if !self.private || self.flavor != Flavor::Ofd {
+            // Dropping self then closes the descriptor.
+            return self.unlock_all();
+        }
+        // Our own description: if no fork can have copied its descriptor,
+        // closing it drops every lock at once, without an unlock call.
+        forks::closing(self.forks_at, move |forked| {
+            let unlocked = if forked {
+                self.unlock_all()
+            } else {
+                self.held = ByteSet::EMPTY;
+                Ok(())
+            };
+            drop(self);
+            unlocked
+        })
     }
 
     fn unlock_all(&mut self) -> Result<()> {

@@ -11,7 +11,7 @@ use crate::holders::{self, Holder, Mounts, Target};
 use crate::image::Image;
 use crate::protocol::{Held, LIBVIRT_BYTE, UNSHARE_BASE};
 
-/// What [`query`] found.
+/// What [`query()`] found.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Status {
     /// The bytes held by anybody (this process's other handles included).
@@ -37,7 +37,7 @@ pub fn query(path: &Path, holders: bool) -> Result<Status> {
         .unwrap_or_else(|| Err(Error::invalid("no image")))
 }
 
-/// [`query`] for many images at once: each image's bytes are tested, then
+/// [`query()`] for many images at once: each image's bytes are tested, then
 /// the holders of all the held ones are found with one walk of `/proc`, so
 /// the cost grows with the host's descriptors plus the images, not their
 /// product. Names of one inode (links) share its locks and its holders.
