@@ -4,6 +4,7 @@
 //! ```sh
 //! cargo bench --bench fpl              # full run (a few minutes), writes target/bench/report.md
 //! cargo bench --bench fpl -- --quick   # smoke run for CI (seconds)
+//! cargo bench --bench fpl -- --only=holders   # one section
 //! ```
 //!
 //! 1. lock syscalls per acquire + release, counted with strace, against
@@ -85,11 +86,22 @@ fn main() {
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         first_line(&run_out(Command::new("qemu-img").arg("--version")))
     ));
-    syscalls(&mut b);
-    latency(&mut b);
-    versus_qemu_img(&mut b);
-    holders(&mut b);
-    bulk(&mut b);
+    // `--only=SECTION` runs one section (syscalls, latency, qemu-img,
+    // holders, bulk).
+    let only = args.iter().find_map(|a| a.strip_prefix("--only="));
+    type Section = fn(&mut Bench);
+    let sections: [(&str, Section); 5] = [
+        ("syscalls", syscalls),
+        ("latency", latency),
+        ("qemu-img", versus_qemu_img),
+        ("holders", holders),
+        ("bulk", bulk),
+    ];
+    for (name, section) in sections {
+        if only.is_none_or(|o| o == name) {
+            section(&mut b);
+        }
+    }
     let report = root.join("target/bench/report.md");
     fs::write(&report, &b.out).expect("write the report");
     println!("\nreport: {}", report.display());

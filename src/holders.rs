@@ -13,8 +13,12 @@
 use std::collections::HashMap;
 use std::fs;
 use std::io::ErrorKind;
-use std::os::fd::{AsRawFd, BorrowedFd};
-use std::os::unix::fs::MetadataExt;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+
+use nix::dir::Dir;
+use nix::errno::Errno;
+use nix::fcntl::{AtFlags, OFlag};
+use nix::sys::stat::{fstatat, Mode};
 
 use crate::fdinfo::{lock_lines, LockClass};
 use crate::protocol::Held;
@@ -151,8 +155,34 @@ pub fn scan(targets: &[Target]) -> Scan {
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
         .collect();
     pids.sort_unstable();
-    for pid in pids {
-        out.refused |= scan_process(pid, targets, &mut out.holders).is_err();
+    // A host with many processes is walked by a few threads at once (each
+    // descriptor costs a stat through /proc); they are joined before this
+    // returns.
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(4)
+        .min(pids.len() / 64)
+        .max(1);
+    let chunk = pids.len().div_ceil(threads);
+    let parts: Vec<(Vec<Vec<Holder>>, bool)> = if threads == 1 {
+        vec![scan_pids(&pids, targets)]
+    } else {
+        std::thread::scope(|s| {
+            let handles: Vec<_> = pids
+                .chunks(chunk.max(1))
+                .map(|part| s.spawn(move || scan_pids(part, targets)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|_| (Vec::new(), true)))
+                .collect()
+        })
+    };
+    for (found, refused) in parts {
+        out.refused |= refused;
+        for (all, some) in out.holders.iter_mut().zip(found) {
+            all.extend(some);
+        }
     }
     for hs in &mut out.holders {
         hs.sort_by_key(|h| (h.pid, h.fd));
@@ -160,28 +190,40 @@ pub fn scan(targets: &[Target]) -> Scan {
     out
 }
 
+/// The holders among `pids`, and whether one could not be inspected.
+fn scan_pids(pids: &[i32], targets: &[Target]) -> (Vec<Vec<Holder>>, bool) {
+    let mut found = vec![Vec::new(); targets.len()];
+    let mut refused = false;
+    for &pid in pids {
+        refused |= scan_process(pid, targets, &mut found).is_err();
+    }
+    (found, refused)
+}
+
 /// Err(()) when the process (or one of its descriptors) could not be
 /// inspected; a process that is gone is no error.
 fn scan_process(pid: i32, targets: &[Target], found: &mut [Vec<Holder>]) -> Result<(), ()> {
-    let fds = match fs::read_dir(format!("/proc/{pid}/fd")) {
-        Ok(fds) => fds,
-        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+    // The descriptors are stat'ed relative to their folder: one path
+    // component to resolve per descriptor instead of four.
+    let mut dir = match Dir::open(
+        format!("/proc/{pid}/fd").as_str(),
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    ) {
+        Ok(dir) => dir,
+        Err(Errno::ENOENT) | Err(Errno::ESRCH) => return Ok(()),
         Err(_) => return Err(()),
     };
+    let fds: Vec<i32> = dir
+        .iter()
+        .filter_map(|e| e.ok()?.file_name().to_str().ok()?.parse().ok())
+        .collect();
     let mut name: Option<String> = None;
     let mut refused = false;
-    for entry in fds {
-        let Ok(entry) = entry else { continue };
-        let Some(fd) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        let meta = match fs::metadata(entry.path()) {
-            Ok(m) => m,
-            Err(e) if e.kind() == ErrorKind::PermissionDenied => {
+    for fd in fds {
+        let st = match fstatat(dir.as_fd(), fd.to_string().as_str(), AtFlags::empty()) {
+            Ok(st) => st,
+            Err(Errno::EACCES) | Err(Errno::EPERM) => {
                 refused = true;
                 continue;
             }
@@ -189,8 +231,8 @@ fn scan_process(pid: i32, targets: &[Target], found: &mut [Vec<Holder>]) -> Resu
             Err(_) => continue,
         };
         let id = FileId {
-            dev: meta.dev(),
-            ino: meta.ino(),
+            dev: st.st_dev,
+            ino: st.st_ino,
         };
         let Some(index) = targets.iter().position(|t| t.id == id) else {
             continue;

@@ -1,7 +1,6 @@
 //! Opening an image (or adopting a caller's descriptor) and checking that it
 //! is something QEMU locks: a regular file or a block device.
 
-use std::ffi::CString;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -26,14 +25,15 @@ impl Image {
     /// Opens `path` read-only, close-on-exec, without becoming a controlling
     /// terminal and without blocking on a FIFO.
     pub fn open(path: &Path) -> Result<Image> {
-        let c_path = CString::new(path.as_os_str().as_bytes()).map_err(|_| {
-            Error::invalid(format!(
+        if path.as_os_str().as_bytes().contains(&0) {
+            return Err(Error::invalid(format!(
                 "path '{}' contains a NUL byte",
                 path.to_string_lossy()
-            ))
-        })?;
+            )));
+        }
         let flags = OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOCTTY | OFlag::O_NONBLOCK;
-        let fd = open(c_path.as_c_str(), flags, Mode::empty())
+        // nix builds the C string on the stack for ordinary lengths.
+        let fd = open(path, flags, Mode::empty())
             .map_err(|e| Error::os(e, format!("cannot open '{}'", path.to_string_lossy())))?;
         Image::checked(fd, Some(path.to_path_buf()))
     }

@@ -338,7 +338,7 @@ fn lock_bytes(
     keep: ByteSet,
 ) -> Result<(), Failure> {
     let mut taken = ByteSet::EMPTY;
-    for (first, len) in bytes.runs() {
+    for (first, len) in bytes.run_iter() {
         if let Err(errno) = fcntl::lock_read(fd, flavor, first, len) {
             let _ = unlock_bytes(fd, flavor, taken, keep);
             // The failed call took nothing (F_SETLK is all or nothing); find
@@ -371,7 +371,7 @@ fn unlock_bytes(
         return fcntl::unlock(fd, flavor, first, last - first + 1);
     }
     let mut result = Ok(());
-    for (first, len) in bytes.runs() {
+    for (first, len) in bytes.run_iter() {
         // Keep going: every byte that can be unlocked must be.
         if let Err(e) = fcntl::unlock(fd, flavor, first, len) {
             result = result.and(Err(e));
@@ -388,7 +388,7 @@ fn find_blocked(
     bytes: ByteSet,
     exclusive: bool,
 ) -> Result<Option<(u32, fcntl::Found)>, Errno> {
-    for (first, len) in bytes.runs() {
+    for (first, len) in bytes.run_iter() {
         if fcntl::test(fd, flavor, first, len, exclusive)?.is_none() {
             continue;
         }

@@ -110,14 +110,20 @@ impl ByteSet {
     /// The bytes as maximal runs of adjacent bytes `(first, len)`, ascending:
     /// what one fcntl call each can lock, unlock or test.
     pub fn runs(self) -> Vec<(u32, u32)> {
-        let mut runs: Vec<(u32, u32)> = Vec::with_capacity(4);
-        for byte in self.iter() {
-            match runs.last_mut() {
-                Some((first, len)) if *first + *len == byte => *len += 1,
-                _ => runs.push((byte, 1)),
+        self.run_iter().collect()
+    }
+
+    /// [`ByteSet::runs`] without allocating.
+    pub fn run_iter(self) -> impl Iterator<Item = (u32, u32)> {
+        let mut bytes = self.iter().peekable();
+        std::iter::from_fn(move || {
+            let first = bytes.next()?;
+            let mut len = 1;
+            while bytes.next_if_eq(&(first + len)).is_some() {
+                len += 1;
             }
-        }
-        runs
+            Some((first, len))
+        })
     }
 }
 
