@@ -240,6 +240,19 @@ fn request(perm: u32, shared: u32, flags: u32) -> Result<(Request, Options), Err
     Ok((req, options))
 }
 
+/// Validates a query's flags and holder buffer; whether holders are wanted.
+fn query_args(flags: u32, holders_null: bool, cap: usize) -> Result<bool, Error> {
+    if holders_null && cap > 0 {
+        return Err(Error::invalid("holders is NULL but cap is not 0"));
+    }
+    if flags & !FPL_QUERY_HOLDERS != 0 {
+        return Err(Error::invalid(format!(
+            "invalid query flags 0x{flags:x}: only FPL_QUERY_HOLDERS exists"
+        )));
+    }
+    Ok(flags & FPL_QUERY_HOLDERS != 0)
+}
+
 fn status_out(found: &query::Status) -> fpl_status {
     let mut flags = 0;
     if found.held.legacy {
@@ -462,15 +475,8 @@ pub unsafe extern "C" fn fpl_query(
         if status.is_null() {
             return Err(Error::invalid("status is NULL"));
         }
-        if holders.is_null() && cap > 0 {
-            return Err(Error::invalid("holders is NULL but cap is not 0"));
-        }
-        if flags & !FPL_QUERY_HOLDERS != 0 {
-            return Err(Error::invalid(format!(
-                "invalid query flags 0x{flags:x}: only FPL_QUERY_HOLDERS exists"
-            )));
-        }
-        let found = query::query(path, flags & FPL_QUERY_HOLDERS != 0)?;
+        let with_holders = query_args(flags, holders.is_null(), cap)?;
+        let found = query::query(path, with_holders)?;
         for (i, h) in found.holders.iter().take(cap).enumerate() {
             // SAFETY: i < cap, and HOLDERS has CAP writable elements (contract).
             unsafe { holders.add(i).write(holder_out(h)) };
@@ -523,14 +529,7 @@ pub unsafe extern "C" fn fpl_query_many(
                 "paths, statuses and results must not be NULL",
             ));
         }
-        if holders.is_null() && cap > 0 {
-            return Err(Error::invalid("holders is NULL but cap is not 0"));
-        }
-        if flags & !FPL_QUERY_HOLDERS != 0 {
-            return Err(Error::invalid(format!(
-                "invalid query flags 0x{flags:x}: only FPL_QUERY_HOLDERS exists"
-            )));
-        }
+        let with_holders = query_args(flags, holders.is_null(), cap)?;
         let mut list: Vec<&Path> = Vec::with_capacity(n);
         for i in 0..n {
             // SAFETY: PATHS has N elements (contract).
@@ -546,7 +545,7 @@ pub unsafe extern "C" fn fpl_query_many(
                 Err(_) => list.push(Path::new("")),
             }
         }
-        let found = query::query_many(&list, flags & FPL_QUERY_HOLDERS != 0);
+        let found = query::query_many(&list, with_holders);
         let mut first_error: Option<Error> = None;
         let mut written = 0usize;
         let mut total = 0usize;
