@@ -163,9 +163,8 @@ impl Lock {
     /// alive, so they are unlocked explicitly — unless the descriptor is the
     /// handle's own and the process has not forked since the lock was taken
     /// (a `pthread_atfork` handler counts forks): then closing it drops them
-    /// at once. The descriptor is closed even if
-    /// unlocking fails. (Closing a read-only descriptor loses nothing, so its
-    /// result is not reported.)
+    /// at once. The descriptor is closed even if unlocking fails. (Closing a
+    /// read-only descriptor loses nothing, so its result is not reported.)
     pub fn release(mut self) -> Result<()> {
         if !self.private || self.flavor != Flavor::Ofd {
             // Dropping self then closes the descriptor.
