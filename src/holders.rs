@@ -10,7 +10,7 @@
 //! subvolume. [`Mounts`] finds the lock lines' device from the mount the
 //! image's descriptor is on.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io::ErrorKind;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
@@ -62,6 +62,8 @@ impl Target {
 #[derive(Debug, Clone, Default)]
 pub struct Mounts {
     devices: HashMap<u64, (u32, u32)>,
+    /// Every mounted file system's device.
+    known: HashSet<(u32, u32)>,
 }
 
 impl Mounts {
@@ -77,14 +79,21 @@ impl Mounts {
                 let (major, minor) = fields.next()?.split_once(':')?;
                 Some((id, (major.parse().ok()?, minor.parse().ok()?)))
             })
-            .collect();
-        Mounts { devices }
+            .collect::<HashMap<u64, (u32, u32)>>();
+        let known = devices.values().copied().collect();
+        Mounts { devices, known }
     }
 
     /// The target for an image open on `fd` with `stat` identity `id`: the
     /// lock lines' device is that of the mount `fd` is on (its fdinfo's
     /// `mnt_id`), or the `stat` device where that cannot be told.
     pub fn target(&self, fd: BorrowedFd<'_>, id: FileId) -> Target {
+        let stat = Target::from_stat(id);
+        // A `stat` device that is some mount's device is the lock lines'
+        // device too; only others (btrfs subvolumes) need the mount looked up.
+        if self.known.contains(&(stat.major, stat.minor)) {
+            return stat;
+        }
         let fdinfo = fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd()));
         let mount = fdinfo.ok().and_then(|info| {
             info.lines()
@@ -93,7 +102,7 @@ impl Mounts {
         });
         match mount.and_then(|m| self.devices.get(&m)) {
             Some(&(major, minor)) => Target { id, major, minor },
-            None => Target::from_stat(id),
+            None => stat,
         }
     }
 }
@@ -192,17 +201,24 @@ pub fn scan(targets: &[Target]) -> Scan {
 
 /// The holders among `pids`, and whether one could not be inspected.
 fn scan_pids(pids: &[i32], targets: &[Target]) -> (Vec<Vec<Holder>>, bool) {
+    let index: HashMap<FileId, usize> =
+        targets.iter().enumerate().map(|(i, t)| (t.id, i)).collect();
     let mut found = vec![Vec::new(); targets.len()];
     let mut refused = false;
     for &pid in pids {
-        refused |= scan_process(pid, targets, &mut found).is_err();
+        refused |= scan_process(pid, targets, &index, &mut found).is_err();
     }
     (found, refused)
 }
 
 /// Err(()) when the process (or one of its descriptors) could not be
 /// inspected; a process that is gone is no error.
-fn scan_process(pid: i32, targets: &[Target], found: &mut [Vec<Holder>]) -> Result<(), ()> {
+fn scan_process(
+    pid: i32,
+    targets: &[Target],
+    index: &HashMap<FileId, usize>,
+    found: &mut [Vec<Holder>],
+) -> Result<(), ()> {
     // The descriptors are stat'ed relative to their folder: one path
     // component to resolve per descriptor instead of four.
     let mut dir = match Dir::open(
@@ -234,7 +250,7 @@ fn scan_process(pid: i32, targets: &[Target], found: &mut [Vec<Holder>]) -> Resu
             dev: st.st_dev,
             ino: st.st_ino,
         };
-        let Some(index) = targets.iter().position(|t| t.id == id) else {
+        let Some(&index) = index.get(&id) else {
             continue;
         };
         let info = match fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")) {
