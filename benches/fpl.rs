@@ -947,17 +947,19 @@ fn plot(left: &[(f64, f64)], right: &[(f64, f64)]) -> String {
             let (x, y) = pt(p);
             write!(
                 s,
-                r##"<circle cx="{x:.1}" cy="{y:.1}" r="3" fill="#1565c0"/><text x="{x:.1}" y="{:.1}" font-size="10" text-anchor="middle">{:.0} ms</text>"##,
+                r##"<circle cx="{x:.1}" cy="{y:.1}" r="3" fill="#1565c0"/><text x="{x:.1}" y="{:.1}" font-size="10" text-anchor="middle">{:.0} ms</text><text x="{x:.1}" y="{:.1}" font-size="10" text-anchor="middle">{:.0}</text>"##,
                 y - 8.0,
-                p.1
+                p.1,
+                h - pad + 13.0,
+                p.0
             )
             .ok();
         }
         write!(
             s,
-            r##"<text x="{:.1}" y="{:.1}" font-size="12" text-anchor="middle">{xlabel} (max {xmax:.0})</text><text x="{:.1}" y="{:.1}" font-size="12">ms</text>"##,
+            r##"<text x="{:.1}" y="{:.1}" font-size="12" text-anchor="middle">{xlabel}</text><text x="{:.1}" y="{:.1}" font-size="12">ms</text>"##,
             x0 + w / 2.0,
-            h - 15.0,
+            h - 12.0,
             x0 + 10.0,
             pad - 10.0
         )
