@@ -1,0 +1,99 @@
+# A thin layer over cargo for installing libfpl the way C libraries install.
+#
+#   make                      # cargo build --release (libfpl and the fpl command)
+#   sudo make install         # into /usr/local; never runs cargo
+#   make install DESTDIR=/tmp/stage PREFIX=/usr
+#   sudo make uninstall
+#
+# Installs lib/libfpl.so.$(VERSION) with its libfpl.so.0 (SONAME) and
+# libfpl.so links, lib/libfpl.a, include/fpl.h, lib/pkgconfig/fpl.pc and,
+# when it was built, bin/fpl. `install` uses what `make` built and never
+# builds: as root, cargo would want a toolchain root may not have and would
+# leave root-owned files in target/.
+
+PREFIX ?= /usr/local
+EXEC_PREFIX ?= $(PREFIX)
+LIBDIR ?= $(EXEC_PREFIX)/lib
+INCLUDEDIR ?= $(PREFIX)/include
+BINDIR ?= $(EXEC_PREFIX)/bin
+PKGCONFIGDIR ?= $(LIBDIR)/pkgconfig
+DESTDIR ?=
+
+CARGO ?= cargo
+CARGO_FLAGS ?=
+# Where cargo builds; the same variable cargo itself reads.
+CARGO_TARGET_DIR ?= target
+BUILD := $(CARGO_TARGET_DIR)/release
+
+# The [package] version of Cargo.toml, e.g. 0.1.0; the SONAME carries its major.
+VERSION := $(shell awk -F'"' '/^\[/ { pkg = ($$0 == "[package]") } pkg && /^version *=/ { print $$2; exit }' Cargo.toml)
+MAJOR := $(firstword $(subst ., ,$(VERSION)))
+SONAME := libfpl.so.$(MAJOR)
+REALNAME := libfpl.so.$(VERSION)
+
+# What a program linking libfpl.a also needs. rustc's answer
+# (`cargo rustc --release --lib --crate-type staticlib -- --print
+# native-static-libs`) is `-lgcc_s -lutil -lrt -lpthread -lm -ldl -lc`;
+# -lgcc_s is left out because the compiler driver already links the
+# unwinder that fits the link (libgcc_s as needed, or libgcc_eh with
+# -static), and naming it breaks `cc -static`.
+LIBS_PRIVATE ?= -lutil -lrt -lpthread -lm -ldl -lc
+
+INSTALL ?= install
+
+.PHONY: all build install uninstall clean
+
+all: build
+
+build:
+	$(CARGO) build --release --target-dir $(CARGO_TARGET_DIR) $(CARGO_FLAGS)
+
+# fpl.pc, written at install time because it records PREFIX and friends;
+# paths under the prefix are kept relative to ${prefix}, as pkg-config's
+# --define-prefix and PKG_CONFIG_SYSROOT_DIR expect.
+PC_EXEC_PREFIX := $(patsubst $(PREFIX)%,$${prefix}%,$(EXEC_PREFIX))
+PC_LIBDIR := $(patsubst $(EXEC_PREFIX)%,$${exec_prefix}%,$(LIBDIR))
+PC_INCLUDEDIR := $(patsubst $(PREFIX)%,$${prefix}%,$(INCLUDEDIR))
+
+install:
+	@test -n "$(VERSION)" || { echo "no [package] version found in Cargo.toml" >&2; exit 1; }
+	@for f in libfpl.so libfpl.a; do \
+	  test -f $(BUILD)/$$f || { echo "$(BUILD)/$$f is missing: run 'make' first" >&2; exit 1; }; \
+	done
+	$(INSTALL) -d $(DESTDIR)$(LIBDIR) $(DESTDIR)$(INCLUDEDIR) $(DESTDIR)$(PKGCONFIGDIR)
+	printf '%s\n' \
+	  'prefix=$(PREFIX)' \
+	  'exec_prefix=$(PC_EXEC_PREFIX)' \
+	  'libdir=$(PC_LIBDIR)' \
+	  'includedir=$(PC_INCLUDEDIR)' \
+	  '' \
+	  'Name: fpl' \
+	  'Description: QEMU-compatible image locks (file-posix byte-range locking)' \
+	  'Version: $(VERSION)' \
+	  'Libs: -L$${libdir} -lfpl' \
+	  'Libs.private: $(LIBS_PRIVATE)' \
+	  'Cflags: -I$${includedir}' > $(DESTDIR)$(PKGCONFIGDIR)/fpl.pc
+	chmod 644 $(DESTDIR)$(PKGCONFIGDIR)/fpl.pc
+	$(INSTALL) -m 755 $(BUILD)/libfpl.so $(DESTDIR)$(LIBDIR)/$(REALNAME)
+	ln -sf $(REALNAME) $(DESTDIR)$(LIBDIR)/$(SONAME)
+	ln -sf $(SONAME) $(DESTDIR)$(LIBDIR)/libfpl.so
+	$(INSTALL) -m 644 $(BUILD)/libfpl.a $(DESTDIR)$(LIBDIR)/libfpl.a
+	$(INSTALL) -m 644 include/fpl.h $(DESTDIR)$(INCLUDEDIR)/fpl.h
+	@if [ -x $(BUILD)/fpl ]; then \
+	  echo "$(INSTALL) -m 755 -D $(BUILD)/fpl $(DESTDIR)$(BINDIR)/fpl"; \
+	  $(INSTALL) -m 755 -D $(BUILD)/fpl $(DESTDIR)$(BINDIR)/fpl; \
+	else \
+	  echo "note: $(BUILD)/fpl was not built: the fpl command is not installed"; \
+	fi
+	@if [ -z "$(DESTDIR)" ] && [ "$$(id -u)" = 0 ] && command -v ldconfig >/dev/null; then \
+	  echo ldconfig; ldconfig; \
+	fi
+
+uninstall:
+	rm -f $(DESTDIR)$(LIBDIR)/$(REALNAME) $(DESTDIR)$(LIBDIR)/$(SONAME) \
+	      $(DESTDIR)$(LIBDIR)/libfpl.so $(DESTDIR)$(LIBDIR)/libfpl.a \
+	      $(DESTDIR)$(INCLUDEDIR)/fpl.h $(DESTDIR)$(PKGCONFIGDIR)/fpl.pc \
+	      $(DESTDIR)$(BINDIR)/fpl
+
+clean:
+	$(CARGO) clean --target-dir $(CARGO_TARGET_DIR)
