@@ -1,0 +1,3 @@
+module fpl
+
+go 1.19

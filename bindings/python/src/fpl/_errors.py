@@ -1,0 +1,84 @@
+"""Errors: OSError subclasses carrying libfpl's errno and message."""
+
+from __future__ import annotations
+
+import errno as _errno
+from typing import Dict, Optional, Type
+
+from ._library import ErrorStruct, message
+from ._perm import Perm
+
+
+class Error(OSError):
+    """A libfpl call failed. ``errno`` is the error number (``errno.ENOENT``,
+    ``errno.EACCES``, ...), ``strerror`` libfpl's message (which names the
+    path), ``filename`` the path when there is one.
+
+    Also an instance of the built-in class for its errno, so
+    ``except FileNotFoundError`` works as it does for ``open()``."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+class Conflict(Error, BlockingIOError):
+    """Somebody holds the image in a way that conflicts with the request
+    (``errno.EAGAIN``, as QEMU's lock test returns).
+
+    ``str(conflict)`` is QEMU's message: ``Failed to get "write" lock`` and
+    the holder, then ``Is another process using the image [PATH]?``."""
+
+    #: the permission in conflict (asked for, or refused to share)
+    perm: Perm
+    #: the lock byte in conflict, e.g. 201
+    byte: int
+    #: a process holding that byte, or None when it cannot be seen (another
+    #: host, another PID namespace, another user's process)
+    holder_pid: Optional[int]
+    #: QEMU's message, as ``strerror``
+    message: str
+
+    def __init__(
+        self,
+        message: str,
+        filename: Optional[str] = None,
+        *,
+        perm: Perm = Perm.NONE,
+        byte: int = 0,
+        holder_pid: Optional[int] = None,
+    ) -> None:
+        super().__init__(_errno.EAGAIN, message, filename)
+        self.perm = perm
+        self.byte = byte
+        self.holder_pid = holder_pid
+        self.message = message
+
+
+_by_base: Dict[Type[OSError], Type[Error]] = {}
+
+
+def _error_class(code: int) -> Type[Error]:
+    """Error, mixed with the built-in class Python uses for CODE."""
+    base = type(OSError(code, ""))
+    if base is OSError:
+        return Error
+    cls = _by_base.get(base)
+    if cls is None:
+        cls = type(base.__name__, (Error, base), {"__module__": __name__})
+        _by_base[base] = cls
+    return cls
+
+
+def from_struct(err: ErrorStruct, rc: int, filename: Optional[str]) -> Error:
+    """The exception for a failed call that returned RC and filled ERR."""
+    code = -rc
+    text = message(err) or _errno.errorcode.get(code, str(code))
+    if code == _errno.EAGAIN:
+        return Conflict(
+            text,
+            filename,
+            perm=Perm(err.perm),
+            byte=err.byte,
+            holder_pid=err.holder_pid if err.holder_pid > 0 else None,
+        )
+    return _error_class(code)(code, text, filename)

@@ -1,0 +1,197 @@
+"""Taking, changing, testing and releasing locks."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import threading
+import warnings
+from types import TracebackType
+from typing import IO, Optional, Type, Union
+
+from . import _errors, _perm
+from ._library import ErrorStruct, lib
+from ._perm import Mode, Perm, PermLike
+
+StrOrBytesPath = Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]"]
+
+
+class Lock:
+    """QEMU's locks on one image, held until :meth:`release` (or the end of
+    the ``with`` block). Made by :func:`acquire` and :func:`acquire_fd`.
+
+    The lock has a close-on-exec descriptor of its own; it is safe to use
+    from several threads (calls on one lock are serialized)."""
+
+    def __init__(
+        self, handle: int, path: Optional[Union[str, bytes]], perm: int, shared: int
+    ) -> None:
+        self._handle: Optional[int] = handle
+        self._mutex = threading.Lock()
+        #: the image's path, None for a lock taken on a descriptor
+        self.path = path
+        self._perm = Perm(perm)
+        self._shared = Perm(shared)
+
+    @property
+    def perm(self) -> Perm:
+        """The permissions this lock uses."""
+        return self._perm
+
+    @property
+    def shared(self) -> Perm:
+        """The permissions this lock lets others use."""
+        return self._shared
+
+    @property
+    def released(self) -> bool:
+        return self._handle is None
+
+    def update(
+        self,
+        mode: Optional[Mode] = None,
+        *,
+        perm: Optional[PermLike] = None,
+        shared: Optional[PermLike] = None,
+        exact: bool = False,
+    ) -> None:
+        """Change the permissions (QEMU's prepare / commit / abort). On
+        failure (:class:`Conflict` when somebody holds what is asked for)
+        the lock is left exactly as it was; loosening never conflicts."""
+        p, s = _perm.request(mode, perm, shared)
+        err = ErrorStruct()
+        with self._mutex:
+            if self._handle is None:
+                raise ValueError("update of a released lock")
+            rc = lib().fpl_update(
+                self._handle, p, s, _perm.flags(exact, False), ctypes.byref(err)
+            )
+            if rc != 0:
+                raise _errors.from_struct(err, rc, self._filename())
+            self._perm, self._shared = Perm(p), Perm(s)
+
+    def release(self) -> None:
+        """Unlock every byte this lock took and close its descriptor.
+        Releasing twice does nothing."""
+        with self._mutex:
+            handle, self._handle = self._handle, None
+        if handle is not None:
+            rc = lib().fpl_release(handle)
+            if rc != 0:
+                raise _errors.from_struct(ErrorStruct(), rc, self._filename())
+
+    def _filename(self) -> Optional[str]:
+        return os.fsdecode(self.path) if self.path is not None else None
+
+    def __enter__(self) -> "Lock":
+        return self
+
+    def __exit__(
+        self,
+        kind: Optional[Type[BaseException]],
+        value: Optional[BaseException],
+        traceback: Optional[TracebackType],
+    ) -> None:
+        self.release()
+
+    def __del__(self) -> None:
+        if getattr(self, "_handle", None) is not None:
+            warnings.warn(f"unreleased {self!r}", ResourceWarning, source=self)
+            try:
+                self.release()
+            except Exception:  # noqa: BLE001 - nothing to report to in a finalizer
+                pass
+
+    def __repr__(self) -> str:
+        state = "released" if self._handle is None else f"perm={self._perm!r}"
+        return f"<fpl.Lock {self.path!r} {state}>"
+
+
+def _encode(path: StrOrBytesPath) -> bytes:
+    return os.fsencode(path)
+
+
+def acquire(
+    path: StrOrBytesPath,
+    mode: Optional[Mode] = None,
+    *,
+    perm: Optional[PermLike] = None,
+    shared: Optional[PermLike] = None,
+    exact: bool = False,
+    allow_posix: bool = False,
+) -> Lock:
+    """Open PATH read-only and take QEMU's locks for MODE (``"read-shared"``,
+    ``"read"``, ``"write"``, ``"exclusive"``) or for explicit ``perm`` and
+    ``shared`` (:class:`Perm` sets). Use it as a context manager::
+
+        with fpl.acquire("vm.qcow2", mode="write") as lock:
+            ...
+
+    ``exact=True`` locks and tests byte for byte what QEMU would, instead of
+    the strict rules for new software. ``allow_posix=True`` falls back to
+    process-wide POSIX locks on kernels without OFD locks.
+
+    Raises :class:`Conflict` when somebody holds the image in a way that
+    conflicts (nothing is left held), another :class:`Error` otherwise
+    (``FileNotFoundError``, ``IsADirectoryError``, ...)."""
+    p, s = _perm.request(mode, perm, shared)
+    raw = _encode(path)
+    handle = ctypes.c_void_p()
+    err = ErrorStruct()
+    rc = lib().fpl_acquire(
+        raw, p, s, _perm.flags(exact, allow_posix), ctypes.byref(handle), ctypes.byref(err)
+    )
+    if rc != 0:
+        raise _errors.from_struct(err, rc, os.fsdecode(raw))
+    assert handle.value is not None
+    return Lock(handle.value, os.fspath(path), p, s)
+
+
+def acquire_fd(
+    fd: Union[int, IO[bytes], IO[str]],
+    mode: Optional[Mode] = None,
+    *,
+    perm: Optional[PermLike] = None,
+    shared: Optional[PermLike] = None,
+    exact: bool = False,
+    allow_posix: bool = False,
+) -> Lock:
+    """As :func:`acquire`, on a descriptor (or a file object) the caller
+    opened for reading. The locks belong to its open file description; the
+    lock keeps a duplicate, so closing FD does not release them."""
+    p, s = _perm.request(mode, perm, shared)
+    number = fd if isinstance(fd, int) else fd.fileno()
+    handle = ctypes.c_void_p()
+    err = ErrorStruct()
+    rc = lib().fpl_acquire_fd(
+        number, p, s, _perm.flags(exact, allow_posix), ctypes.byref(handle), ctypes.byref(err)
+    )
+    if rc != 0:
+        raise _errors.from_struct(err, rc, None)
+    assert handle.value is not None
+    return Lock(handle.value, None, p, s)
+
+
+def check(
+    path: StrOrBytesPath,
+    mode: Optional[Mode] = None,
+    *,
+    perm: Optional[PermLike] = None,
+    shared: Optional[PermLike] = None,
+    exact: bool = False,
+    allow_posix: bool = False,
+) -> None:
+    """Would :func:`acquire` with these arguments succeed right now? Takes no
+    lock. Returns None if it would; raises the :class:`Conflict` (or other
+    :class:`Error`) that acquire would raise."""
+    p, s = _perm.request(mode, perm, shared)
+    raw = _encode(path)
+    err = ErrorStruct()
+    rc = lib().fpl_check(raw, p, s, _perm.flags(exact, allow_posix), ctypes.byref(err))
+    if rc != 0:
+        raise _errors.from_struct(err, rc, os.fsdecode(raw))
+
+
+def version() -> str:
+    """The loaded libfpl's version, e.g. ``"0.1.0"``."""
+    return str(lib().fpl_version().decode())

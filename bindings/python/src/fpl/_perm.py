@@ -1,0 +1,75 @@
+"""Permissions, presets and flags (PROTOCOL.md section 4, include/fpl.h)."""
+
+from __future__ import annotations
+
+import enum
+from typing import Dict, Literal, Optional, Tuple, Union
+
+
+class Perm(enum.IntFlag):
+    """QEMU's permissions, as bits: ``perm`` (used, bytes 100+i) and
+    ``shared``/``unshared`` (bytes 200+i) are sets of them."""
+
+    NONE = 0
+    CONSISTENT_READ = 0x01
+    WRITE = 0x02
+    WRITE_UNCHANGED = 0x04
+    RESIZE = 0x08
+    ALL = 0x0F
+
+
+class StatusFlag(enum.IntFlag):
+    """``Status.flags``."""
+
+    NONE = 0
+    #: byte 104 or 204 is held (QEMU <= 6.2's graph-mod)
+    LEGACY = 0x01
+    #: byte 0 is held (a libvirt virtlockd lease)
+    LIBVIRT = 0x02
+    #: some processes could not be inspected, so holders may be missing
+    HOLDERS_PARTIAL = 0x04
+
+
+#: The presets, by the names the ``fpl`` command uses.
+Mode = Literal["read-shared", "read", "write", "exclusive"]
+
+_RWR = Perm.CONSISTENT_READ | Perm.WRITE | Perm.RESIZE
+MODES: Dict[str, Tuple[Perm, Perm]] = {
+    # read, sharing everything, like `qemu-img -U`
+    "read-shared": (Perm.CONSISTENT_READ, Perm.ALL),
+    # read a stable image: nobody may write or resize it meanwhile
+    "read": (Perm.CONSISTENT_READ, Perm.CONSISTENT_READ),
+    # read, write and resize; others may only read (like a VM's disk)
+    "write": (_RWR, Perm.CONSISTENT_READ),
+    # read, write and resize, sharing nothing
+    "exclusive": (_RWR, Perm.NONE),
+}
+
+FLAG_EXACT = 0x01
+FLAG_ALLOW_POSIX = 0x02
+QUERY_HOLDERS = 0x01
+
+PermLike = Union[Perm, int]
+
+
+def request(
+    mode: Optional[str], perm: Optional[PermLike], shared: Optional[PermLike]
+) -> Tuple[int, int]:
+    """(perm, shared) from a preset or from explicit permissions."""
+    if mode is not None:
+        if perm is not None or shared is not None:
+            raise TypeError("give a mode or perm and shared, not both")
+        try:
+            p, s = MODES[mode]
+        except KeyError:
+            raise ValueError(
+                f"unknown mode {mode!r}: one of {', '.join(MODES)}"
+            ) from None
+        return int(p), int(s)
+    if perm is None or shared is None:
+        raise TypeError("give a mode, or both perm and shared")
+    return int(perm), int(shared)
+
+
+def flags(exact: bool, allow_posix: bool) -> int:
+    return (FLAG_EXACT if exact else 0) | (FLAG_ALLOW_POSIX if allow_posix else 0)

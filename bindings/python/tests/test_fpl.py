@@ -1,0 +1,323 @@
+"""libfpl from Python, against real QEMU processes (qemu-io) holding images."""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Dict, List
+
+import pytest
+
+import fpl
+from fpl import Perm
+
+from conftest import HoldImage, qemu_tool
+
+REPO = Path(__file__).resolve().parents[3]
+RWR = Perm.CONSISTENT_READ | Perm.WRITE | Perm.RESIZE
+# What `qemu-io -f qcow2` holds: bytes 100, 101, 103, 201, 203.
+QEMU_RW_PERM = RWR
+QEMU_RW_UNSHARED = Perm.WRITE | Perm.RESIZE
+
+
+def test_library_version_is_the_bindings_version() -> None:
+    assert fpl.version() == fpl.__version__
+    expected = os.environ.get("FPL_EXPECTED_VERSION")
+    if expected is not None:
+        assert fpl.version() == expected
+
+
+def test_write_lock_is_seen_then_released(image: Path) -> None:
+    with fpl.acquire(image, mode="write") as lock:
+        assert (lock.perm, lock.shared) == (RWR, Perm.CONSISTENT_READ)
+        status = fpl.query(image, holders=True)
+        assert status.perm == RWR
+        assert status.unshared == Perm.WRITE | Perm.WRITE_UNCHANGED | Perm.RESIZE
+        assert len(status.holders) == 1
+        me = status.holders[0]
+        assert me.pid == os.getpid()
+        assert me.fd is not None and me.fd >= 0
+        assert (me.perm, me.unshared) == (status.perm, status.unshared)
+    assert lock.released
+    after = fpl.query(image, holders=True)
+    assert not after.in_use
+    assert after.holders == ()
+    lock.release()  # a second release does nothing
+
+
+def test_qemu_writer_refuses_a_second_writer(image: Path, qemu_holding: HoldImage) -> None:
+    qemu = qemu_holding(image)
+    with pytest.raises(fpl.Conflict) as info:
+        fpl.acquire(image, mode="write")
+    e = info.value
+    assert isinstance(e, BlockingIOError) and isinstance(e, OSError)
+    assert e.errno == errno.EAGAIN
+    assert (e.byte, e.perm, e.holder_pid) == (201, Perm.WRITE, qemu.pid)
+    assert str(e) == e.message == e.strerror
+    assert str(e).startswith(f'Failed to get "write" lock (held by qemu-io, pid {qemu.pid})')
+    assert str(e).endswith(f"Is another process using the image [{image}]?")
+    assert e.filename == str(image)
+    # Rolled back: only QEMU's bytes remain.
+    status = fpl.query(image)
+    assert (status.perm, status.unshared) == (QEMU_RW_PERM, QEMU_RW_UNSHARED)
+
+
+def test_check_predicts_without_taking(image: Path, qemu_holding: HoldImage) -> None:
+    fpl.check(image, mode="read-shared")
+    fpl.check(image, mode="exclusive")
+    assert not fpl.query(image).in_use
+    qemu = qemu_holding(image)
+    with pytest.raises(fpl.Conflict) as info:
+        fpl.check(image, mode="read")  # read refuses to share write, which QEMU uses
+    assert (info.value.byte, info.value.perm, info.value.holder_pid) == (101, Perm.WRITE, qemu.pid)
+    assert str(info.value).startswith('Failed to get shared "write" lock')
+    fpl.check(image, mode="read-shared")
+
+
+def test_query_names_the_qemu_holder(image: Path, qemu_holding: HoldImage) -> None:
+    qemu = qemu_holding(image)
+    status = fpl.query(image, holders=True)
+    assert (status.perm, status.unshared) == (QEMU_RW_PERM, QEMU_RW_UNSHARED)
+    assert [(h.pid, h.name) for h in status.holders] == [(qemu.pid, "qemu-io")]
+    assert (status.holders[0].perm, status.holders[0].unshared) == (QEMU_RW_PERM, QEMU_RW_UNSHARED)
+    assert fpl.query(image).holders == ()  # not asked for
+
+
+def test_upgrade_refused_then_granted(image: Path, qemu_holding: HoldImage) -> None:
+    reader = qemu_holding(image, read_only=True)  # holds 100, 201, 203
+    with fpl.acquire(image, mode="read-shared") as lock:
+        with pytest.raises(fpl.Conflict) as info:
+            lock.update(mode="write")
+        assert (info.value.byte, info.value.holder_pid) == (201, reader.pid)
+        # Left exactly as it was.
+        assert (lock.perm, lock.shared) == (Perm.CONSISTENT_READ, Perm.ALL)
+        status = fpl.query(image)
+        assert (status.perm, status.unshared) == (Perm.CONSISTENT_READ, Perm.WRITE | Perm.RESIZE)
+
+        reader.kill()
+        reader.wait()
+        lock.update(mode="write")
+        assert lock.perm == RWR
+        assert fpl.query(image).perm == RWR
+        lock.update(mode="read-shared")  # loosening never conflicts
+        status = fpl.query(image)
+        assert (status.perm, status.unshared) == (Perm.CONSISTENT_READ, Perm.NONE)
+
+
+def test_qemu_is_refused_while_python_holds(image: Path) -> None:
+    def qemu_io_opens() -> "subprocess.CompletedProcess[str]":
+        return subprocess.run(
+            [qemu_tool("qemu-io"), "-f", "qcow2", "-c", "quit", str(image)],
+            capture_output=True,
+            text=True,
+        )
+
+    with fpl.acquire(image, mode="write"):
+        refused = qemu_io_opens()
+        assert refused.returncode != 0
+        assert 'Failed to get "write" lock' in refused.stderr
+        assert f"Is another process using the image [{image}]?" in refused.stderr
+    admitted = qemu_io_opens()
+    assert admitted.returncode == 0, admitted.stderr
+
+
+def test_explicit_permissions_and_exact(image: Path) -> None:
+    # Write-unchanged, sharing everything: QEMU locks byte 102; the strict
+    # rules ask for write (101) instead.
+    with fpl.acquire(image, perm=Perm.CONSISTENT_READ | Perm.WRITE_UNCHANGED, shared=Perm.ALL):
+        assert fpl.query(image).perm == Perm.CONSISTENT_READ | Perm.WRITE
+    with fpl.acquire(
+        image, perm=Perm.CONSISTENT_READ | Perm.WRITE_UNCHANGED, shared=Perm.ALL, exact=True
+    ):
+        assert fpl.query(image).perm == Perm.CONSISTENT_READ | Perm.WRITE_UNCHANGED
+
+
+def test_acquire_fd_outlives_the_file(image: Path) -> None:
+    with open(image, "rb") as f:
+        lock = fpl.acquire_fd(f, mode="exclusive")
+    assert fpl.query(image).unshared == Perm.ALL  # the file is closed, the lock holds
+    with pytest.raises(fpl.Conflict):
+        fpl.acquire(image, mode="read-shared")
+    lock.release()
+    assert not fpl.query(image).in_use
+
+
+def test_errors_are_oserrors_with_errno(tmp_path: Path, image: Path) -> None:
+    missing = tmp_path / "missing.img"
+    with pytest.raises(FileNotFoundError) as nf:
+        fpl.acquire(missing, mode="read")
+    assert isinstance(nf.value, fpl.Error)
+    assert nf.value.errno == errno.ENOENT and nf.value.filename == str(missing)
+    assert str(missing) in str(nf.value)
+
+    with pytest.raises(IsADirectoryError) as isdir:
+        fpl.query(tmp_path)
+    assert isinstance(isdir.value, fpl.Error) and isdir.value.errno == errno.EISDIR
+
+    with pytest.raises(fpl.Error) as inval:
+        fpl.check(image, perm=0x10, shared=0)
+    assert inval.value.errno == errno.EINVAL
+    assert not isinstance(inval.value, fpl.Conflict)
+
+    with pytest.raises(ValueError):
+        fpl.acquire(image, mode="writ")  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        fpl.acquire(image)
+    with pytest.raises(TypeError):
+        fpl.acquire(image, mode="write", perm=Perm.WRITE, shared=Perm.NONE)
+    released = fpl.acquire(image, mode="read")
+    released.release()
+    with pytest.raises(ValueError):
+        released.update(mode="write")
+
+
+def test_non_utf8_path(tmp_path: Path) -> None:
+    raw = os.fsencode(tmp_path) + b"/disk-\xff.img"
+    with open(raw, "wb"):
+        pass
+    with fpl.acquire(raw, mode="write") as lock:
+        assert lock.path == raw
+        with pytest.raises(fpl.Conflict) as info:
+            fpl.check(raw, mode="write")
+        # The message names the image (libfpl may show the byte as U+FFFD).
+        assert re.search(r"/disk-.+\.img\]\?$", str(info.value)), str(info.value)
+        assert fpl.query(raw).perm == RWR
+
+
+def test_threads_conflict_like_processes(image: Path) -> None:
+    holding = threading.Event()
+    done = threading.Event()
+
+    def holder() -> None:
+        with fpl.acquire(image, mode="exclusive"):
+            holding.set()
+            done.wait(10)
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    try:
+        assert holding.wait(10)
+        with pytest.raises(fpl.Conflict) as info:
+            fpl.acquire(image, mode="read-shared")
+        assert info.value.holder_pid == os.getpid()
+    finally:
+        done.set()
+        thread.join()
+    fpl.acquire(image, mode="read-shared").release()
+
+
+def test_many_threads_each_with_their_own_image(tmp_path: Path) -> None:
+    errors: List[BaseException] = []
+
+    def work(n: int) -> None:
+        path = tmp_path / f"{n}.img"
+        path.write_bytes(b"")
+        try:
+            for _ in range(50):
+                with fpl.acquire(path, mode="write") as lock:
+                    lock.update(mode="read-shared")
+                assert not fpl.query(path).in_use
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+
+
+def _run_python(code: str, env: Dict[str, str], cwd: Path) -> "subprocess.CompletedProcess[str]":
+    return subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=cwd, capture_output=True, text=True
+    )
+
+
+def test_library_is_found_by_soname_or_fpl_library(tmp_path: Path) -> None:
+    built = os.environ.get("FPL_LIBRARY")
+    assert built, "run with FPL_LIBRARY set to the built libfpl.so.0"
+    base = {k: v for k, v in os.environ.items() if k not in ("FPL_LIBRARY", "LD_LIBRARY_PATH")}
+    code = "import fpl; print(fpl.version())"
+
+    # No FPL_LIBRARY: the loader finds libfpl.so.0 on LD_LIBRARY_PATH.
+    found = _run_python(code, dict(base, LD_LIBRARY_PATH=str(Path(built).parent)), tmp_path)
+    assert found.returncode == 0, found.stderr
+    assert found.stdout.strip() == fpl.version()
+
+    # An explicit FPL_LIBRARY that does not exist is an error, never a fallback.
+    wrong = _run_python(
+        code,
+        dict(base, FPL_LIBRARY=str(tmp_path / "libfpl.so.0"), LD_LIBRARY_PATH=str(Path(built).parent)),
+        tmp_path,
+    )
+    assert wrong.returncode != 0
+    assert str(tmp_path / "libfpl.so.0") in wrong.stderr
+
+
+def test_package_is_typed() -> None:
+    assert (Path(fpl.__file__).parent / "py.typed").is_file()
+
+
+def _header_defines() -> Dict[str, str]:
+    header = Path(os.environ.get("FPL_HEADER", REPO / "include" / "fpl.h"))
+    return dict(re.findall(r"^#define (FPL_\w+) (.+)$", header.read_text(), re.M))
+
+
+def test_constants_and_structs_agree_with_the_header() -> None:
+    from fpl import _library, _perm
+
+    defines = _header_defines()
+    for perm in (Perm.CONSISTENT_READ, Perm.WRITE, Perm.WRITE_UNCHANGED, Perm.RESIZE, Perm.ALL):
+        assert int(defines[f"FPL_PERM_{perm.name}"]) == perm
+    for flag in (fpl.StatusFlag.LEGACY, fpl.StatusFlag.LIBVIRT, fpl.StatusFlag.HOLDERS_PARTIAL):
+        assert int(defines[f"FPL_STATUS_{flag.name}"]) == flag
+    assert int(defines["FPL_FLAG_EXACT"]) == _perm.FLAG_EXACT
+    assert int(defines["FPL_FLAG_ALLOW_POSIX"]) == _perm.FLAG_ALLOW_POSIX
+    assert int(defines["FPL_QUERY_HOLDERS"]) == _perm.QUERY_HOLDERS
+    assert int(defines["FPL_MESSAGE_SIZE"]) == _library.MESSAGE_SIZE
+    assert int(defines["FPL_NAME_SIZE"]) == _library.NAME_SIZE
+    names = {"FPL_PERM_CONSISTENT_READ": Perm.CONSISTENT_READ, "FPL_PERM_WRITE": Perm.WRITE,
+             "FPL_PERM_RESIZE": Perm.RESIZE, "FPL_PERM_ALL": Perm.ALL}
+    for mode, (perm, shared) in fpl.MODES.items():
+        key = "FPL_MODE_" + mode.upper().replace("-", "_")
+        assert eval(defines[key + "_PERM"], {}, dict(names)) == perm, mode
+        assert eval(defines[key + "_SHARE"], {}, dict(names)) == shared, mode
+
+    header = Path(os.environ.get("FPL_HEADER", REPO / "include" / "fpl.h")).read_text()
+    for struct in (_library.ErrorStruct, _library.StatusStruct, _library.HolderStruct):
+        c_name = {"ErrorStruct": "fpl_error", "StatusStruct": "fpl_status",
+                  "HolderStruct": "fpl_holder"}[struct.__name__]
+        body = re.search(r"typedef struct %s \{(.*?)\} %s;" % (c_name, c_name), header, re.S)
+        assert body, c_name
+        fields = re.findall(r"^\s+\w+ (\w+)(?:\[\w+\])?;$", body.group(1), re.M)
+        assert fields == [f[0] for f in struct._fields_], c_name
+
+
+def test_readme_example_runs_as_written(tmp_path: Path, qemu_holding: HoldImage) -> None:
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("## Using it from Python", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S)
+    assert code, "the README's Python section has a python block"
+    subprocess.run(
+        [qemu_tool("qemu-img"), "create", "-q", "-f", "qcow2", str(tmp_path / "vm.qcow2"), "16M"],
+        check=True,
+    )
+    env = dict(os.environ)
+    free = _run_python(code.group(1), env, tmp_path)
+    assert free.returncode == 0, free.stderr
+    assert free.stdout == "writing\nreading\n"
+
+    qemu = qemu_holding(tmp_path / "vm.qcow2")
+    busy = _run_python(code.group(1), env, tmp_path)
+    assert busy.returncode == 0, busy.stderr
+    assert busy.stdout == (
+        f'Failed to get "write" lock (held by qemu-io, pid {qemu.pid})\n'
+        f"Is another process using the image [vm.qcow2]?\n"
+        f"held by qemu-io (pid {qemu.pid})\n"
+    )
