@@ -28,6 +28,8 @@ struct fpl_api {
     int (*fpl_release)(fpl_lock *);
     int (*fpl_check)(const char *, uint32_t, uint32_t, uint32_t, fpl_error *);
     int (*fpl_query)(const char *, uint32_t, fpl_status *, fpl_holder *, size_t, fpl_error *);
+    int (*fpl_query_many)(const char *const *, size_t, uint32_t, fpl_status *, int32_t *,
+                          fpl_holder *, size_t, size_t *, fpl_error *);
 };
 
 /* Looks NAME up into api->NAME. The assignment inside sizeof is never
@@ -46,7 +48,7 @@ static void *load(struct fpl_api *api) {
     if (RESOLVE(api, handle, fpl_version) && RESOLVE(api, handle, fpl_acquire) &&
         RESOLVE(api, handle, fpl_acquire_fd) && RESOLVE(api, handle, fpl_update) &&
         RESOLVE(api, handle, fpl_release) && RESOLVE(api, handle, fpl_check) &&
-        RESOLVE(api, handle, fpl_query))
+        RESOLVE(api, handle, fpl_query) && RESOLVE(api, handle, fpl_query_many))
         return handle;
     fprintf(stderr, "libfpl.so.0 lacks a function: %s\n", dlerror());
     dlclose(handle);
@@ -82,6 +84,15 @@ static int cycle(const char *image) {
     EXPECT(fpl.fpl_query(image, FPL_QUERY_HOLDERS, &st, holders, 2, &err) == 0);
     EXPECT(st.n_holders == 1 && holders[0].pid == (int32_t)getpid());
     EXPECT(st.perm == FPL_MODE_WRITE_PERM);
+
+    /* Several images at once: one walk of /proc, a result for each. */
+    const char *paths[] = {image, "/nonexistent/disk.img"};
+    fpl_status sts[2];
+    int32_t results[2];
+    size_t found;
+    EXPECT(fpl.fpl_query_many(paths, 2, FPL_QUERY_HOLDERS, sts, results, holders, 2, &found, &err) ==
+           -ENOENT);
+    EXPECT(results[0] == 0 && results[1] == -ENOENT && found == 1 && sts[0].n_holders == 1);
 
     EXPECT(fpl.fpl_update(lock, FPL_MODE_READ_SHARED_PERM, FPL_MODE_READ_SHARED_SHARE, 0, &err) == 0);
     EXPECT(fpl.fpl_release(lock) == 0);
