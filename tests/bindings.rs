@@ -183,4 +183,31 @@ fn go_package_builds_through_pkg_config_and_passes_go_test_against_qemu() {
         !report.contains("--- SKIP") && !report.contains("--- FAIL"),
         "{report}"
     );
+
+    // A module of the user's own uses the package as the README says:
+    // `go mod edit -require=fpl@v0.0.0 -replace=fpl=/path/to/libfpl/bindings/go`.
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    assert!(readme
+        .contains("go mod edit -require=fpl@v0.0.0 -replace=fpl=/path/to/libfpl/bindings/go\n"));
+    let app = tmp.path().join("app");
+    std::fs::create_dir(&app).unwrap();
+    std::fs::copy(
+        root().join("bindings/go/example/main.go"),
+        app.join("main.go"),
+    )
+    .unwrap();
+    run(go(&prefix, &["mod", "init", "example.org/app"]).current_dir(&app));
+    let replace = format!("-replace=fpl={}", root().join("bindings/go").display());
+    run(go(&prefix, &["mod", "edit", "-require=fpl@v0.0.0", &replace]).current_dir(&app));
+    run(go(&prefix, &["build", "-o", "app", "."]).current_dir(&app));
+    let vm = support::qemu_img_create(&app, "vm.qcow2");
+    let out = run(Command::new(app.join("app"))
+        .current_dir(&app)
+        .env("LD_LIBRARY_PATH", prefix.join("lib")));
+    assert!(
+        stdout(&out).starts_with("held by app (pid "),
+        "{}",
+        stdout(&out)
+    );
+    assert!(fpl::query(&vm, false).unwrap().held.is_empty());
 }

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import errno
+import gc
 import os
+import pickle
 import re
 import subprocess
 import sys
@@ -62,6 +64,12 @@ def test_qemu_writer_refuses_a_second_writer(image: Path, qemu_holding: HoldImag
     assert str(e).startswith(f'Failed to get "write" lock (held by qemu-io, pid {qemu.pid})')
     assert str(e).endswith(f"Is another process using the image [{image}]?")
     assert e.filename == str(image)
+    # It survives pickling (multiprocessing, logging handlers).
+    again = pickle.loads(pickle.dumps(e))
+    assert type(again) is fpl.Conflict
+    assert (again.errno, again.byte, again.perm, again.holder_pid, str(again)) == (
+        e.errno, e.byte, e.perm, e.holder_pid, str(e)
+    )
     # Rolled back: only QEMU's bytes remain.
     status = fpl.query(image)
     assert (status.perm, status.unshared) == (QEMU_RW_PERM, QEMU_RW_UNSHARED)
@@ -126,6 +134,14 @@ def test_qemu_is_refused_while_python_holds(image: Path) -> None:
     assert admitted.returncode == 0, admitted.stderr
 
 
+def test_unreleased_lock_warns_and_is_released(image: Path) -> None:
+    lock = fpl.acquire(image, mode="write")
+    with pytest.warns(ResourceWarning, match="unreleased"):
+        del lock
+        gc.collect()
+    assert not fpl.query(image).in_use
+
+
 def test_explicit_permissions_and_exact(image: Path) -> None:
     # Write-unchanged, sharing everything: QEMU locks byte 102; the strict
     # rules ask for write (101) instead.
@@ -154,6 +170,9 @@ def test_errors_are_oserrors_with_errno(tmp_path: Path, image: Path) -> None:
     assert isinstance(nf.value, fpl.Error)
     assert nf.value.errno == errno.ENOENT and nf.value.filename == str(missing)
     assert str(missing) in str(nf.value)
+    again = pickle.loads(pickle.dumps(nf.value))
+    assert isinstance(again, FileNotFoundError) and isinstance(again, fpl.Error)
+    assert (again.errno, str(again), again.filename) == (errno.ENOENT, str(nf.value), str(missing))
 
     with pytest.raises(IsADirectoryError) as isdir:
         fpl.query(tmp_path)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import errno as _errno
-from typing import Dict, Optional, Type
+from typing import Any, Dict, Optional, Tuple, Type
 
 from ._library import ErrorStruct, message
 from ._perm import Perm
@@ -20,6 +20,10 @@ class Error(OSError):
     def __str__(self) -> str:
         return str(self.strerror)
 
+    def __reduce__(self) -> Tuple[Any, ...]:
+        # Rebuilt through the errno, so that the mixed classes pickle too.
+        return (_rebuild, (self.errno, self.strerror, self.filename), self.__dict__)
+
 
 class Conflict(Error, BlockingIOError):
     """Somebody holds the image in a way that conflicts with the request
@@ -29,29 +33,17 @@ class Conflict(Error, BlockingIOError):
     the holder, then ``Is another process using the image [PATH]?``."""
 
     #: the permission in conflict (asked for, or refused to share)
-    perm: Perm
+    perm: Perm = Perm.NONE
     #: the lock byte in conflict, e.g. 201
-    byte: int
+    byte: int = 0
     #: a process holding that byte, or None when it cannot be seen (another
     #: host, another PID namespace, another user's process)
-    holder_pid: Optional[int]
-    #: QEMU's message, as ``strerror``
-    message: str
+    holder_pid: Optional[int] = None
 
-    def __init__(
-        self,
-        message: str,
-        filename: Optional[str] = None,
-        *,
-        perm: Perm = Perm.NONE,
-        byte: int = 0,
-        holder_pid: Optional[int] = None,
-    ) -> None:
-        super().__init__(_errno.EAGAIN, message, filename)
-        self.perm = perm
-        self.byte = byte
-        self.holder_pid = holder_pid
-        self.message = message
+    @property
+    def message(self) -> str:
+        """QEMU's message (the same as ``strerror``)."""
+        return str(self.strerror)
 
 
 _by_base: Dict[Type[OSError], Type[Error]] = {}
@@ -69,16 +61,19 @@ def _error_class(code: int) -> Type[Error]:
     return cls
 
 
+def _rebuild(code: int, text: str, filename: Optional[str]) -> Error:
+    cls = Conflict if code == _errno.EAGAIN else _error_class(code)
+    return cls(code, text, filename)
+
+
 def from_struct(err: ErrorStruct, rc: int, filename: Optional[str]) -> Error:
     """The exception for a failed call that returned RC and filled ERR."""
     code = -rc
     text = message(err) or _errno.errorcode.get(code, str(code))
     if code == _errno.EAGAIN:
-        return Conflict(
-            text,
-            filename,
-            perm=Perm(err.perm),
-            byte=err.byte,
-            holder_pid=err.holder_pid if err.holder_pid > 0 else None,
-        )
+        conflict = Conflict(code, text, filename)
+        conflict.perm = Perm(err.perm)
+        conflict.byte = err.byte
+        conflict.holder_pid = err.holder_pid if err.holder_pid > 0 else None
+        return conflict
     return _error_class(code)(code, text, filename)

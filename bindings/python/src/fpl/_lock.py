@@ -96,8 +96,8 @@ class Lock:
 
     def __del__(self) -> None:
         if getattr(self, "_handle", None) is not None:
-            warnings.warn(f"unreleased {self!r}", ResourceWarning, source=self)
             try:
+                warnings.warn(f"unreleased {self!r}", ResourceWarning, source=self)
                 self.release()
             except Exception:  # noqa: BLE001 - nothing to report to in a finalizer
                 pass
