@@ -40,6 +40,12 @@ REALNAME := libfpl.so.$(VERSION)
 LIBS_PRIVATE ?= -lutil -lrt -lpthread -lm -ldl -lc
 
 INSTALL ?= install
+# Refreshes the loader's cache after a real (not staged) install as root,
+# so that programs find libfpl.so.0 in a new LIBDIR; LDCONFIG=true skips it.
+LDCONFIG ?= ldconfig
+RUN_LDCONFIG = @if [ -z "$(DESTDIR)" ] && [ "$$(id -u)" = 0 ] && command -v $(LDCONFIG) >/dev/null; then \
+	  echo $(LDCONFIG); $(LDCONFIG); \
+	fi
 
 .PHONY: all build install uninstall clean
 
@@ -85,15 +91,14 @@ install:
 	else \
 	  echo "note: $(BUILD)/fpl was not built: the fpl command is not installed"; \
 	fi
-	@if [ -z "$(DESTDIR)" ] && [ "$$(id -u)" = 0 ] && command -v ldconfig >/dev/null; then \
-	  echo ldconfig; ldconfig; \
-	fi
+	$(RUN_LDCONFIG)
 
 uninstall:
 	rm -f $(DESTDIR)$(LIBDIR)/$(REALNAME) $(DESTDIR)$(LIBDIR)/$(SONAME) \
 	      $(DESTDIR)$(LIBDIR)/libfpl.so $(DESTDIR)$(LIBDIR)/libfpl.a \
 	      $(DESTDIR)$(INCLUDEDIR)/fpl.h $(DESTDIR)$(PKGCONFIGDIR)/fpl.pc \
 	      $(DESTDIR)$(BINDIR)/fpl
+	$(RUN_LDCONFIG)
 
 clean:
 	$(CARGO) clean --target-dir $(CARGO_TARGET_DIR)

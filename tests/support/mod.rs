@@ -95,13 +95,15 @@ pub fn make_build() -> PathBuf {
     .clone()
 }
 
-/// `make install` (or another target) with VARS, after `make`.
+/// `make install` (or another target) with VARS, after `make`. The
+/// loader's cache of the machine is left alone (LDCONFIG=true).
 pub fn make(target: &str, vars: &[(&str, &Path)]) -> Output {
     make_build();
     let mut cmd = Command::new("make");
     cmd.arg("--no-print-directory")
         .arg(target)
         .arg(format!("CARGO_TARGET_DIR={}", make_target_dir().display()))
+        .arg("LDCONFIG=true")
         .current_dir(root());
     for (name, value) in vars {
         cmd.arg(format!("{name}={}", value.display()));
