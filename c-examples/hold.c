@@ -49,8 +49,14 @@ int main(int argc, char **argv) {
         _exit(127);
     }
     int status;
-    while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
-    }
+    pid_t waited;
+    do
+        waited = waitpid(pid, &status, 0);
+    while (waited < 0 && errno == EINTR);
     fpl_release(lock);
+    if (waited < 0) {
+        perror("waitpid");
+        return 1;
+    }
     return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
 }
