@@ -168,7 +168,8 @@ typedef struct fpl_error {
    */
   int32_t holder_pid;
   /**
-   * NUL-terminated, human-readable (UTF-8 except for path bytes). For a
+   * NUL-terminated UTF-8, human-readable (path bytes that are not UTF-8
+   * show as U+FFFD). For a
    * conflict, QEMU's wording: `Failed to get "write" lock`, `Failed to get
    * shared "write" lock` or `Failed to lock byte 100`, then the holder
    * when known (` (held by qemu-io, pid 4410)`), then a newline and

@@ -107,7 +107,8 @@ pub struct fpl_error {
     /// A process holding that byte, -1 if unknown (not a conflict, a holder
     /// on another host or in another PID namespace, or one not inspectable).
     pub holder_pid: i32,
-    /// NUL-terminated, human-readable (UTF-8 except for path bytes). For a
+    /// NUL-terminated UTF-8, human-readable (path bytes that are not UTF-8
+    /// show as U+FFFD). For a
     /// conflict, QEMU's wording: `Failed to get "write" lock`, `Failed to get
     /// shared "write" lock` or `Failed to lock byte 100`, then the holder
     /// when known (` (held by qemu-io, pid 4410)`), then a newline and

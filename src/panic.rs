@@ -13,6 +13,19 @@ thread_local! {
 
 static QUIET_HOOK: Once = Once::new();
 
+/// Frees the quiet hook when libfpl.so is unloaded (dlclose). Each load of
+/// the shared library has its own std and so its own hook, which std never
+/// frees: without this a plugin host loses the hook's box on every cycle.
+#[used]
+#[link_section = ".fini_array"]
+static DROP_QUIET_HOOK: extern "C" fn() = drop_quiet_hook;
+
+extern "C" fn drop_quiet_hook() {
+    if QUIET_HOOK.is_completed() && !std::thread::panicking() {
+        drop(std::panic::take_hook());
+    }
+}
+
 /// Runs `body`, catching a panic. Inside, the panic hook stays silent (the
 /// library never prints); elsewhere in a Rust host the previous hook runs.
 ///
