@@ -4,12 +4,11 @@
 
 mod common;
 
-use std::ffi::{CStr, CString};
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::cabi::{c_path, c_query, message, name, new_error};
 use common::TempDir;
 use fpl::ffi::*;
 
@@ -63,63 +62,14 @@ fn qemu_io_holding(image: &Path, format: &str) -> Qemu {
     Qemu(child)
 }
 
-fn c_path(p: &Path) -> CString {
-    CString::new(p.as_os_str().as_bytes()).expect("no NUL in a temp path")
-}
-
-fn new_error() -> fpl_error {
-    fpl_error {
-        code: 0,
-        perm: 0,
-        byte: 0,
-        holder_pid: 0,
-        message: [0; FPL_MESSAGE_SIZE],
-    }
-}
-
-fn message(err: &fpl_error) -> String {
-    // SAFETY: libfpl always NUL-terminates the message.
-    unsafe { CStr::from_ptr(err.message.as_ptr()) }
-        .to_string_lossy()
-        .into_owned()
-}
-
 struct Query {
     status: fpl_status,
     holders: Vec<fpl_holder>,
 }
 
 fn query(image: &Path) -> Query {
-    let path = c_path(image);
-    let mut status = fpl_status {
-        perm: 0,
-        unshared: 0,
-        flags: 0,
-        n_holders: 0,
-    };
-    let mut holders: Vec<fpl_holder> = (0..8)
-        .map(|_| fpl_holder {
-            pid: 0,
-            fd: 0,
-            perm: 0,
-            unshared: 0,
-            name: [0; FPL_NAME_SIZE],
-        })
-        .collect();
-    let mut err = new_error();
-    // SAFETY: valid pointers, holders has 8 elements.
-    let rc = unsafe {
-        fpl_query(
-            path.as_ptr(),
-            FPL_QUERY_HOLDERS,
-            &mut status,
-            holders.as_mut_ptr(),
-            holders.len(),
-            &mut err,
-        )
-    };
+    let (rc, status, holders, err) = c_query(image);
     assert_eq!(rc, 0, "fpl_query: {}", message(&err));
-    holders.truncate(status.n_holders as usize);
     Query { status, holders }
 }
 
@@ -166,13 +116,6 @@ fn proc_locks_bytes(image: &Path) -> Vec<u32> {
     }
     bytes.sort_unstable();
     bytes
-}
-
-fn name(h: &fpl_holder) -> String {
-    // SAFETY: NUL-terminated by libfpl.
-    unsafe { CStr::from_ptr(h.name.as_ptr()) }
-        .to_string_lossy()
-        .into_owned()
 }
 
 fn acquire(image: &Path, perm: u32, shared: u32, flags: u32) -> (i32, *mut fpl_lock, fpl_error) {
