@@ -552,13 +552,7 @@ static void test_bad_input(void) {
 int main(int argc, char **argv) {
     h_self = "/proc/self/exe";
     if (argc > 1) return h_helper_main(argc, argv);
-    char self[PATH_MAX];
-    ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
-    if (n <= 0) h_die("readlink");
-    self[n] = 0;
-    h_self = self;
-    signal(SIGPIPE, SIG_IGN);
-    h_make_dir();
+    h_init();
     test_version();
     test_acquire_release_bytes();
     test_conflicts_between_processes();

@@ -210,6 +210,19 @@ static inline int h_finish(h_helper *h) {
     return status;
 }
 
+/* Common start of a test program (after helper roles are dispatched):
+ * knows its own path for re-executing itself as a helper, ignores SIGPIPE,
+ * and makes its temporary folder. */
+static inline void h_init(void) {
+    static char self[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+    if (n <= 0) h_die("readlink");
+    self[n] = 0;
+    h_self = self;
+    signal(SIGPIPE, SIG_IGN);
+    h_make_dir();
+}
+
 static inline int h_helper_main(int argc, char **argv) {
     if (argc == 6 && strcmp(argv[1], "hold") == 0) {
         fpl_lock *lock = NULL;

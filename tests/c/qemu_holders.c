@@ -268,8 +268,7 @@ int main(int argc, char **argv) {
     (void)argc;
     (void)argv;
     atexit(q_kill_all);
-    signal(SIGPIPE, SIG_IGN);
-    h_make_dir();
+    h_init();
     q_load_versions();
     for (int v = 0; v < q_nversions; v++) {
         char out[256];

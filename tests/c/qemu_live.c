@@ -752,15 +752,9 @@ static void test_legacy_and_libvirt(const q_qemu *q) {
 int main(int argc, char **argv) {
     h_self = "/proc/self/exe";
     if (argc > 1) return helper_main(argc, argv);
-    char self[PATH_MAX];
-    ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
-    if (n <= 0) h_die("readlink");
-    self[n] = 0;
-    h_self = self;
-    signal(SIGPIPE, SIG_IGN);
     setvbuf(stdout, NULL, _IOLBF, 0);
     atexit(q_kill_all);
-    h_make_dir();
+    h_init();
     q_load_versions();
     for (int i = 0; i < q_nversions; i++) {
         const q_qemu *q = &q_versions[i];

@@ -136,8 +136,7 @@ static void qemu_worker(int id) {
 }
 
 int main(void) {
-    signal(SIGPIPE, SIG_IGN);
-    h_make_dir();
+    h_init();
     q_load_versions();
     qemu_io = q_tool(&q_versions[0], "qemu-io");
     const char *rounds = getenv("FPL_RACE_ROUNDS");

@@ -415,19 +415,13 @@ static void test_unprivileged(void) {
 int main(int argc, char **argv) {
     if (argc == 3 && strcmp(argv[1], "posix-hazard") == 0) return role_posix_hazard(argv[2]);
     if (argc > 1) return h_helper_main(argc, argv);
-    char self[PATH_MAX];
-    ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
-    if (n <= 0) h_die("readlink");
-    self[n] = 0;
-    h_self = self;
     shim = getenv("FPL_SHIM");
     if (!shim) {
         fprintf(stderr, "FPL_SHIM is not set: run through `cargo test --test reliability`\n");
         return 2;
     }
     atexit(q_kill_all);
-    signal(SIGPIPE, SIG_IGN);
-    h_make_dir();
+    h_init();
     q_load_versions();
     test_killed_between_lock_and_test();
     test_sigkill_of_holders(&q_versions[0]);
