@@ -80,8 +80,11 @@
 #define FPL_STATUS_LIBVIRT 2
 
 /**
- * fpl_status.flags: some processes could not be inspected, so holders may
- * be missing from the list.
+ * fpl_status.flags: holders may be missing from the list. Set when some
+ * held byte has no holder found while some process could not be inspected
+ * (another user's, without privilege; a sandbox's PID 1). A process that
+ * cannot be inspected but cannot matter (every held byte has a holder
+ * listed) does not set it. Never makes a query fail.
  */
 #define FPL_STATUS_HOLDERS_PARTIAL 4
 

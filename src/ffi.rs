@@ -57,8 +57,11 @@ pub const FPL_QUERY_HOLDERS: u32 = 0x01;
 pub const FPL_STATUS_LEGACY: u32 = 0x01;
 /// fpl_status.flags: byte 0 is held (a libvirt virtlockd lease).
 pub const FPL_STATUS_LIBVIRT: u32 = 0x02;
-/// fpl_status.flags: some processes could not be inspected, so holders may
-/// be missing from the list.
+/// fpl_status.flags: holders may be missing from the list. Set when some
+/// held byte has no holder found while some process could not be inspected
+/// (another user's, without privilege; a sandbox's PID 1). A process that
+/// cannot be inspected but cannot matter (every held byte has a holder
+/// listed) does not set it. Never makes a query fail.
 pub const FPL_STATUS_HOLDERS_PARTIAL: u32 = 0x04;
 
 /// Preset read-shared (perm): read, sharing everything, like `qemu-img -U`.
