@@ -724,20 +724,28 @@ fn hold_takes_every_image_or_none() {
     assert!(held(&free).perm.is_empty());
 }
 
-#[test]
-fn sigterm_to_hold_ends_the_command_and_frees_the_image() {
-    let dir = TempDir::new("hold-sigterm");
-    let image = dir.raw("a.raw");
+/// `fpl hold --mode exclusive IMAGE -- sh -c 'echo $$; exec sleep 600'`,
+/// once the command runs (it prints its pid) and the image is held.
+fn hold_exclusive_around_sleep(image: &Path) -> (Running, Orphan) {
     let mut hold = Running::spawn(
         Command::new(FPL)
-            .args(["hold", "--mode", "exclusive", s(&image), "--"])
+            .args(["hold", "--mode", "exclusive", s(image), "--"])
             .args(["sh", "-c", "echo $$; exec sleep 600"])
             .stdout(Stdio::piped()),
     );
     let line = hold.stdout_lines().find("");
     let command: i32 = line.trim().parse().expect("the command prints its pid");
-    let _command = Orphan(command);
-    assert_eq!(held(&image).unshared, PermSet::ALL);
+    let command = Orphan(command);
+    assert_eq!(held(image).unshared, PermSet::ALL);
+    (hold, command)
+}
+
+#[test]
+fn sigterm_to_hold_ends_the_command_and_frees_the_image() {
+    let dir = TempDir::new("hold-sigterm");
+    let image = dir.raw("a.raw");
+    let (mut hold, orphan) = hold_exclusive_around_sleep(&image);
+    let command = orphan.0;
 
     hold.signal(Signal::SIGTERM);
     let status = hold.wait();
@@ -789,16 +797,8 @@ fn hold_without_a_command_holds_until_a_signal() {
 fn the_command_does_not_inherit_the_locks() {
     let dir = TempDir::new("hold-cloexec");
     let image = dir.raw("a.raw");
-    let mut hold = Running::spawn(
-        Command::new(FPL)
-            .args(["hold", "--mode", "exclusive", s(&image), "--"])
-            .args(["sh", "-c", "echo $$; exec sleep 600"])
-            .stdout(Stdio::piped()),
-    );
-    let line = hold.stdout_lines().find("");
-    let command: i32 = line.trim().parse().expect("the command prints its pid");
-    let _command = Orphan(command);
-    assert_eq!(held(&image).unshared, PermSet::ALL);
+    let (mut hold, orphan) = hold_exclusive_around_sleep(&image);
+    let command = orphan.0;
 
     // SIGKILL is not passed on: fpl dies, its command lives on. The locks
     // die with fpl only if the command has no copy of the descriptor.

@@ -163,27 +163,15 @@ impl Demo {
         self.wait_for_locks()?;
 
         let image = PathBuf::from(IMAGE);
-        out(&format!("$ fpl status {IMAGE}"));
-        for i in status::inspect(std::slice::from_ref(&image), true) {
-            let st = i
-                .outcome
-                .map_err(|e| format!("cannot inspect {IMAGE}: {e}"))?;
-            status::describe_status(&i.path, &st, true)
-                .iter()
-                .for_each(|line| out(line));
-            if !st.holders.iter().any(|h| h.pid as u32 == daemon_pid) {
-                out(&format!(
-                    "  (qemu-storage-daemon, pid {daemon_pid}, was not found in /proc)"
-                ));
-            }
+        let holders = show_status(&image)?;
+        if !holders.iter().any(|h| h.pid as u32 == daemon_pid) {
+            out(&format!(
+                "  (qemu-storage-daemon, pid {daemon_pid}, was not found in /proc)"
+            ));
         }
         self.interrupted()?;
 
-        out(&format!("$ fpl check --mode exclusive {IMAGE}"));
-        let exclusive = fpl::Mode::Exclusive;
-        let outcome = fpl::check(&image, request(exclusive), fpl::Options::default());
-        check::print_outcome(&image, exclusive.name(), &outcome);
-        if outcome.is_ok() {
+        if show_check(&image, fpl::Mode::Exclusive).is_ok() {
             return Err(Stop::Failed(
                 "exclusive access was granted while qemu-storage-daemon writes the image: \
                  the daemon did not lock it as expected"
@@ -204,10 +192,7 @@ impl Demo {
         }
         self.interrupted()?;
 
-        out(&format!("$ fpl check --mode read-shared {IMAGE}"));
-        let shared = fpl::Mode::ReadShared;
-        let outcome = fpl::check(&image, request(shared), fpl::Options::default());
-        check::print_outcome(&image, shared.name(), &outcome);
+        let _ = show_check(&image, fpl::Mode::ReadShared);
         self.interrupted()?;
 
         out(&format!(
@@ -216,15 +201,7 @@ impl Demo {
         if let Some(mut daemon) = self.daemon.take() {
             stop(&mut daemon)?;
         }
-        out(&format!("$ fpl status {IMAGE}"));
-        for i in status::inspect(std::slice::from_ref(&image), true) {
-            let st = i
-                .outcome
-                .map_err(|e| format!("cannot inspect {IMAGE}: {e}"))?;
-            status::describe_status(&i.path, &st, true)
-                .iter()
-                .for_each(|line| out(line));
-        }
+        show_status(&image)?;
         out(&format!("$ rm -r {}", dir.display()));
         Ok(())
     }
@@ -261,8 +238,33 @@ impl Demo {
     }
 }
 
-fn request(mode: fpl::Mode) -> fpl::Request {
-    fpl::Request::new(mode.perm(), mode.shared())
+/// Prints `fpl status IMAGE` as the command would; returns the holders.
+fn show_status(image: &Path) -> Result<Vec<fpl::Holder>, String> {
+    out(&format!("$ fpl status {}", image.display()));
+    let mut holders = Vec::new();
+    for i in status::inspect(&[image.to_path_buf()], true) {
+        let st = i
+            .outcome
+            .map_err(|e| format!("cannot inspect {}: {e}", image.display()))?;
+        status::describe_status(&i.path, &st, true)
+            .iter()
+            .for_each(|line| out(line));
+        holders.extend(st.holders);
+    }
+    Ok(holders)
+}
+
+/// Prints `fpl check --mode MODE IMAGE` as the command would.
+fn show_check(image: &Path, mode: fpl::Mode) -> fpl::Result<()> {
+    out(&format!(
+        "$ fpl check --mode {} {}",
+        mode.name(),
+        image.display()
+    ));
+    let request = fpl::Request::new(mode.perm(), mode.shared());
+    let outcome = fpl::check(image, request, fpl::Options::default());
+    check::print_outcome(image, mode.name(), &outcome);
+    outcome
 }
 
 fn read_log() -> String {
