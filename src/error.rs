@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
 
+use crate::holders;
 use crate::perm::Perm;
 
 /// Everything that can go wrong. [`Error::errno`] is the negative errno the
@@ -72,6 +73,20 @@ impl Error {
             _ => None,
         }
     }
+
+    /// For a conflict whose holder was not looked up (the request asked
+    /// [`crate::Options::skip_holder_lookup`]), finds a process holding the
+    /// byte now, with one bounded walk of `/proc`. Meant for callers that
+    /// take several locks: release them all first, then look up, so that no
+    /// lock of theirs is held while `/proc` is walked. Does nothing for other
+    /// errors, or once done.
+    pub fn look_up_holder(&mut self) {
+        if let Error::Conflict(c) = self {
+            if let Some(lookup) = c.lookup.take() {
+                c.holder = lookup.find(c.byte);
+            }
+        }
+    }
 }
 
 /// How a conflict was found.
@@ -108,6 +123,8 @@ pub struct Conflict {
     pub path: Option<PathBuf>,
     /// A process holding the byte, when one could be found.
     pub holder: Option<HolderId>,
+    /// What [`Error::look_up_holder`] needs, until it has run.
+    pub(crate) lookup: Option<holders::Lookup>,
 }
 
 impl Conflict {

@@ -59,34 +59,50 @@ pub fn ofd_available(fd: BorrowedFd<'_>) -> bool {
     }
 }
 
-fn flock(ty: libc::c_int, first: u32, len: u32) -> libc::flock {
+fn flock(ty: libc::c_int, first: u64, len: u64) -> libc::flock {
     // SAFETY: flock is plain old data; all-zero is a valid value (and
     // F_OFD_* require l_pid == 0).
     let mut fl: libc::flock = unsafe { std::mem::zeroed() };
     fl.l_type = ty as libc::c_short;
     fl.l_whence = libc::SEEK_SET as libc::c_short;
-    fl.l_start = libc::off_t::from(first);
-    fl.l_len = libc::off_t::from(len);
+    // Offsets past off_t's range are clamped; callers pass protocol bytes
+    // or 0 ("to the end of the file") for the length.
+    fl.l_start = libc::off_t::try_from(first).unwrap_or(libc::off_t::MAX);
+    fl.l_len = libc::off_t::try_from(len).unwrap_or(0);
     fl
 }
 
+/// Runs `call` again while it fails with `EINTR`: a signal arriving during a
+/// lock call on a network or FUSE file system (where the call waits for the
+/// server) must not turn into a failure.
+pub fn retry<T>(mut call: impl FnMut() -> Result<T, Errno>) -> Result<T, Errno> {
+    loop {
+        match call() {
+            Err(Errno::EINTR) => continue,
+            other => return other,
+        }
+    }
+}
+
 fn set(fd: BorrowedFd<'_>, flavor: Flavor, fl: &libc::flock) -> Result<(), Errno> {
-    let arg = match flavor {
-        Flavor::Ofd => FcntlArg::F_OFD_SETLK(fl),
-        Flavor::Posix => FcntlArg::F_SETLK(fl),
-    };
-    fcntl(fd, arg).map(drop)
+    retry(|| {
+        let arg = match flavor {
+            Flavor::Ofd => FcntlArg::F_OFD_SETLK(fl),
+            Flavor::Posix => FcntlArg::F_SETLK(fl),
+        };
+        fcntl(fd, arg).map(drop)
+    })
 }
 
 /// Takes shared read locks on bytes `first .. first+len`. EAGAIN or EACCES
 /// mean somebody holds one of them exclusively.
 pub fn lock_read(fd: BorrowedFd<'_>, flavor: Flavor, first: u32, len: u32) -> Result<(), Errno> {
-    set(fd, flavor, &flock(libc::F_RDLCK, first, len))
+    set(fd, flavor, &flock(libc::F_RDLCK, first.into(), len.into()))
 }
 
 /// Drops this owner's locks on bytes `first .. first+len`.
 pub fn unlock(fd: BorrowedFd<'_>, flavor: Flavor, first: u32, len: u32) -> Result<(), Errno> {
-    set(fd, flavor, &flock(libc::F_UNLCK, first, len))
+    set(fd, flavor, &flock(libc::F_UNLCK, first.into(), len.into()))
 }
 
 /// A lock that would block the one tested.
@@ -119,17 +135,31 @@ pub fn test(
     len: u32,
     exclusive: bool,
 ) -> Result<Option<Found>, Errno> {
+    test_span(fd, flavor, first.into(), Some(len.into()), exclusive)
+}
+
+/// [`test`] over any span: `len` `None` means from `first` to the end of
+/// every possible file (what the kernel calls length 0).
+pub fn test_span(
+    fd: BorrowedFd<'_>,
+    flavor: Flavor,
+    first: u64,
+    len: Option<u64>,
+    exclusive: bool,
+) -> Result<Option<Found>, Errno> {
     let ty = if exclusive {
         libc::F_WRLCK
     } else {
         libc::F_RDLCK
     };
-    let mut fl = flock(ty, first, len);
-    let arg = match flavor {
-        Flavor::Ofd => FcntlArg::F_OFD_GETLK(&mut fl),
-        Flavor::Posix => FcntlArg::F_GETLK(&mut fl),
-    };
-    fcntl(fd, arg)?;
+    let fl = retry(|| {
+        let mut fl = flock(ty, first, len.unwrap_or(0));
+        let arg = match flavor {
+            Flavor::Ofd => FcntlArg::F_OFD_GETLK(&mut fl),
+            Flavor::Posix => FcntlArg::F_GETLK(&mut fl),
+        };
+        fcntl(fd, arg).map(|_| fl)
+    })?;
     if fl.l_type == libc::F_UNLCK as libc::c_short {
         return Ok(None);
     }

@@ -14,12 +14,13 @@ use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io::ErrorKind;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::time::{Duration, Instant};
 
-use nix::dir::Dir;
 use nix::errno::Errno;
 use nix::fcntl::{AtFlags, OFlag};
 use nix::sys::stat::{fstatat, Mode};
 
+use crate::error::HolderId;
 use crate::fdinfo::{lock_lines, LockClass};
 use crate::protocol::Held;
 
@@ -126,7 +127,8 @@ pub struct Scan {
     /// For each target, in order: its holders, by pid then descriptor.
     pub holders: Vec<Vec<Holder>>,
     /// Some process (or descriptor) could not be inspected: another user's
-    /// without privilege, or a sandbox's PID 1. Its locks are unknown.
+    /// without privilege, or a sandbox's PID 1; or a bounded walk stopped
+    /// before it. Its locks are unknown.
     pub refused: bool,
 }
 
@@ -146,9 +148,60 @@ impl Scan {
     }
 }
 
+/// How long naming the holder of a conflict may walk `/proc` at most; past
+/// it the conflict is reported without a holder. (A walk costs about 4 µs
+/// per descriptor on the host: 200,000 descriptors take most of a second.)
+pub const LOOKUP_BUDGET: Duration = Duration::from_secs(1);
+
+/// What naming the holder of a conflicting byte needs, kept in the
+/// conflict so that the walk of `/proc` can wait until every lock the
+/// caller will roll back is rolled back ([`crate::Error::look_up_holder`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Lookup {
+    target: Target,
+    /// The descriptor of this process that must not be named (the handle's
+    /// own), while it is open.
+    own_fd: Option<i32>,
+}
+
+impl Lookup {
+    pub(crate) fn new(target: Target, own_fd: Option<i32>) -> Lookup {
+        Lookup { target, own_fd }
+    }
+
+    /// A process holding `byte`, found within [`LOOKUP_BUDGET`]: another
+    /// process if there is one; in this one, never the handle's own
+    /// descriptor.
+    pub(crate) fn find(self, byte: u32) -> Option<HolderId> {
+        let deadline = Instant::now() + LOOKUP_BUDGET;
+        let found = scan_until(&[self.target], Some(deadline)).holders.pop()?;
+        let me = std::process::id() as i32;
+        let mut best = None;
+        for h in found.into_iter().filter(|h| h.held.covers(byte)) {
+            if h.pid != me {
+                best = Some(h);
+                break;
+            }
+            if Some(h.fd) != self.own_fd && best.is_none() {
+                best = Some(h);
+            }
+        }
+        best.map(|h| HolderId {
+            pid: h.pid,
+            name: h.name,
+        })
+    }
+}
+
 /// Finds the holders of protocol bytes (0, 100-104, 200-204) of each of
 /// `targets`, walking `/proc` once for all of them.
 pub fn scan(targets: &[Target]) -> Scan {
+    scan_until(targets, None)
+}
+
+/// [`scan`], stopping at `deadline` if one is given: the processes not
+/// walked by then count as not inspected ([`Scan::refused`]).
+pub fn scan_until(targets: &[Target], deadline: Option<Instant>) -> Scan {
     let mut out = Scan {
         holders: vec![Vec::new(); targets.len()],
         refused: false,
@@ -166,25 +219,32 @@ pub fn scan(targets: &[Target]) -> Scan {
     pids.sort_unstable();
     // A host with many processes is walked by a few threads at once (each
     // descriptor costs a stat through /proc); they are joined before this
-    // returns.
+    // returns. A thread that cannot be made (RLIMIT_NPROC, a cgroup's
+    // pids.max) leaves its share to the calling thread.
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .min(4)
         .min(pids.len() / 64)
         .max(1);
-    let chunk = pids.len().div_ceil(threads);
+    let chunk = pids.len().div_ceil(threads).max(1);
     let parts: Vec<(Vec<Vec<Holder>>, bool)> = if threads == 1 {
-        vec![scan_pids(&pids, targets)]
+        vec![scan_pids(&pids, targets, deadline)]
     } else {
         std::thread::scope(|s| {
-            let handles: Vec<_> = pids
-                .chunks(chunk.max(1))
-                .map(|part| s.spawn(move || scan_pids(part, targets)))
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().unwrap_or_else(|_| (Vec::new(), true)))
-                .collect()
+            let mut parts = Vec::with_capacity(threads);
+            let mut handles = Vec::with_capacity(threads);
+            for part in pids.chunks(chunk) {
+                let spawned = std::thread::Builder::new()
+                    .spawn_scoped(s, move || scan_pids(part, targets, deadline));
+                match spawned {
+                    Ok(handle) => handles.push(handle),
+                    Err(_) => parts.push(scan_pids(part, targets, deadline)),
+                }
+            }
+            for handle in handles {
+                parts.push(handle.join().unwrap_or_else(|_| (Vec::new(), true)));
+            }
+            parts
         })
     };
     for (found, refused) in parts {
@@ -199,13 +259,22 @@ pub fn scan(targets: &[Target]) -> Scan {
     out
 }
 
-/// The holders among `pids`, and whether one could not be inspected.
-fn scan_pids(pids: &[i32], targets: &[Target]) -> (Vec<Vec<Holder>>, bool) {
+/// The holders among `pids`, and whether one could not be inspected (or
+/// was not, the deadline having passed).
+fn scan_pids(
+    pids: &[i32],
+    targets: &[Target],
+    deadline: Option<Instant>,
+) -> (Vec<Vec<Holder>>, bool) {
     let index: HashMap<FileId, usize> =
         targets.iter().enumerate().map(|(i, t)| (t.id, i)).collect();
     let mut found = vec![Vec::new(); targets.len()];
     let mut refused = false;
     for &pid in pids {
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            refused = true;
+            break;
+        }
         refused |= scan_process(pid, targets, &index, &mut found).is_err();
     }
     (found, refused)
@@ -220,20 +289,26 @@ fn scan_process(
     found: &mut [Vec<Holder>],
 ) -> Result<(), ()> {
     // The descriptors are stat'ed relative to their folder: one path
-    // component to resolve per descriptor instead of four.
-    let mut dir = match Dir::open(
-        format!("/proc/{pid}/fd").as_str(),
-        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+    // component to resolve per descriptor instead of four. The folder is
+    // listed by std and held open (O_PATH) by a descriptor of our own, so
+    // that a process exiting meanwhile can never leak either.
+    let folder = format!("/proc/{pid}/fd");
+    let dir = match nix::fcntl::open(
+        folder.as_str(),
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
         Mode::empty(),
     ) {
         Ok(dir) => dir,
         Err(Errno::ENOENT) | Err(Errno::ESRCH) => return Ok(()),
         Err(_) => return Err(()),
     };
-    let fds: Vec<i32> = dir
-        .iter()
-        .filter_map(|e| e.ok()?.file_name().to_str().ok()?.parse().ok())
-        .collect();
+    let fds: Vec<i32> = match fs::read_dir(&folder) {
+        Ok(entries) => entries
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .collect(),
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+        Err(_) => return Err(()),
+    };
     let mut name: Option<String> = None;
     let mut refused = false;
     for fd in fds {
@@ -291,9 +366,15 @@ fn held_in(fdinfo: &str, target: &Target) -> Held {
     held
 }
 
-/// `/proc/PID/comm` without its newline, or "" if unreadable.
+/// `/proc/PID/comm` without its newline, or "" if unreadable. The kernel
+/// cuts names at 15 bytes, possibly inside a UTF-8 character: such a name
+/// (or any that is not UTF-8) is shown with U+FFFD in place of the broken
+/// bytes, never dropped.
 pub fn process_name(pid: i32) -> String {
-    fs::read_to_string(format!("/proc/{pid}/comm"))
-        .map(|s| s.trim_end_matches('\n').to_owned())
+    fs::read(format!("/proc/{pid}/comm"))
+        .map(|bytes| {
+            let name = bytes.strip_suffix(b"\n").unwrap_or(&bytes);
+            String::from_utf8_lossy(name).into_owned()
+        })
         .unwrap_or_default()
 }

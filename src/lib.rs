@@ -27,11 +27,11 @@
 
 #![deny(missing_docs)]
 
+mod closing;
 pub mod error;
 pub mod fcntl;
 pub mod fdinfo;
 pub mod ffi;
-mod forks;
 pub mod holders;
 pub mod image;
 pub mod lock;

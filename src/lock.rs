@@ -14,8 +14,7 @@ use nix::errno::Errno;
 use crate::error::{Conflict, ConflictKind, Error, HolderId, Result};
 use crate::fcntl::{self, Flavor};
 use crate::fdinfo::{lock_lines, LockClass};
-use crate::forks;
-use crate::holders::{self, Mounts};
+use crate::holders::{self, Lookup, Mounts};
 use crate::image::Image;
 use crate::perm::Perm;
 use crate::protocol::{ByteSet, Plan, Request, Test, USE_BASE};
@@ -29,14 +28,26 @@ pub struct Options {
     /// silently drops the locks, and two handles in one process never
     /// conflict with each other.
     pub allow_posix: bool,
+    /// Report a conflict without naming a process holding the byte
+    /// (`FPL_FLAG_NO_HOLDER_LOOKUP`): no walk of `/proc` at all. A caller
+    /// taking several locks sets it, releases what it took, then calls
+    /// [`Error::look_up_holder`] once. Otherwise the walk runs after the
+    /// rollback, bounded by [`holders::LOOKUP_BUDGET`].
+    pub skip_holder_lookup: bool,
 }
 
 /// Held locks on one image: the bytes of one request, on one open file
 /// description. Dropping it releases them, as [`Lock::release`] does.
+///
+/// A forked child shares the handle's open file description, and so its
+/// locks: in any process other than the one that acquired it, releasing or
+/// dropping the handle only closes that process's copy of the descriptor,
+/// and [`Lock::update`] fails with `EPERM`.
 #[derive(Debug)]
 pub struct Lock {
     image: Image,
     flavor: Flavor,
+    options: Options,
     request: Request,
     plan: Plan,
     /// The bytes this handle locked, and so will unlock.
@@ -44,10 +55,11 @@ pub struct Lock {
     /// Bytes the adopted description held before: never locked or unlocked here.
     foreign: ByteSet,
     /// Whether the handle's descriptor is the only one of its description
-    /// (acquired by path, not adopted from a caller's descriptor).
+    /// (acquired by path, not adopted from a caller's descriptor), so that
+    /// no lock but this handle's can be on it.
     private: bool,
-    /// The fork count when the lock was taken.
-    forks_at: u64,
+    /// The process that acquired the lock.
+    owner: u32,
 }
 
 impl Lock {
@@ -59,9 +71,9 @@ impl Lock {
 
     /// Takes the locks for `request` on the caller's open file description.
     /// The handle keeps its own close-on-exec duplicate of `fd`, so the locks
-    /// last until release even if the caller closes `fd`. Bytes the
+    /// last until release even if the caller closes `fd`. Locks the
     /// description already held are left alone: a rollback or a release
-    /// unlocks only what this handle added.
+    /// unlocks exactly the bytes this handle added.
     pub fn acquire_fd(fd: BorrowedFd<'_>, request: Request, options: Options) -> Result<Lock> {
         let image = Image::from_fd(fd)?;
         let foreign = description_bytes(&image);
@@ -77,11 +89,11 @@ impl Lock {
         adopted: Option<ByteSet>,
     ) -> Result<Lock> {
         let flavor = flavor(&image, options)?;
-        let forks_at = forks::count();
         let plan = request.plan();
         let mut lock = Lock {
             image,
             flavor,
+            options,
             request,
             plan: Plan {
                 lock: ByteSet::EMPTY,
@@ -90,46 +102,105 @@ impl Lock {
             held: ByteSet::EMPTY,
             foreign: adopted.unwrap_or(ByteSet::EMPTY),
             private: adopted.is_none(),
-            forks_at,
+            owner: std::process::id(),
         };
-        lock.change(plan, false)?;
+        lock.change(plan, false, options)?;
         lock.request = request;
         Ok(lock)
     }
 
     /// Changes the permissions of the held lock (QEMU's reopen): lock the
     /// bytes the new request adds, test it, then drop the bytes it no longer
-    /// needs (commit) or the ones just added (abort). On failure the lock is
-    /// exactly as it was. A change that only loosens is never tested.
+    /// needs (commit) or the ones just added (abort). On a conflict the lock
+    /// is exactly as it was. A change that only loosens is never tested.
+    /// Fails with `EPERM` in another process than the one that acquired the
+    /// lock (a forked child). The acquire's options apply.
     pub fn update(&mut self, request: Request) -> Result<()> {
+        self.update_with(request, self.options)
+    }
+
+    /// [`Lock::update`] with other options for this change
+    /// (`skip_holder_lookup`; a handle keeps its kind of lock, so
+    /// `allow_posix` is ignored).
+    pub fn update_with(&mut self, request: Request, options: Options) -> Result<()> {
+        if !self.in_owner() {
+            return Err(Error::os(
+                Errno::EPERM,
+                format!(
+                    "this lock belongs to process {}: a forked child shares its locks \
+                     and cannot change them (release it, which only closes the child's copy)",
+                    self.owner
+                ),
+            ));
+        }
         let plan = request.plan();
         let loosening = plan.only_loosens(&self.plan);
-        self.change(plan, loosening)?;
+        self.change(plan, loosening, options)?;
         self.request = request;
         Ok(())
     }
 
-    fn change(&mut self, plan: Plan, skip_tests: bool) -> Result<()> {
+    fn in_owner(&self) -> bool {
+        std::process::id() == self.owner
+    }
+
+    fn change(&mut self, plan: Plan, skip_tests: bool, options: Options) -> Result<()> {
         let fd = self.image.fd();
         let added = plan.lock.minus(self.held).minus(self.foreign);
+        let keep = self.held.union(self.foreign);
         // Prepare: take the new bytes (the union of old and new is held).
-        if let Err(e) = lock_bytes(fd, self.flavor, added, self.held.union(self.foreign)) {
-            return Err(self.explain(e));
-        }
-        if !skip_tests {
+        let mut failure = lock_bytes(fd, self.flavor, added, keep, self.private).err();
+        if failure.is_none() && !skip_tests {
             if let Err(e) = run_tests(fd, self.flavor, &plan.tests) {
                 // Abort: drop exactly what prepare took.
-                let keep = self.held.union(self.foreign);
-                let _ = unlock_bytes(fd, self.flavor, added, keep);
-                return Err(self.explain(e));
+                if let Err(errno) = unlock_bytes(fd, self.flavor, added, keep, self.private) {
+                    // What could not be unlocked stays this handle's, to be
+                    // unlocked again at release.
+                    self.held = self.held.union(added);
+                    return Err(self.rollback_failed(e, errno, added));
+                }
+                failure = Some(e);
             }
+        }
+        if let Some(failure) = failure {
+            let mut e = self.explain(failure);
+            if !options.skip_holder_lookup {
+                // Everything this change took is rolled back by now.
+                e.look_up_holder();
+            }
+            return Err(e);
         }
         // Commit: drop what the new request no longer needs.
         let dropped = self.held.minus(plan.lock);
         self.held = self.held.union(added).minus(dropped);
         self.plan = plan;
-        unlock_bytes(fd, self.flavor, dropped, self.held.union(self.foreign))
-            .map_err(|e| Error::os(e, "cannot unlock bytes no longer needed"))
+        let keep = self.held.union(self.foreign);
+        unlock_bytes(fd, self.flavor, dropped, keep, self.private).map_err(|errno| {
+            // The new request is in effect; the old bytes may still be held
+            // and stay recorded, so that release unlocks them.
+            self.held = self.held.union(dropped);
+            Error::os(
+                errno,
+                format!(
+                    "the new permissions are in effect, but bytes {} no longer needed \
+                     could not be unlocked: they stay held until release",
+                    list(dropped)
+                ),
+            )
+        })
+    }
+
+    /// A conflict whose abort could not unlock what prepare took.
+    fn rollback_failed(&self, failure: Failure, errno: Errno, added: ByteSet) -> Error {
+        let conflict = self.explain(failure);
+        Error::os(
+            errno,
+            format!(
+                "{conflict}\nand rolling back failed: bytes {} may still be held by this \
+                 handle until it is released",
+                list(added)
+            ),
+        )
     }
 
     /// Turns a low-level failure into the error the caller sees, naming the
@@ -158,36 +229,39 @@ impl Lock {
         self.flavor == Flavor::Posix
     }
 
-    /// Unlocks every byte this handle locked, then closes the descriptor. A
-    /// forked child holding a copy of the descriptor would keep OFD locks
-    /// alive, so they are unlocked explicitly — unless the descriptor is the
-    /// handle's own and the process has not forked since the lock was taken
-    /// (a `pthread_atfork` handler counts forks): then closing it drops them
-    /// at once. The descriptor is closed even if unlocking fails. (Closing a
-    /// read-only descriptor loses nothing, so its result is not reported.)
+    /// Unlocks every byte this handle locked, then closes the descriptor,
+    /// always with explicit unlock calls: a copy of the descriptor in
+    /// another process (a forked or spawned child that has not exec'ed yet)
+    /// would keep OFD locks alive past a mere close. In a process other than
+    /// the acquirer's (a forked child) nothing is unlocked: the locks are
+    /// the acquirer's, and only this process's copy of the descriptor is
+    /// closed. The descriptor is closed even if unlocking fails.
     pub fn release(mut self) -> Result<()> {
-        if !self.private || self.flavor != Flavor::Ofd {
-            // Dropping self then closes the descriptor.
-            return self.unlock_all();
-        }
-        // Our own description: if no fork can have copied its descriptor,
-        // closing it drops every lock at once, without an unlock call.
-        forks::closing(self.forks_at, move |forked| {
-            let unlocked = if forked {
-                self.unlock_all()
-            } else {
-                self.held = ByteSet::EMPTY;
-                Ok(())
-            };
-            drop(self);
-            unlocked
-        })
+        self.unlock_all()
     }
 
     fn unlock_all(&mut self) -> Result<()> {
         let held = std::mem::take(&mut self.held);
-        unlock_bytes(self.image.fd(), self.flavor, held, self.foreign)
-            .map_err(|e| Error::os(e, "cannot unlock the image's bytes"))
+        if !self.in_owner() {
+            return Ok(());
+        }
+        unlock_bytes(
+            self.image.fd(),
+            self.flavor,
+            held,
+            self.foreign,
+            self.private,
+        )
+        .map_err(|e| {
+            Error::os(
+                e,
+                format!(
+                    "cannot unlock bytes {} of the image (closing its descriptor drops \
+                     them unless another process has a copy of it)",
+                    list(held)
+                ),
+            )
+        })
     }
 }
 
@@ -197,21 +271,42 @@ impl Drop for Lock {
     }
 }
 
+/// Bytes for messages: `100, 101, 103`.
+fn list(bytes: ByteSet) -> String {
+    let all: Vec<String> = bytes.iter().map(|b| b.to_string()).collect();
+    all.join(", ")
+}
+
 /// Would [`Lock::acquire`] of `request` on `path` succeed now? Takes no lock.
 pub fn check(path: &Path, request: Request, options: Options) -> Result<()> {
-    let image = Image::open(path)?;
+    let mut image = Image::open(path)?;
     let flavor = flavor(&image, options)?;
     let plan = request.plan();
-    let fd = image.fd();
-    // Nothing held anywhere between the first and the last byte involved,
-    // the usual case, answers with one call.
     let all = plan.lock.union(plan.tested());
-    if let (Some(first), Some(last)) = (all.iter().next(), all.iter().last()) {
-        match fcntl::test(fd, flavor, first, last - first + 1, true) {
-            Ok(None) => return Ok(()),
-            Ok(Some(_)) => {}
-            Err(e) => return Err(Failure::Locked(first, e, None).into_error(&image, None)),
+    let (Some(first), Some(last)) = (all.iter().next(), all.iter().last()) else {
+        return Ok(());
+    };
+    let failed = |e| Failure::Locked(first, e, None);
+    // No lock at all on the file, the usual case, answers with one call,
+    // which also tells that closing the image cannot drop a POSIX lock of
+    // this process ([`crate::closing`]).
+    match fcntl::test_span(image.fd(), flavor, 0, None, true) {
+        Ok(None) => {
+            if flavor == Flavor::Ofd {
+                image.saw_no_locks();
+            }
+            return Ok(());
         }
+        Ok(Some(_)) => {}
+        Err(e) => return Err(failed(e).into_error(&image, None)),
+    }
+    let fd = image.fd();
+    // Nothing held between the first and the last byte involved (a lock
+    // elsewhere, such as libvirt's lease on byte 0) answers with one more.
+    match fcntl::test(fd, flavor, first, last - first + 1, true) {
+        Ok(None) => return Ok(()),
+        Ok(Some(_)) => {}
+        Err(e) => return Err(failed(e).into_error(&image, None)),
     }
     // Locking fails only where somebody holds a byte exclusively: that is
     // what a read-lock test finds.
@@ -225,7 +320,13 @@ pub fn check(path: &Path, request: Request, options: Options) -> Result<()> {
             None,
         )),
     };
-    outcome.map_err(|f| f.into_error(&image, None))
+    outcome.map_err(|f| {
+        let mut e = f.into_error(&image, None);
+        if !options.skip_holder_lookup {
+            e.look_up_holder();
+        }
+        e
+    })
 }
 
 fn flavor(image: &Image, options: Options) -> Result<Flavor> {
@@ -281,50 +382,30 @@ impl Failure {
                 (ConflictKind::Test, test.byte, test.perm, Some(found))
             }
         };
-        let holder = find_holder(image, byte, found, own_fd);
+        // A POSIX lock names its owner; an OFD lock (pid -1) is looked up in
+        // /proc later, once nothing of ours is held any more.
+        let (holder, lookup) = match found.map(|f| f.pid).filter(|pid| *pid > 0) {
+            Some(pid) => (
+                Some(HolderId {
+                    pid,
+                    name: holders::process_name(pid),
+                }),
+                None,
+            ),
+            None => {
+                let target = Mounts::read().target(image.fd(), image.file_id());
+                (None, Some(Lookup::new(target, own_fd)))
+            }
+        };
         Error::Conflict(Box::new(Conflict {
             kind,
             byte,
             perm,
             path,
             holder,
+            lookup,
         }))
     }
-}
-
-/// A process holding `byte`: the pid F_GETLK gave for a POSIX lock, or one
-/// found in `/proc` for an OFD lock (never this handle's own descriptor).
-fn find_holder(
-    image: &Image,
-    byte: u32,
-    found: Option<fcntl::Found>,
-    own_fd: Option<i32>,
-) -> Option<HolderId> {
-    if let Some(pid) = found.map(|f| f.pid).filter(|pid| *pid > 0) {
-        return Some(HolderId {
-            pid,
-            name: holders::process_name(pid),
-        });
-    }
-    let me = std::process::id() as i32;
-    let target = Mounts::read().target(image.fd(), image.file_id());
-    let found = holders::scan(&[target]).holders.pop()?;
-    let candidates = found.into_iter().filter(|h| h.held.covers(byte));
-    // Prefer another process; in this one, never the handle's own descriptor.
-    let mut best = None;
-    for h in candidates {
-        if h.pid != me {
-            best = Some(h);
-            break;
-        }
-        if Some(h.fd) != own_fd && best.is_none() {
-            best = Some(h);
-        }
-    }
-    best.map(|h| HolderId {
-        pid: h.pid,
-        name: h.name,
-    })
 }
 
 /// Locks `bytes` run by run. On failure, what this call took is unlocked
@@ -335,11 +416,14 @@ fn lock_bytes(
     flavor: Flavor,
     bytes: ByteSet,
     keep: ByteSet,
+    private: bool,
 ) -> Result<(), Failure> {
     let mut taken = ByteSet::EMPTY;
     for (first, len) in bytes.run_iter() {
         if let Err(errno) = fcntl::lock_read(fd, flavor, first, len) {
-            let _ = unlock_bytes(fd, flavor, taken, keep);
+            // Nothing was taken yet, or it cannot be given back: either way
+            // the failure to lock is what the caller must hear first.
+            let _ = unlock_bytes(fd, flavor, taken, keep, private);
             // The failed call took nothing (F_SETLK is all or nothing); find
             // which byte of the run per-byte locking would have stopped at.
             let run: ByteSet = (first..first + len).collect();
@@ -352,21 +436,24 @@ fn lock_bytes(
     Ok(())
 }
 
-/// Unlocks `bytes`, leaving `keep` (bytes the description must go on
-/// holding) alone. With OFD locks one call over the whole span does it when
-/// no kept byte lies inside: unlocking a byte this description does not hold
-/// changes nothing. POSIX locks belong to the whole process, so there only
-/// the bytes themselves are unlocked, run by run.
+/// Unlocks exactly `bytes`, leaving `keep` (bytes the description must go
+/// on holding) alone. On a description of our own (`private`) with OFD
+/// locks, one call over the whole span does it when no kept byte lies
+/// inside: no other lock can be on that description. On a caller's
+/// description, which may hold locks of its own anywhere (104, 150, ...),
+/// and with POSIX locks, which belong to the whole process, only the bytes
+/// themselves are unlocked, run by run.
 fn unlock_bytes(
     fd: BorrowedFd<'_>,
     flavor: Flavor,
     bytes: ByteSet,
     keep: ByteSet,
+    private: bool,
 ) -> Result<(), Errno> {
     let (Some(first), Some(last)) = (bytes.iter().next(), bytes.iter().last()) else {
         return Ok(());
     };
-    if flavor == Flavor::Ofd && !keep.iter().any(|b| (first..=last).contains(&b)) {
+    if private && flavor == Flavor::Ofd && !keep.iter().any(|b| (first..=last).contains(&b)) {
         return fcntl::unlock(fd, flavor, first, last - first + 1);
     }
     let mut result = Ok(());

@@ -60,6 +60,7 @@ impl AccessArgs {
     pub fn options(&self) -> Options {
         Options {
             allow_posix: self.allow_posix,
+            ..Options::default()
         }
     }
 
