@@ -22,6 +22,7 @@
 #include <spawn.h>
 #include <stdatomic.h>
 #include <sys/socket.h>
+#include <sys/mman.h>
 #include <sys/syscall.h>
 #include <sys/un.h>
 #include <time.h>
@@ -411,6 +412,61 @@ static void fork_during_release(void) {
     printf("fork_during_release: %d rounds\n", rounds);
 }
 
+/* Racing writers, each of which forks a child that releases its copy of
+ * the handle while the writer is inside: nobody else may ever get in. */
+#define RACERS 4
+#define RACE_ROUNDS 300
+
+struct race_shared {
+    atomic_int inside, violations, entered, errors;
+};
+
+static void fork_release_race(void) {
+    h_test = "fork_release_race";
+    const char *img = h_image("fork-race.img");
+    struct race_shared *sh = mmap(NULL, sizeof *sh, PROT_READ | PROT_WRITE,
+                                  MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (sh == MAP_FAILED) h_die("mmap");
+    memset(sh, 0, sizeof *sh);
+    pid_t pids[RACERS];
+    for (int i = 0; i < RACERS; i++) {
+        pids[i] = fork();
+        if (pids[i] < 0) h_die("fork");
+        if (pids[i] > 0) continue;
+        for (int r = 0; r < RACE_ROUNDS; r++) {
+            fpl_lock *lock = NULL;
+            fpl_error err;
+            int rc = fpl_acquire(img, FPL_MODE_WRITE_PERM, FPL_MODE_WRITE_SHARE, 0, &lock, &err);
+            if (rc == -EAGAIN) continue;
+            if (rc != 0) {
+                atomic_fetch_add(&sh->errors, 1);
+                continue;
+            }
+            atomic_fetch_add(&sh->entered, 1);
+            if (atomic_fetch_add(&sh->inside, 1) != 0) atomic_fetch_add(&sh->violations, 1);
+            pid_t child = fork();
+            if (child == 0) _exit(fpl_release(lock) == 0 ? 0 : 1);
+            int status = 0;
+            waitpid(child, &status, 0);
+            if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) atomic_fetch_add(&sh->errors, 1);
+            sleep_ms(1); /* still inside, with the child's release done */
+            if (atomic_load(&sh->inside) != 1) atomic_fetch_add(&sh->violations, 1);
+            atomic_fetch_sub(&sh->inside, 1);
+            if (fpl_release(lock) != 0) atomic_fetch_add(&sh->errors, 1);
+        }
+        _exit(0);
+    }
+    for (int i = 0; i < RACERS; i++) waitpid(pids[i], NULL, 0);
+    CHECK(atomic_load(&sh->violations) == 0,
+          "%d times a writer met another inside (of %d critical sections)",
+          atomic_load(&sh->violations), atomic_load(&sh->entered));
+    CHECK(atomic_load(&sh->entered) > 0, "nobody ever got in");
+    CHECK(atomic_load(&sh->errors) == 0, "%d errors", atomic_load(&sh->errors));
+    CHECK(probe_mask(img) == 0, "bytes left: %#x", probe_mask(img));
+    printf("fork_release_race: %d critical sections\n", atomic_load(&sh->entered));
+    munmap(sh, sizeof *sh);
+}
+
 /* ---- 3. libfpl never drops the caller's own locks --------------------- */
 
 /* Whether this process holds a POSIX write lock on byte 0 of PATH, asked by
@@ -715,6 +771,7 @@ int main(int argc, char **argv) {
     release_while_suspended_spawn(1, "release_with_posix_spawn_child");
     release_while_forked_child_lives(SPAWN_FORK, "release_with_fork_child");
     fork_during_release();
+    fork_release_race();
     posix_lease_survives();
     acquire_fd_keeps_description_locks();
     fifo_writer_stays_blocked(0);
