@@ -147,6 +147,16 @@ pub fn run_suite(name: &str, limit: Duration) {
 
 /// [`run_suite`] with extra environment variables for the suite.
 pub fn run_suite_with(name: &str, limit: Duration, env: &[(&str, &Path)]) {
+    run_suite_in(name, limit, env, Some(qemu_dirs()));
+}
+
+/// [`run_suite`] for a suite that needs no QEMU 7.2 (no `FPL_QEMU_DIRS`;
+/// QEMU 10's tools are on PATH).
+pub fn run_suite_without_qemu_dirs(name: &str, limit: Duration) {
+    run_suite_in(name, limit, &[], None);
+}
+
+fn run_suite_in(name: &str, limit: Duration, env: &[(&str, &Path)], qemu: Option<String>) {
     let tmp = TempDir::new(name);
     let exe = compile(
         &[&root().join(format!("tests/c/{name}.c"))],
@@ -154,9 +164,12 @@ pub fn run_suite_with(name: &str, limit: Duration, env: &[(&str, &Path)]) {
         false,
         &["-pthread"],
     );
-    let mut child = Command::new(&exe)
+    let mut cmd = Command::new(&exe);
+    if let Some(dirs) = qemu {
+        cmd.env("FPL_QEMU_DIRS", dirs);
+    }
+    let mut child = cmd
         .env("TMPDIR", tmp.path())
-        .env("FPL_QEMU_DIRS", qemu_dirs())
         .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import errno
+import fcntl
 import gc
 import os
 import pickle
 import re
+import struct
 import subprocess
 import sys
 import threading
+import time
+import warnings
 from pathlib import Path
-from typing import Dict, List
+from typing import Callable, Dict, List
 
 import pytest
 
@@ -340,3 +344,168 @@ def test_readme_example_runs_as_written(tmp_path: Path, qemu_holding: HoldImage)
         f"Is another process using the image [vm.qcow2]?\n"
         f"held by qemu-io (pid {qemu.pid})\n"
     )
+
+
+# ---- soundness: forks and spawns never break the locks -------------------
+
+# What the write preset locks: 100, 101, 103, 201, 202, 203.
+WRITE_BYTES = [100, 101, 103, 201, 202, 203]
+# struct flock on 64-bit Linux: l_type, l_whence, l_start, l_len, l_pid.
+FLOCK = "hh4xqqi4x"
+
+
+def _held_bytes(path: Path) -> List[int]:
+    """The bytes of interest somebody holds, as F_OFD_GETLK F_WRLCK from an
+    open file description of its own sees them (independent of libfpl)."""
+    held = []
+    with open(path, "rb") as f:
+        for byte in [*range(100, 105), *range(200, 205)]:
+            probe = struct.pack(FLOCK, fcntl.F_WRLCK, os.SEEK_SET, byte, 1, 0)
+            found = fcntl.fcntl(f.fileno(), fcntl.F_OFD_GETLK, probe)
+            if struct.unpack(FLOCK, found)[0] != fcntl.F_UNLCK:
+                held.append(byte)
+    return held
+
+
+def _qemu_write_refused(path: Path) -> bool:
+    """`qemu-io -c 'write 0 4k'`: True if refused for a lock, False if it wrote."""
+    done = subprocess.run(
+        [qemu_tool("qemu-io"), "-f", "qcow2", "-c", "write 0 4k", str(path)],
+        capture_output=True,
+        text=True,
+    )
+    if 'Failed to get "write" lock' in done.stderr:
+        return True
+    assert done.returncode == 0 and "wrote 4096/4096" in done.stdout, (done.stdout, done.stderr)
+    return False
+
+
+def _in_child(parent: int, body: Callable[[], None]) -> None:
+    """Runs BODY in a forked child (os.getpid() != PARENT), which must never
+    return into pytest: exit status 0 if BODY ended with sys.exit(0) or
+    returned, 1 if it raised."""
+    try:
+        body()
+    except SystemExit as e:
+        if os.getpid() != parent:
+            os._exit(0 if e.code in (0, None) else 2)
+        raise
+    except BaseException:
+        if os.getpid() != parent:
+            os._exit(1)
+        raise
+    finally:
+        if os.getpid() != parent:
+            os._exit(0)
+
+
+def _exit_code(pid: int) -> int:
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
+
+
+def test_forked_child_leaving_the_with_block_keeps_the_parents_lock(image: Path) -> None:
+    parent = os.getpid()
+
+    def hold_and_fork() -> None:
+        with fpl.acquire(image, mode="write"):
+            pid = os.fork()
+            if pid == 0:
+                sys.exit(0)  # __exit__ runs in the child, on its copy of the lock
+            assert _exit_code(pid) == 0, "the child's __exit__ failed"
+            assert _held_bytes(image) == WRITE_BYTES, "the child's __exit__ released them"
+            assert _qemu_write_refused(image), "qemu-io wrote while the parent holds the image"
+
+    _in_child(parent, hold_and_fork)
+    assert _held_bytes(image) == []
+    assert not _qemu_write_refused(image)
+
+
+def test_forked_child_collecting_the_lock_keeps_the_parents_lock(image: Path) -> None:
+    parent = os.getpid()
+    lock = fpl.acquire(image, mode="write")
+
+    def collect() -> None:
+        nonlocal lock
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ResourceWarning)
+            del lock  # __del__ releases the child's copy
+            gc.collect()
+
+    pid = os.fork()
+    if pid == 0:
+        _in_child(parent, collect)
+    assert _exit_code(pid) == 0
+    assert _held_bytes(image) == WRITE_BYTES, "the child's __del__ released the parent's bytes"
+    assert _qemu_write_refused(image)
+    lock.release()
+    assert _held_bytes(image) == []
+
+
+def test_forked_childs_update_is_refused_with_eperm(image: Path) -> None:
+    parent = os.getpid()
+    r, w = os.pipe()
+    lock = fpl.acquire(image, mode="write")
+
+    def update() -> None:
+        os.close(r)
+        try:
+            lock.update(mode="read-shared")
+            report = "updated"
+        except fpl.Error as e:
+            report = f"errno {e.errno} {e}"
+        lock.release()
+        os.write(w, report.encode())
+
+    with lock:
+        pid = os.fork()
+        if pid == 0:
+            _in_child(parent, update)
+        os.close(w)
+        with os.fdopen(r, "rb") as f:
+            report = f.read().decode()
+        assert _exit_code(pid) == 0, report
+        assert report.startswith(f"errno {errno.EPERM} "), report
+        assert "another process" in report, report
+        assert _held_bytes(image) == WRITE_BYTES
+        assert (lock.perm, lock.shared) == (RWR, Perm.CONSISTENT_READ)
+
+
+def test_release_frees_the_bytes_while_a_preexec_child_blocks(image: Path) -> None:
+    """Popen's child runs preexec_fn with copies of every descriptor (close_fds
+    comes after it): released meanwhile, the bytes are free at once."""
+    lock = fpl.acquire(image, mode="write")
+    ino = os.stat(image).st_ino
+    gate_r, gate_w = os.pipe()
+    started = threading.Event()
+    spawned: Dict[str, "subprocess.Popen[bytes]"] = {}
+    tid: List[int] = []
+
+    def wait_at_the_gate() -> None:
+        os.read(gate_r, 1)
+
+    def spawn() -> None:
+        tid.append(threading.get_native_id())
+        started.set()
+        spawned["child"] = subprocess.Popen(["true"], preexec_fn=wait_at_the_gate)
+
+    spawner = threading.Thread(target=spawn)
+    spawner.start()
+    try:
+        started.wait()
+        children = Path(f"/proc/self/task/{tid[0]}/children")
+        deadline = time.monotonic() + 20
+        while not children.read_text().split():
+            assert time.monotonic() < deadline, "the preexec_fn child never appeared"
+            time.sleep(0.005)
+        child = int(children.read_text().split()[0])
+        fds = Path(f"/proc/{child}/fd")
+        assert ino in {fd.stat().st_ino for fd in fds.iterdir()}, "no copy of the descriptor"
+        lock.release()
+        assert _held_bytes(image) == [], "release() returned while the child kept the bytes"
+    finally:
+        os.write(gate_w, b"x")
+        spawner.join()
+        os.close(gate_r)
+        os.close(gate_w)
+    assert spawned["child"].wait() == 0
