@@ -127,8 +127,9 @@ impl Lock {
             return Err(Error::os(
                 Errno::EPERM,
                 format!(
-                    "this lock belongs to process {}: a forked child shares its locks \
-                     and cannot change them (release it, which only closes the child's copy)",
+                    "this lock belongs to another process (pid {}, which acquired it): a \
+                     forked child shares its locks and cannot change them (releasing it \
+                     only closes the child's copy)",
                     self.owner
                 ),
             ));

@@ -67,6 +67,10 @@ pub fn compile(sources: &[&Path], out: &Path, cxx: bool, extra: &[&str]) -> Path
         .arg("-L")
         .arg(&lib)
         .arg(format!("-Wl,-rpath,{}", lib.display()))
+        // DT_RPATH, not RUNPATH: `cargo test` sets LD_LIBRARY_PATH to
+        // target/debug, where a libfpl.so.0 of an earlier `cargo build` may
+        // lie, and LD_LIBRARY_PATH would win over RUNPATH.
+        .arg("-Wl,--disable-new-dtags")
         .arg("-lfpl")
         .args(extra);
     let res = cmd
