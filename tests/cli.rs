@@ -681,15 +681,60 @@ fn hold_refuses_a_qemu_writer_while_the_command_runs() {
 fn hold_exits_with_the_command_status() {
     let dir = TempDir::new("hold-status");
     let image = dir.raw("a.raw");
-    let hold = |command: &[&str]| {
-        let mut args = vec!["hold", "--mode", "write", s(&image), "--"];
-        args.extend_from_slice(command);
-        fpl(&args).status
-    };
+    let hold = |command: &[&str]| hold_status(&image, command);
     assert_eq!(hold(&["sh", "-c", "exit 7"]).code(), Some(7));
     assert_eq!(hold(&["sh", "-c", "kill -TERM $$"]).code(), Some(128 + 15));
     assert_eq!(hold(&["fpl-test-no-such-command"]).code(), Some(127));
     assert!(held(&image).perm.is_empty());
+}
+
+#[test]
+fn hold_errors_of_its_own_exit_125_apart_from_the_command() {
+    let dir = TempDir::new("hold-errors");
+    let missing = dir.path().join("missing.raw");
+    let image = dir.raw("a.raw");
+    let marker = dir.path().join("ran");
+    // An image that cannot be opened, a wrong command line: fpl's own
+    // failures, never confused with a command that exits 1 or 2.
+    let out = fpl(&[
+        "hold",
+        "--mode",
+        "write",
+        s(&missing),
+        "--",
+        "touch",
+        s(&marker),
+    ]);
+    expect_status(&out, 125);
+    assert!(text(&out.stderr).contains("No such file or directory"));
+    for args in [
+        &[
+            "hold",
+            "--wait",
+            "-1",
+            "--mode",
+            "read",
+            s(&image),
+            "--",
+            "true",
+        ][..],
+        &["hold", "--mode", "sideways", s(&image)],
+        &["hold", "--mode", "read"],
+    ] {
+        let out = fpl(args);
+        expect_status(&out, 125);
+        assert!(!out.stderr.is_empty(), "{args:?}");
+    }
+    assert!(!marker.exists(), "the command ran without the locks");
+    assert_eq!(hold_status(&image, &["sh", "-c", "exit 2"]).code(), Some(2));
+    assert!(expect_status(&fpl(&["hold", "--help"]), 0).contains("Exit status"));
+}
+
+/// The status of `fpl hold --mode write IMAGE -- COMMAND...`.
+fn hold_status(image: &Path, command: &[&str]) -> ExitStatus {
+    let mut args = vec!["hold", "--mode", "write", s(image), "--"];
+    args.extend_from_slice(command);
+    fpl(&args).status
 }
 
 #[test]
@@ -710,7 +755,9 @@ fn hold_takes_every_image_or_none() {
         "touch",
         s(&marker),
     ]);
-    expect_status(&out, 1);
+    // A conflict has a status of its own, 75 (EX_TEMPFAIL), that the
+    // command's failures (often 1) do not share.
+    expect_status(&out, 75);
     let err = text(&out.stderr);
     assert!(
         err.contains(&format!("{}: cannot take exclusive", s(&busy))),
@@ -845,7 +892,7 @@ fn wait_gives_up_like_check() {
         "--",
         "true",
     ]);
-    expect_status(&out, 1);
+    expect_status(&out, 75);
     let err = text(&out.stderr);
     assert!(
         err.contains(&format!(
@@ -944,7 +991,6 @@ fn every_command_has_help_and_usage_errors_exit_2() {
         &["check", "x.img"],
         &["check", "--mode", "read", "--share", "all", "x.img"],
         &["check", "--perm", "write", "x.img"],
-        &["hold", "--wait", "-1", "--mode", "read", "x.img"],
         &["frobnicate"],
     ] {
         let out = fpl(args);

@@ -10,8 +10,10 @@
 //! - `fpl demo`: the above against a real qemu-storage-daemon.
 //!
 //! `--json` prints one JSON array with one object per image, in command-line
-//! order; [`json`] documents the objects. Exit status 2 means an error
-//! (including a wrong command line).
+//! order; [`json`] documents the objects. For `status`, `check` and `demo`,
+//! exit status 2 means an error (including a wrong command line); `hold`
+//! keeps the statuses a command rarely uses for itself (75 conflict, 125
+//! error), since it exits with its command's status otherwise.
 
 // The crate root is src/bin/fpl.rs, so its modules are named by path.
 #[path = "fpl/check.rs"]
@@ -42,6 +44,13 @@ pub const EXIT_OK: u8 = 0;
 pub const EXIT_CONFLICT: u8 = 1;
 /// Exit status: something could not be done (and clap's usage errors).
 pub const EXIT_ERROR: u8 = 2;
+/// `hold`'s exit status for a conflict: EX_TEMPFAIL of sysexits.h ("try
+/// again later"), like `flock -E`, a status commands rarely use, so that a
+/// caller can tell "an image was busy" from "the command failed".
+pub const EXIT_HOLD_CONFLICT: u8 = 75;
+/// `hold`'s exit status for its own errors (and wrong command lines), as
+/// timeout, env and chroot use it: 1 and 2 belong to the command.
+pub const EXIT_HOLD_ERROR: u8 = 125;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -94,7 +103,16 @@ pub fn out(line: &str) {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // `fpl hold` with a wrong command line must not exit 2, a status its
+        // command may exit with. fpl has no options before the command name.
+        Err(e) if e.use_stderr() && std::env::args_os().nth(1).is_some_and(|a| a == "hold") => {
+            let _ = e.print();
+            return ExitCode::from(EXIT_HOLD_ERROR);
+        }
+        Err(e) => e.exit(),
+    };
     let status = match &cli.command {
         Cmd::Status(args) => status::run(args),
         Cmd::Check(args) => check::run(args),

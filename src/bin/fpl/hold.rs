@@ -18,7 +18,7 @@ use nix::unistd::{getpgid, getpgrp, Pid};
 
 use crate::request::AccessArgs;
 use crate::signals::{signal_of, Signals, STOP};
-use crate::{out, report, EXIT_CONFLICT, EXIT_ERROR, EXIT_OK};
+use crate::{out, report, EXIT_HOLD_CONFLICT, EXIT_HOLD_ERROR, EXIT_OK};
 
 /// How often `--wait` tries again.
 const RETRY: Duration = Duration::from_millis(100);
@@ -51,17 +51,21 @@ that conflict with them are refused while they are held.
 
 With a command (after --), runs it with the locks held, passes SIGINT,
 SIGTERM and SIGHUP on to it, releases the locks when it exits and exits with
-its status (128+N if signal N killed it; 127 if it cannot be found, 126 if it
-cannot be run). The command does not inherit the lock descriptors: if fpl is
+its status. The command does not inherit the lock descriptors: if fpl is
 killed, the locks go with it.
 
 Without a command, prints one line saying what it holds, then holds the locks
-until it gets SIGINT (Ctrl-C), SIGTERM or SIGHUP, and exits 0. A signal fpl
-was started ignoring stays ignored (nohup ignores SIGHUP; shells make
-background jobs ignore SIGINT): the line names the signals that count.
+until it gets SIGINT (Ctrl-C), SIGTERM or SIGHUP. A signal fpl was started
+ignoring stays ignored (nohup ignores SIGHUP; shells make background jobs
+ignore SIGINT): the line names the signals that count.
 
-Exit status otherwise: 1 if an image is in use in a conflicting way (after
---wait, if given), 2 on any other error.
+Exit status:
+  0    the command exited 0; without a command, a signal ended the hold
+  75   an image is in use in a conflicting way (after --wait, if given)
+  125  fpl failed (an image cannot be opened or locked, a wrong command line)
+  126  the command cannot be run
+  127  the command cannot be found
+  N    otherwise the command's own exit status N, or 128+N if signal N killed it
 
 Examples:
   fpl hold --mode exclusive vm.qcow2 -- cp vm.qcow2 /backup/
@@ -91,7 +95,7 @@ pub fn run(args: &HoldArgs) -> u8 {
         Ok(status) => status,
         Err(what) => {
             eprintln!("fpl: {what}");
-            EXIT_ERROR
+            EXIT_HOLD_ERROR
         }
     }
 }
@@ -125,11 +129,11 @@ fn acquire_waiting(args: &HoldArgs) -> Result<Vec<(PathBuf, Lock)>, u8> {
                     path.to_string_lossy(),
                     args.access.describe()
                 );
-                return Err(EXIT_CONFLICT);
+                return Err(EXIT_HOLD_CONFLICT);
             }
             (None, _) => {
                 report::print_error(&path, &e);
-                return Err(EXIT_ERROR);
+                return Err(EXIT_HOLD_ERROR);
             }
         }
     }
@@ -248,8 +252,8 @@ fn should_forward(info: &siginfo, child: Pid) -> bool {
 /// The command's exit status, or 128+N for a command killed by signal N, as shells report it.
 fn exit_status_of(status: ExitStatus) -> u8 {
     match (status.code(), status.signal()) {
-        (Some(code), _) => u8::try_from(code & 0xff).unwrap_or(EXIT_ERROR),
-        (None, Some(signal)) => u8::try_from(128 + signal).unwrap_or(EXIT_ERROR),
-        (None, None) => EXIT_ERROR,
+        (Some(code), _) => u8::try_from(code & 0xff).unwrap_or(EXIT_HOLD_ERROR),
+        (None, Some(signal)) => u8::try_from(128 + signal).unwrap_or(EXIT_HOLD_ERROR),
+        (None, None) => EXIT_HOLD_ERROR,
     }
 }
