@@ -533,6 +533,40 @@ fn status_json_matches_proc_locks() {
     assert!(error.contains("No such file or directory"), "{error}");
 }
 
+/// `fpl ARGS` with standard output (or error) a pipe nobody reads any more.
+fn fpl_into_closed_pipe(args: &[&str], stderr: bool) -> Output {
+    let (reader, writer) = std::io::pipe().expect("a pipe can be made");
+    drop(reader);
+    let mut command = Command::new(FPL);
+    command.args(args).stdin(Stdio::null());
+    if stderr {
+        command.stdout(Stdio::piped()).stderr(writer);
+    } else {
+        command.stdout(writer).stderr(Stdio::piped());
+    }
+    command.output().expect("fpl runs")
+}
+
+#[test]
+fn a_closed_stderr_does_not_change_the_exit_status() {
+    let dir = TempDir::new("closed-stderr");
+    let missing = dir.path().join("missing.raw");
+    let image = dir.raw("a.raw");
+    let _qemu_io = qemu_io_holding(&image);
+    // Diagnostics nobody can read are lost, not a panic (exit 101).
+    let out = fpl_into_closed_pipe(&["status", s(&missing)], true);
+    expect_status(&out, 2);
+    let out = fpl_into_closed_pipe(&["check", "--mode", "exclusive", s(&missing)], true);
+    expect_status(&out, 2);
+    let out = fpl_into_closed_pipe(
+        &["hold", "--mode", "exclusive", s(&image), "--", "true"],
+        true,
+    );
+    expect_status(&out, 75);
+    let out = fpl_into_closed_pipe(&["hold", "--mode", "read", s(&missing), "--", "true"], true);
+    expect_status(&out, 125);
+}
+
 // ---------------------------------------------------------------- check
 
 #[test]

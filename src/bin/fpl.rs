@@ -15,6 +15,15 @@
 //! keeps the statuses a command rarely uses for itself (75 conflict, 125
 //! error), since it exits with its command's status otherwise.
 
+/// `eprintln!` without its panic: a diagnostic nobody can read (standard
+/// error a closed pipe, a full disk) is lost, and the exit status still
+/// tells the outcome. Defined before the modules so that they can use it.
+macro_rules! diag {
+    ($($arg:tt)*) => {
+        $crate::diag_line(format_args!($($arg)*))
+    };
+}
+
 // The crate root is src/bin/fpl.rs, so its modules are named by path.
 #[path = "fpl/check.rs"]
 mod check;
@@ -100,6 +109,11 @@ enum Cmd {
 pub fn out(line: &str) {
     let mut stdout = std::io::stdout().lock();
     let _ = writeln!(stdout, "{line}").and_then(|()| stdout.flush());
+}
+
+/// Writes one line on standard error, ignoring write errors (see `diag!`).
+pub fn diag_line(line: std::fmt::Arguments<'_>) {
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
 }
 
 fn main() -> ExitCode {

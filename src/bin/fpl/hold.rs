@@ -94,7 +94,7 @@ pub fn run(args: &HoldArgs) -> u8 {
     match outcome {
         Ok(status) => status,
         Err(what) => {
-            eprintln!("fpl: {what}");
+            diag!("fpl: {what}");
             EXIT_HOLD_ERROR
         }
     }
@@ -114,7 +114,7 @@ fn acquire_waiting(args: &HoldArgs) -> Result<Vec<(PathBuf, Lock)>, u8> {
         match (e.conflict(), left) {
             (Some(conflict), Some(left)) if !left.is_zero() => {
                 if !announced {
-                    eprintln!(
+                    diag!(
                         "fpl: {}: in use ({}); waiting",
                         path.to_string_lossy(),
                         conflict.qemu_message()
@@ -124,7 +124,7 @@ fn acquire_waiting(args: &HoldArgs) -> Result<Vec<(PathBuf, Lock)>, u8> {
                 sleep(RETRY.min(left));
             }
             (Some(_), _) => {
-                eprintln!(
+                diag!(
                     "fpl: {}: cannot take {}: {e}",
                     path.to_string_lossy(),
                     args.access.describe()
@@ -206,11 +206,11 @@ fn run_command(program: &OsString, rest: &[OsString]) -> Result<u8, String> {
     let mut child = match signals.restore_in_child(&mut command).spawn() {
         Ok(child) => child,
         Err(e) if e.kind() == ErrorKind::NotFound => {
-            eprintln!("fpl: cannot run '{shown}': command not found");
+            diag!("fpl: cannot run '{shown}': command not found");
             return Ok(127);
         }
         Err(e) => {
-            eprintln!("fpl: cannot run '{shown}': {e}");
+            diag!("fpl: cannot run '{shown}': {e}");
             return Ok(126);
         }
     };

@@ -41,8 +41,8 @@ pub fn message(path: &Path, e: &Error) -> String {
 
 /// Prints `e` on standard error as `fpl: MESSAGE`, and the hint if any.
 pub fn print_error(path: &Path, e: &Error) {
-    eprintln!("fpl: {}", message(path, e));
+    diag!("fpl: {}", message(path, e));
     if let Some(hint) = hint(e) {
-        eprintln!("fpl: hint: {hint}");
+        diag!("fpl: hint: {hint}");
     }
 }
