@@ -547,6 +547,17 @@ fn fpl_into_closed_pipe(args: &[&str], stderr: bool) -> Output {
     command.output().expect("fpl runs")
 }
 
+/// `fpl ARGS > /dev/full`: every write on standard output fails (ENOSPC).
+fn fpl_into_full_disk(args: &[&str]) -> Output {
+    let full = File::create("/dev/full").expect("/dev/full can be opened");
+    Command::new(FPL)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(full)
+        .output()
+        .expect("fpl runs")
+}
+
 #[test]
 fn a_closed_stderr_does_not_change_the_exit_status() {
     let dir = TempDir::new("closed-stderr");
@@ -565,6 +576,32 @@ fn a_closed_stderr_does_not_change_the_exit_status() {
     expect_status(&out, 75);
     let out = fpl_into_closed_pipe(&["hold", "--mode", "read", s(&missing), "--", "true"], true);
     expect_status(&out, 125);
+}
+
+#[test]
+fn a_failed_write_on_stdout_is_an_error_but_a_closed_pipe_is_not() {
+    let dir = TempDir::new("stdout-errors");
+    let image = dir.raw("a.raw");
+    for args in [
+        &["status", "--json", s(&image)][..],
+        &["status", s(&image)],
+        &["check", "--mode", "write", s(&image)],
+    ] {
+        let out = fpl_into_full_disk(args);
+        expect_status(&out, 2);
+        let err = text(&out.stderr);
+        assert!(err.contains("standard output"), "{args:?}: {err}");
+
+        // `fpl status img | head -0`: the reader has all it wanted.
+        let out = fpl_into_closed_pipe(args, false);
+        expect_status(&out, 0);
+        assert!(out.stderr.is_empty(), "{args:?}: {}", text(&out.stderr));
+    }
+    // A hold nobody can be told about is no hold: it fails and lets go.
+    let out = fpl_into_full_disk(&["hold", "--mode", "write", s(&image)]);
+    expect_status(&out, 125);
+    assert!(text(&out.stderr).contains("standard output"));
+    assert!(held(&image).perm.is_empty());
 }
 
 // ---------------------------------------------------------------- check

@@ -44,6 +44,7 @@ mod status;
 
 use std::io::Write;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::{Parser, Subcommand};
 
@@ -104,11 +105,29 @@ enum Cmd {
     Demo,
 }
 
+/// Set once a line could not be written on standard output.
+static STDOUT_FAILED: AtomicBool = AtomicBool::new(false);
+
 /// Writes a line on standard output. A closed pipe (`fpl status | head`)
-/// is not an error worth a panic: the exit status still tells the outcome.
+/// means the reader has what it wanted: not an error, and quiet. Any other
+/// failure (a full disk) is told once on standard error, and
+/// [`stdout_failed`] makes the exit status an error.
 pub fn out(line: &str) {
     let mut stdout = std::io::stdout().lock();
-    let _ = writeln!(stdout, "{line}").and_then(|()| stdout.flush());
+    match writeln!(stdout, "{line}").and_then(|()| stdout.flush()) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+        Err(e) => {
+            if !STDOUT_FAILED.swap(true, Ordering::Relaxed) {
+                diag!("fpl: cannot write to standard output: {e}");
+            }
+        }
+    }
+}
+
+/// Whether [`out`] failed to write some line (a closed pipe aside).
+pub fn stdout_failed() -> bool {
+    STDOUT_FAILED.load(Ordering::Relaxed)
 }
 
 /// Writes one line on standard error, ignoring write errors (see `diag!`).
@@ -130,8 +149,13 @@ fn main() -> ExitCode {
     let status = match &cli.command {
         Cmd::Status(args) => status::run(args),
         Cmd::Check(args) => check::run(args),
-        Cmd::Hold(args) => hold::run(args),
+        // `hold` tells its own failures apart from its command's.
+        Cmd::Hold(args) => return ExitCode::from(hold::run(args)),
         Cmd::Demo => demo::run(),
     };
+    // Output that did not reach its reader is a failure like any other.
+    if stdout_failed() {
+        return ExitCode::from(EXIT_ERROR);
+    }
     ExitCode::from(status)
 }

@@ -30,7 +30,8 @@ for the conflict and the process in the way. Nothing is locked.
 
 Exit status: 0 if the access would be granted on every image, 1 if some image
 is in use in a conflicting way, 2 if some image could not be tested (or the
-command line is wrong).
+command line is wrong, or the output could not be written; a closed pipe, as
+with `| head`, is no error).
 
 JSON (--json): an array with one object per image, in command-line order,
 each on a line of its own:

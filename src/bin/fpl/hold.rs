@@ -18,7 +18,7 @@ use nix::unistd::{getpgid, getpgrp, Pid};
 
 use crate::request::AccessArgs;
 use crate::signals::{signal_of, Signals, STOP};
-use crate::{out, report, EXIT_HOLD_CONFLICT, EXIT_HOLD_ERROR, EXIT_OK};
+use crate::{out, report, stdout_failed, EXIT_HOLD_CONFLICT, EXIT_HOLD_ERROR, EXIT_OK};
 
 /// How often `--wait` tries again.
 const RETRY: Duration = Duration::from_millis(100);
@@ -62,7 +62,8 @@ ignore SIGINT): the line names the signals that count.
 Exit status:
   0    the command exited 0; without a command, a signal ended the hold
   75   an image is in use in a conflicting way (after --wait, if given)
-  125  fpl failed (an image cannot be opened or locked, a wrong command line)
+  125  fpl failed (an image cannot be opened or locked, a wrong command line,
+       the line of a hold without command cannot be written)
   126  the command cannot be run
   127  the command cannot be found
   N    otherwise the command's own exit status N, or 128+N if signal N killed it
@@ -186,6 +187,10 @@ fn hold_until_signal(args: &HoldArgs) -> Result<u8, String> {
         signals.describe_stop(),
         std::process::id()
     ));
+    // A hold nobody can learn of would keep QEMU out for no one.
+    if stdout_failed() {
+        return Err("the hold is released: nobody could be told of it".to_owned());
+    }
     loop {
         let info = signals.next()?;
         if signal_of(&info).is_some_and(|s| STOP.contains(&s)) {

@@ -33,7 +33,8 @@ does not share, in QEMU's words. Bytes held by nobody visible are reported as
 system, another PID namespace, or a process fpl may not inspect): never as
 free.
 
-Exit status: 0 if every image could be inspected, 2 otherwise.
+Exit status: 0 if every image could be inspected, 2 otherwise (or if the
+output could not be written; a closed pipe, as with `| head`, is no error).
 
 JSON (--json): an array with one object per image, in command-line order,
 each on a line of its own:
