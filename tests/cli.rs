@@ -535,7 +535,7 @@ fn status_json_matches_proc_locks() {
 
 /// `fpl ARGS` with standard output (or error) a pipe nobody reads any more.
 fn fpl_into_closed_pipe(args: &[&str], stderr: bool) -> Output {
-    let (reader, writer) = std::io::pipe().expect("a pipe can be made");
+    let (reader, writer) = nix::unistd::pipe().expect("a pipe can be made");
     drop(reader);
     let mut command = Command::new(FPL);
     command.args(args).stdin(Stdio::null());
