@@ -468,6 +468,93 @@ fn status_never_calls_an_image_free_when_the_holder_is_out_of_sight() {
     assert!(!stdout.contains("free"), "{stdout}");
 }
 
+/// A python3 process holding byte 100 of `image` (an OFD read lock, as
+/// QEMU's consistent read), named `name` (`/proc/PID/comm`) once it says so.
+fn renamed_holder(image: &Path, name: &str) -> Running {
+    let script = r#"
+import fcntl, os, struct, sys
+fd = os.open(sys.argv[1], os.O_RDONLY)
+fcntl.fcntl(fd, fcntl.F_OFD_SETLK, struct.pack("hhqqi4x", fcntl.F_RDLCK, 0, 100, 1, 0))
+with open("/proc/self/comm", "wb") as comm:
+    comm.write(bytes.fromhex(sys.argv[2]))
+print("ready", flush=True)
+sys.stdin.read()
+"#;
+    let hex: String = name.bytes().map(|b| format!("{b:02x}")).collect();
+    let mut running = Running::spawn(
+        Command::new("python3")
+            .args(["-c", script])
+            .arg(image)
+            .arg(hex)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped()),
+    );
+    running.stdout_lines().find("ready");
+    running
+}
+
+#[test]
+fn untrusted_names_are_escaped_in_text_and_exact_in_json() {
+    let dir = TempDir::new("status-escape");
+    let image = dir.raw("a.raw");
+    // ESC sequences (clear the screen, red), a tab, a backslash, DEL and
+    // the 8-bit CSI U+009B: all could steer the terminal of whoever runs fpl.
+    let name = "\x1b[2J\x1b[31m\t\\r\x7f\u{9b}";
+    let escaped = r"\x1b[2J\x1b[31m\t\\r\x7f\u{9b}";
+    let holder = renamed_holder(&image, name);
+    let no_control = |what: &str, out: &str| {
+        assert!(
+            !out.chars().any(|c| c != '\n' && (c.is_control())),
+            "{what}: a control character reached the terminal: {out:?}"
+        );
+    };
+
+    let out = expect_status(&fpl(&["status", s(&image)]), 0);
+    no_control("status", &out);
+    let expected = format!(
+        "{}: in use by {escaped} (pid {}, fd ",
+        s(&image),
+        holder.pid()
+    );
+    assert!(out.contains(&expected), "{expected:?} missing in {out:?}");
+
+    let out = expect_status(&fpl(&["check", "--mode", "exclusive", s(&image)]), 1);
+    no_control("check", &out);
+    assert!(
+        out.contains(&format!("(held by {escaped}, pid {})", holder.pid())),
+        "{out:?}"
+    );
+
+    let result = fpl(&["hold", "--mode", "exclusive", s(&image), "--", "true"]);
+    let err = text(&result.stderr);
+    no_control("hold", &err);
+    assert!(
+        err.contains(&format!("(held by {escaped}, pid {})", holder.pid())),
+        "{err:?}"
+    );
+
+    let json = expect_status(&fpl(&["status", "--json", s(&image)]), 0);
+    let value: Value = serde_json::from_str(&json).expect("status --json prints JSON");
+    assert_eq!(value[0]["holders"][0]["name"], name, "{json}");
+    let json = expect_status(
+        &fpl(&["check", "--json", "--mode", "exclusive", s(&image)]),
+        1,
+    );
+    let value: Value = serde_json::from_str(&json).expect("check --json prints JSON");
+    assert_eq!(value[0]["conflict"]["holder"]["name"], name, "{json}");
+}
+
+#[test]
+fn untrusted_paths_are_escaped_too() {
+    let dir = TempDir::new("path-escape");
+    let missing = dir.path().join("\x1b]0;owned\x07.raw");
+    let result = fpl(&["status", s(&missing)]);
+    expect_status(&result, 2);
+    let err = text(&result.stderr);
+    assert!(!err.contains('\x1b') && !err.contains('\x07'), "{err:?}");
+    assert!(err.contains(r"\x1b]0;owned\x07.raw"), "{err:?}");
+}
+
 #[test]
 fn status_json_matches_proc_locks() {
     let dir = TempDir::new("status-json");

@@ -29,6 +29,8 @@ macro_rules! diag {
 mod check;
 #[path = "fpl/demo.rs"]
 mod demo;
+#[path = "fpl/escape.rs"]
+mod escape;
 #[path = "fpl/hold.rs"]
 mod hold;
 #[path = "fpl/json.rs"]

@@ -18,7 +18,7 @@ use nix::unistd::{getpgid, getpgrp, Pid};
 
 use crate::request::AccessArgs;
 use crate::signals::{signal_of, Signals, STOP};
-use crate::{out, report, stdout_failed, EXIT_HOLD_CONFLICT, EXIT_HOLD_ERROR, EXIT_OK};
+use crate::{escape, out, report, stdout_failed, EXIT_HOLD_CONFLICT, EXIT_HOLD_ERROR, EXIT_OK};
 
 /// How often `--wait` tries again.
 const RETRY: Duration = Duration::from_millis(100);
@@ -117,7 +117,7 @@ fn acquire_waiting(args: &HoldArgs) -> Result<Vec<(PathBuf, Lock)>, u8> {
                 if !announced {
                     diag!(
                         "fpl: {}: in use ({}); waiting",
-                        path.to_string_lossy(),
+                        escape::path(&path),
                         conflict.qemu_message()
                     );
                     announced = true;
@@ -126,9 +126,10 @@ fn acquire_waiting(args: &HoldArgs) -> Result<Vec<(PathBuf, Lock)>, u8> {
             }
             (Some(_), _) => {
                 diag!(
-                    "fpl: {}: cannot take {}: {e}",
-                    path.to_string_lossy(),
-                    args.access.describe()
+                    "fpl: {}: cannot take {}: {}",
+                    escape::path(&path),
+                    args.access.describe(),
+                    escape::error(&e)
                 );
                 return Err(EXIT_HOLD_CONFLICT);
             }
@@ -179,7 +180,7 @@ fn release_all(locks: Vec<(PathBuf, Lock)>) {
 
 fn hold_until_signal(args: &HoldArgs) -> Result<u8, String> {
     let signals = Signals::block(&STOP, false)?;
-    let names: Vec<_> = args.images.iter().map(|p| p.to_string_lossy()).collect();
+    let names: Vec<_> = args.images.iter().map(|p| escape::path(p)).collect();
     out(&format!(
         "fpl: holding {} ({}) until {}; pid {}",
         names.join(", "),
@@ -205,7 +206,7 @@ fn run_command(program: &OsString, rest: &[OsString]) -> Result<u8, String> {
     let mut wanted = STOP.to_vec();
     wanted.push(Signal::SIGCHLD);
     let signals = Signals::block(&wanted, false)?;
-    let shown = program.to_string_lossy();
+    let shown = escape::escape(&program.to_string_lossy()).into_owned();
     let mut command = Command::new(program);
     command.args(rest);
     let mut child = match signals.restore_in_child(&mut command).spawn() {
