@@ -896,6 +896,25 @@ fn hold_status(image: &Path, command: &[&str]) -> ExitStatus {
 }
 
 #[test]
+fn hold_started_with_sigchld_ignored_still_sees_its_command_end() {
+    let dir = TempDir::new("hold-sigchld");
+    let image = dir.raw("a.raw");
+    // SIG_IGN for SIGCHLD survives exec; with it the kernel reaps children
+    // itself and sends no SIGCHLD, so fpl would wait for ever.
+    let wrapper = "import os, signal, sys; \
+                   signal.signal(signal.SIGCHLD, signal.SIG_IGN); \
+                   os.execv(sys.argv[1], sys.argv[1:])";
+    let mut hold = Running::spawn(
+        Command::new("python3")
+            .args(["-c", wrapper, FPL, "hold", "--mode", "write", s(&image)])
+            .args(["--", "sh", "-c", "exit 3"])
+            .stdin(Stdio::null()),
+    );
+    assert_eq!(hold.wait().code(), Some(3));
+    assert!(held(&image).perm.is_empty());
+}
+
+#[test]
 fn hold_takes_every_image_or_none() {
     let dir = TempDir::new("hold-all");
     let free = dir.raw("free.raw");

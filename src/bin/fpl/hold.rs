@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use fpl::{Error, Lock};
-use nix::sys::signal::{kill, Signal};
+use nix::sys::signal::{kill, signal, SigHandler, Signal};
 use nix::sys::signalfd::siginfo;
 use nix::unistd::{getpgid, getpgrp, Pid};
 
@@ -52,7 +52,9 @@ that conflict with them are refused while they are held.
 With a command (after --), runs it with the locks held, passes SIGINT,
 SIGTERM and SIGHUP on to it, releases the locks when it exits and exits with
 its status. The command does not inherit the lock descriptors: if fpl is
-killed, the locks go with it.
+killed, the locks go with it. The command starts with the signal mask and
+ignored signals fpl was started with, except SIGCHLD, always at its default
+(ignored, fpl could not wait for the command).
 
 Without a command, prints one line saying what it holds, then holds the locks
 until it gets SIGINT (Ctrl-C), SIGTERM or SIGHUP. A signal fpl was started
@@ -201,6 +203,13 @@ fn hold_until_signal(args: &HoldArgs) -> Result<u8, String> {
 }
 
 fn run_command(program: &OsString, rest: &[OsString]) -> Result<u8, String> {
+    // Started with SIGCHLD ignored (SIG_IGN survives exec), the kernel would
+    // reap the command itself and send no SIGCHLD: fpl would wait for ever
+    // and never see its status. The command inherits the default too, as
+    // most programs expect.
+    // SAFETY: no handler is installed, only the default action restored.
+    unsafe { signal(Signal::SIGCHLD, SigHandler::SigDfl) }
+        .map_err(|e| format!("cannot restore SIGCHLD: {e}"))?;
     // SIGCHLD must be blocked before the child exists: unblocked, its
     // default action would discard it.
     let mut wanted = STOP.to_vec();
