@@ -1017,18 +1017,51 @@ fn hold_without_a_command_holds_until_a_signal() {
     assert!(qemu_writer(&image).status.success());
 }
 
+/// Whether process `pid` runs (exists and is not a zombie: a reaper that
+/// is slow, or none in a container, must not make a dead process alive).
+fn alive(pid: i32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        let state = stat.rsplit(')').next().unwrap_or("").trim_start();
+        !state.starts_with('Z') && !state.starts_with('X')
+    })
+}
+
 #[test]
-fn the_command_does_not_inherit_the_locks() {
-    let dir = TempDir::new("hold-cloexec");
+fn killing_hold_kills_its_command() {
+    let dir = TempDir::new("hold-pdeathsig");
     let image = dir.raw("a.raw");
     let (mut hold, orphan) = hold_exclusive_around_sleep(&image);
     let command = orphan.0;
 
-    // SIGKILL is not passed on: fpl dies, its command lives on. The locks
-    // die with fpl only if the command has no copy of the descriptor.
+    // SIGKILL cannot be passed on: the kernel kills the command when fpl
+    // dies, so it never runs on without the locks.
+    hold.signal(Signal::SIGKILL);
+    assert_eq!(hold.wait().signal(), Some(libc::SIGKILL));
+    wait_until("the command to die with fpl", || !alive(command));
+    assert!(held(&image).perm.is_empty());
+    assert!(qemu_writer(&image).status.success());
+}
+
+#[test]
+fn the_command_does_not_inherit_the_locks() {
+    let dir = TempDir::new("hold-cloexec");
+    let image = dir.raw("a.raw");
+    // The command starts a process of its own, which outlives fpl (only
+    // the command itself is killed with fpl). The locks die with fpl only
+    // if that process has no copy of the descriptor.
+    let mut hold = Running::spawn(
+        Command::new(FPL)
+            .args(["hold", "--mode", "exclusive", s(&image), "--"])
+            .args(["sh", "-c", "sleep 600 & echo $!; wait"])
+            .stdout(Stdio::piped()),
+    );
+    let line = hold.stdout_lines().find("");
+    let grandchild = Orphan(line.trim().parse().expect("the command prints a pid"));
+    assert_eq!(held(&image).unshared, PermSet::ALL);
+
     hold.signal(Signal::SIGKILL);
     hold.wait();
-    assert!(Path::new(&format!("/proc/{command}")).exists());
+    assert!(alive(grandchild.0));
     assert!(held(&image).perm.is_empty(), "the command kept the locks");
     assert!(qemu_writer(&image).status.success());
 }

@@ -4,7 +4,7 @@
 use std::ffi::OsString;
 use std::io::ErrorKind;
 use std::os::unix::fs::MetadataExt;
-use std::os::unix::process::ExitStatusExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus};
 use std::thread::sleep;
@@ -52,7 +52,8 @@ that conflict with them are refused while they are held.
 With a command (after --), runs it with the locks held, passes SIGINT,
 SIGTERM and SIGHUP on to it, releases the locks when it exits and exits with
 its status. The command does not inherit the lock descriptors: if fpl is
-killed, the locks go with it. The command starts with the signal mask and
+killed, the locks go with it, and so does the command (the kernel kills it
+with SIGKILL: it never runs on without the locks). The command starts with the signal mask and
 ignored signals fpl was started with, except SIGCHLD, always at its default
 (ignored, fpl could not wait for the command).
 
@@ -218,6 +219,7 @@ fn run_command(program: &OsString, rest: &[OsString]) -> Result<u8, String> {
     let shown = escape::escape(&program.to_string_lossy()).into_owned();
     let mut command = Command::new(program);
     command.args(rest);
+    die_with_fpl(&mut command);
     let mut child = match signals.restore_in_child(&mut command).spawn() {
         Ok(child) => child,
         Err(e) if e.kind() == ErrorKind::NotFound => {
@@ -231,6 +233,33 @@ fn run_command(program: &OsString, rest: &[OsString]) -> Result<u8, String> {
     };
     let status = wait_forwarding(&mut child, &signals)?;
     Ok(exit_status_of(status))
+}
+
+/// Makes the kernel kill the command when fpl dies. fpl holds the locks, not
+/// the command: a fpl killed by a signal it cannot catch (SIGKILL, or any
+/// fatal one it does not handle) would leave the command running on an
+/// image QEMU may now open. SIGKILL because it is the only signal the command
+/// cannot catch, ignore or block: the point is that it stops, not that it
+/// may clean up (fpl's own end was no cleaner). The parent death signal
+/// follows the thread that forked; fpl runs the command from its only
+/// thread. The kernel forgets it when the command executes a set-user-ID
+/// program, and the command's own children are not affected.
+fn die_with_fpl(command: &mut Command) {
+    let fpl = std::process::id();
+    // SAFETY: runs between fork and exec; prctl and getppid are
+    // async-signal-safe, and nothing is allocated.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // fpl may have died before prctl: then nobody would send it.
+            if u32::try_from(libc::getppid()).ok() != Some(fpl) {
+                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            Ok(())
+        });
+    }
 }
 
 /// Waits for the child, passing on the stop signals.
