@@ -17,7 +17,7 @@ use nix::sys::signalfd::siginfo;
 use nix::unistd::{getpgid, getpgrp, Pid};
 
 use crate::request::AccessArgs;
-use crate::signals::{signal_of, Signals, STOP};
+use crate::signals::{die_of, signal_of, Signals, STOP};
 use crate::{escape, out, report, stdout_failed, EXIT_HOLD_CONFLICT, EXIT_HOLD_ERROR, EXIT_OK};
 
 /// How often `--wait` tries again.
@@ -63,13 +63,17 @@ ignoring stays ignored (nohup ignores SIGHUP; shells make background jobs
 ignore SIGINT): the line names the signals that count.
 
 Exit status:
-  0    the command exited 0; without a command, a signal ended the hold
+  0    the command exited 0; without a command, SIGTERM or SIGHUP ended the hold
   75   an image is in use in a conflicting way (after --wait, if given)
   125  fpl failed (an image cannot be opened or locked, a wrong command line,
        the line of a hold without command cannot be written)
   126  the command cannot be run
   127  the command cannot be found
   N    otherwise the command's own exit status N, or 128+N if signal N killed it
+A command killed by SIGINT or SIGQUIT (Ctrl-C, Ctrl-\\) kills fpl by the same
+signal once the locks are released, and SIGINT ends a hold without command
+the same way: the shell then knows the user interrupted (a loop around fpl
+stops), as it would without fpl. No core file is written for fpl.
 
 Examples:
   fpl hold --mode exclusive vm.qcow2 -- cp vm.qcow2 /backup/
@@ -96,12 +100,22 @@ pub fn run(args: &HoldArgs) -> u8 {
     };
     release_all(locks);
     match outcome {
-        Ok(status) => status,
+        Ok(Ended::Status(status)) => status,
+        // Only now that the locks are released.
+        Ok(Ended::Signal(signal)) => die_of(signal),
         Err(what) => {
             diag!("fpl: {what}");
             EXIT_HOLD_ERROR
         }
     }
+}
+
+/// How the hold ended.
+enum Ended {
+    /// Exit with this status.
+    Status(u8),
+    /// Die of this signal, as the command did (or as SIGINT asked).
+    Signal(Signal),
 }
 
 /// Takes every lock, retrying conflicts until the `--wait` deadline.
@@ -181,7 +195,10 @@ fn release_all(locks: Vec<(PathBuf, Lock)>) {
     }
 }
 
-fn hold_until_signal(args: &HoldArgs) -> Result<u8, String> {
+/// Holds until a stop signal. SIGINT (Ctrl-C) ends fpl by SIGINT, so that
+/// the shell loop or script that ran it stops too, as it would have for
+/// any program; SIGTERM and SIGHUP are the planned ends of a hold: exit 0.
+fn hold_until_signal(args: &HoldArgs) -> Result<Ended, String> {
     let signals = Signals::block(&STOP, false)?;
     let names: Vec<_> = args.images.iter().map(|p| escape::path(p)).collect();
     out(&format!(
@@ -197,13 +214,15 @@ fn hold_until_signal(args: &HoldArgs) -> Result<u8, String> {
     }
     loop {
         let info = signals.next()?;
-        if signal_of(&info).is_some_and(|s| STOP.contains(&s)) {
-            return Ok(EXIT_OK);
+        match signal_of(&info) {
+            Some(Signal::SIGINT) => return Ok(Ended::Signal(Signal::SIGINT)),
+            Some(s) if STOP.contains(&s) => return Ok(Ended::Status(EXIT_OK)),
+            _ => {}
         }
     }
 }
 
-fn run_command(program: &OsString, rest: &[OsString]) -> Result<u8, String> {
+fn run_command(program: &OsString, rest: &[OsString]) -> Result<Ended, String> {
     // Started with SIGCHLD ignored (SIG_IGN survives exec), the kernel would
     // reap the command itself and send no SIGCHLD: fpl would wait for ever
     // and never see its status. The command inherits the default too, as
@@ -224,15 +243,15 @@ fn run_command(program: &OsString, rest: &[OsString]) -> Result<u8, String> {
         Ok(child) => child,
         Err(e) if e.kind() == ErrorKind::NotFound => {
             diag!("fpl: cannot run '{shown}': command not found");
-            return Ok(127);
+            return Ok(Ended::Status(127));
         }
         Err(e) => {
             diag!("fpl: cannot run '{shown}': {e}");
-            return Ok(126);
+            return Ok(Ended::Status(126));
         }
     };
     let status = wait_forwarding(&mut child, &signals)?;
-    Ok(exit_status_of(status))
+    Ok(ended_as(status))
 }
 
 /// Makes the kernel kill the command when fpl dies. fpl holds the locks, not
@@ -293,7 +312,19 @@ fn should_forward(info: &siginfo, child: Pid) -> bool {
     getpgid(Some(child)).map_or(true, |group| group != getpgrp())
 }
 
-/// The command's exit status, or 128+N for a command killed by signal N, as shells report it.
+/// How fpl ends for a command that ended with `status`. A command killed by
+/// SIGINT or SIGQUIT (Ctrl-C, Ctrl-\) kills fpl by the same signal: a shell
+/// tells "the user interrupted" from an exit status 130 only that way
+/// (`while :; do fpl hold ... -- cmd; done` stops). Otherwise the command's
+/// exit status, or 128+N for a command killed by signal N, as shells report it.
+fn ended_as(status: ExitStatus) -> Ended {
+    match status.signal().and_then(|s| Signal::try_from(s).ok()) {
+        Some(s @ (Signal::SIGINT | Signal::SIGQUIT)) => Ended::Signal(s),
+        _ => Ended::Status(exit_status_of(status)),
+    }
+}
+
+/// The command's exit status, or 128+N for a command killed by signal N.
 fn exit_status_of(status: ExitStatus) -> u8 {
     match (status.code(), status.signal()) {
         (Some(code), _) => u8::try_from(code & 0xff).unwrap_or(EXIT_HOLD_ERROR),
