@@ -10,7 +10,7 @@
 use std::fs::{self, File};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::MetadataExt;
-use std::os::unix::process::ExitStatusExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -917,7 +917,6 @@ fn hold_started_with_sigchld_ignored_still_sees_its_command_end() {
 /// `command` with SIGINT and SIGQUIT at their default actions, whatever
 /// this test process inherited: what an interactive shell gives a job.
 fn with_default_int_quit(command: &mut Command) -> &mut Command {
-    use std::os::unix::process::CommandExt;
     // SAFETY: between fork and exec, signal() is async-signal-safe.
     unsafe {
         command.pre_exec(|| {
@@ -1040,6 +1039,178 @@ fn sigterm_to_hold_ends_the_command_and_frees_the_image() {
     assert!(held(&image).perm.is_empty());
     assert!(held(&image).unshared.is_empty());
     assert!(qemu_writer(&image).status.success());
+}
+
+/// A command that counts the SIGTERM and SIGINT it receives, each one the
+/// kernel delivers (the wakeup descriptor gets a byte per delivery, where
+/// Python's handlers could merge two), and prints the counts at the first
+/// SIGHUP: `counts TERM=1 INT=0`. It first prints `ready PPID` (fpl's pid).
+const COUNTER: &str = r#"
+import os, signal
+r, w = os.pipe()
+os.set_blocking(w, False)
+signal.set_wakeup_fd(w)
+for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+    signal.signal(s, lambda *args: None)
+print("ready", os.getppid(), flush=True)
+counts = {}
+done = False
+while not done:
+    data = os.read(r, 64)
+    os.set_blocking(r, False)
+    try:
+        data += os.read(r, 64)
+    except BlockingIOError:
+        pass
+    os.set_blocking(r, True)
+    for signo in data:
+        counts[signo] = counts.get(signo, 0) + 1
+        done = done or signo == signal.SIGHUP
+print("counts TERM=%d INT=%d" % (counts.get(15, 0), counts.get(2, 0)), flush=True)
+"#;
+
+/// Whether `signal` is pending for process `pid` (`/proc/PID/status`).
+fn pending(pid: i32, signal: Signal) -> bool {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let bit = 1u64 << (signal as i32 - 1);
+    status
+        .lines()
+        .filter_map(|l| {
+            l.strip_prefix("SigPnd:")
+                .or_else(|| l.strip_prefix("ShdPnd:"))
+        })
+        .any(|mask| u64::from_str_radix(mask.trim(), 16).is_ok_and(|m| m & bit != 0))
+}
+
+/// Whether process `pid` is stopped.
+fn stopped(pid: i32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('T')
+    })
+}
+
+/// Who sends the signal in [`deliveries`].
+enum Sender {
+    /// The test, to fpl's pid.
+    ToPid,
+    /// The test, to fpl's process group (fpl leads it): `kill -- -PGID`.
+    ToGroup,
+    /// A script in fpl's process group: `kill 0`.
+    KillZero,
+}
+
+/// How many times `signal`, sent once by `sender`, reaches the counting
+/// command of `fpl hold` (TERM, INT). fpl is stopped while the signal is
+/// sent and until every copy the command got directly has been delivered,
+/// so that a copy fpl passes on later cannot merge with it.
+fn deliveries(sender: Sender, signal: Signal) -> (u32, u32) {
+    let dir = TempDir::new("hold-deliveries");
+    let image = dir.raw("a.raw");
+    let mut command = match sender {
+        Sender::KillZero => {
+            let mut sh = Command::new("sh");
+            sh.arg("-c")
+                .arg(format!(
+                    "trap : TERM; \"$0\" hold --mode write {} -- python3 -c \"$1\" & \
+                     read go; kill -{} 0; echo killed; wait",
+                    s(&image),
+                    &signal.as_str()[3..]
+                ))
+                .arg(FPL)
+                .arg(COUNTER);
+            sh
+        }
+        _ => {
+            let mut fpl = Command::new(FPL);
+            fpl.args([
+                "hold",
+                "--mode",
+                "write",
+                s(&image),
+                "--",
+                "python3",
+                "-c",
+                COUNTER,
+            ]);
+            fpl
+        }
+    };
+    // A group of its own, so that no group signal reaches the test.
+    let mut leader = Running::spawn(
+        with_default_int_quit(&mut command)
+            .process_group(0)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped()),
+    );
+    let mut lines = leader.stdout_lines();
+    let ready = lines.find("ready ");
+    let fpl: i32 = ready[6..]
+        .trim()
+        .parse()
+        .expect("the counter prints fpl's pid");
+    let _fpl = Orphan(fpl);
+    let counter = pid_of_child(fpl);
+
+    kill(Pid::from_raw(fpl), Signal::SIGSTOP).expect("fpl can be stopped");
+    wait_until("fpl to stop", || stopped(fpl));
+    match sender {
+        Sender::ToPid => kill(Pid::from_raw(fpl), signal),
+        Sender::ToGroup => kill(Pid::from_raw(-leader.pid()), signal),
+        Sender::KillZero => {
+            let stdin = leader.stdin.as_mut().expect("stdin is piped");
+            stdin.write_all(b"go\n").expect("the script reads");
+            lines.find("killed");
+            Ok(())
+        }
+    }
+    .expect("the signal can be sent");
+    wait_until("the command to take its copy", || !pending(counter, signal));
+    kill(Pid::from_raw(fpl), Signal::SIGCONT).expect("fpl can be continued");
+    // Once fpl has taken the signal, whatever it passes on goes before the
+    // SIGHUP that makes the counter report.
+    wait_until("fpl to take the signal", || !pending(fpl, signal));
+    kill(Pid::from_raw(fpl), Signal::SIGHUP).expect("fpl can be signalled");
+    let counts = lines.find("counts ");
+    let count = |name: &str| -> u32 {
+        counts
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(name))
+            .and_then(|n| n.parse().ok())
+            .expect("the counter prints its counts")
+    };
+    (count("TERM="), count("INT="))
+}
+
+/// The only child of process `parent`.
+fn pid_of_child(parent: i32) -> i32 {
+    let path = format!("/proc/{parent}/task/{parent}/children");
+    let children = fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    children.trim().parse().expect("fpl has one child")
+}
+
+#[test]
+fn sigterm_to_hold_reaches_the_command_once() {
+    assert_eq!(deliveries(Sender::ToPid, Signal::SIGTERM), (1, 0));
+}
+
+#[test]
+fn sigterm_to_the_group_of_hold_reaches_the_command_once() {
+    assert_eq!(deliveries(Sender::ToGroup, Signal::SIGTERM), (1, 0));
+}
+
+#[test]
+fn kill_0_from_the_group_of_hold_reaches_the_command_once() {
+    assert_eq!(deliveries(Sender::KillZero, Signal::SIGTERM), (1, 0));
+}
+
+#[test]
+fn sigint_to_the_group_of_hold_reaches_the_command_once() {
+    // What Ctrl-C does when fpl runs in the terminal's foreground group.
+    assert_eq!(deliveries(Sender::ToGroup, Signal::SIGINT), (0, 1));
 }
 
 #[test]

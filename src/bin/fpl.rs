@@ -33,6 +33,8 @@ mod demo;
 mod escape;
 #[path = "fpl/hold.rs"]
 mod hold;
+#[path = "fpl/job.rs"]
+mod job;
 #[path = "fpl/json.rs"]
 mod json;
 #[path = "fpl/report.rs"]

@@ -6,16 +6,16 @@ use std::io::ErrorKind;
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus};
+use std::process::{Command, ExitStatus};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use clap::Args;
 use fpl::{Error, Lock};
-use nix::sys::signal::{kill, signal, SigHandler, Signal};
-use nix::sys::signalfd::siginfo;
-use nix::unistd::{getpgid, getpgrp, Pid};
+use nix::sys::signal::{signal, SigHandler, Signal};
+use nix::unistd::Pid;
 
+use crate::job::{self, Job, Terminal};
 use crate::request::AccessArgs;
 use crate::signals::{die_of, signal_of, Signals, STOP};
 use crate::{escape, out, report, stdout_failed, EXIT_HOLD_CONFLICT, EXIT_HOLD_ERROR, EXIT_OK};
@@ -51,7 +51,11 @@ that conflict with them are refused while they are held.
 
 With a command (after --), runs it with the locks held, passes SIGINT,
 SIGTERM and SIGHUP on to it, releases the locks when it exits and exits with
-its status. The command does not inherit the lock descriptors: if fpl is
+its status. The command runs in a process group of its own, so that a signal
+sent to fpl's whole group (kill -- -PGID, kill %1, kill 0) reaches it once,
+from fpl; fpl hands it the terminal when fpl has it (Ctrl-C and Ctrl-Z then
+go to the command; a stopped command stops fpl too, and fg or bg continue
+both). The command does not inherit the lock descriptors: if fpl is
 killed, the locks go with it, and so does the command (the kernel kills it
 with SIGKILL: it never runs on without the locks). The command starts with the signal mask and
 ignored signals fpl was started with, except SIGCHLD, always at its default
@@ -231,15 +235,20 @@ fn run_command(program: &OsString, rest: &[OsString]) -> Result<Ended, String> {
     unsafe { signal(Signal::SIGCHLD, SigHandler::SigDfl) }
         .map_err(|e| format!("cannot restore SIGCHLD: {e}"))?;
     // SIGCHLD must be blocked before the child exists: unblocked, its
-    // default action would discard it.
+    // default action would discard it. SIGCONT tells that fpl was continued
+    // (it still continues fpl, blocked); SIGTTOU is blocked for tcsetpgrp
+    // from the background (see `job`).
     let mut wanted = STOP.to_vec();
-    wanted.push(Signal::SIGCHLD);
+    wanted.extend([Signal::SIGCHLD, Signal::SIGCONT, Signal::SIGTTOU]);
     let signals = Signals::block(&wanted, false)?;
     let shown = escape::escape(&program.to_string_lossy()).into_owned();
+    let terminal = Terminal::open();
+    let give = terminal.fpl_in_foreground();
     let mut command = Command::new(program);
     command.args(rest);
     die_with_fpl(&mut command);
-    let mut child = match signals.restore_in_child(&mut command).spawn() {
+    job::own_group(&mut command, &terminal, give);
+    let child = match signals.restore_in_child(&mut command).spawn() {
         Ok(child) => child,
         Err(e) if e.kind() == ErrorKind::NotFound => {
             diag!("fpl: cannot run '{shown}': command not found");
@@ -250,8 +259,11 @@ fn run_command(program: &OsString, rest: &[OsString]) -> Result<Ended, String> {
             return Ok(Ended::Status(126));
         }
     };
-    let status = wait_forwarding(&mut child, &signals)?;
-    Ok(ended_as(status))
+    let pid = Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
+    let job = Job::started(pid, &terminal, give);
+    let status = wait_forwarding(&job, &signals, &terminal);
+    job.ended(&terminal);
+    Ok(ended_as(status?))
 }
 
 /// Makes the kernel kill the command when fpl dies. fpl holds the locks, not
@@ -281,35 +293,41 @@ fn die_with_fpl(command: &mut Command) {
     }
 }
 
-/// Waits for the child, passing on the stop signals.
-fn wait_forwarding(child: &mut Child, signals: &Signals) -> Result<ExitStatus, String> {
-    let pid = Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
+/// Waits for the command to end, passing the stop signals on to its
+/// process group and following it when it stops and fpl is continued.
+fn wait_forwarding(
+    job: &Job,
+    signals: &Signals,
+    terminal: &Terminal,
+) -> Result<ExitStatus, String> {
     loop {
-        if let Some(status) = child.try_wait().map_err(|e| format!("cannot wait: {e}"))? {
-            return Ok(status);
-        }
-        let info = match signals.next() {
-            Ok(info) => info,
-            // Without signals, at least wait for the command.
-            Err(_) => return child.wait().map_err(|e| format!("cannot wait: {e}")),
-        };
-        match signal_of(&info) {
-            Some(signal) if STOP.contains(&signal) && should_forward(&info, pid) => {
-                let _ = kill(pid, signal);
+        let mut raw = 0;
+        // SAFETY: waitpid writes the status into `raw`.
+        let got =
+            unsafe { libc::waitpid(job.pid.as_raw(), &mut raw, libc::WNOHANG | libc::WUNTRACED) };
+        if got == job.pid.as_raw() {
+            if !libc::WIFSTOPPED(raw) {
+                return Ok(ExitStatus::from_raw(raw));
             }
+            if let Ok(signal) = Signal::try_from(libc::WSTOPSIG(raw)) {
+                job.stopped(signal, terminal);
+            }
+            continue;
+        }
+        if got < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(format!("cannot wait: {e}"));
+        }
+        let info = signals.next()?;
+        match signal_of(&info) {
+            Some(Signal::SIGCONT) => job.continued(terminal),
+            Some(signal) if STOP.contains(&signal) => job.signal(signal),
             _ => {}
         }
     }
-}
-
-/// A signal from the terminal (Ctrl-C, hangup) goes to the whole
-/// foreground process group: a child still in ours has had it already, and
-/// passing it on would deliver it twice.
-fn should_forward(info: &siginfo, child: Pid) -> bool {
-    if info.ssi_code != libc::SI_KERNEL {
-        return true;
-    }
-    getpgid(Some(child)).map_or(true, |group| group != getpgrp())
 }
 
 /// How fpl ends for a command that ended with `status`. A command killed by

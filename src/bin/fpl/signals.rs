@@ -31,7 +31,7 @@ impl Signals {
         let watched: Vec<Signal> = wanted
             .iter()
             .copied()
-            .filter(|s| *s == Signal::SIGCHLD || !is_ignored(*s))
+            .filter(|s| !STOP.contains(s) || !is_ignored(*s))
             .collect();
         let mut mask = SigSet::empty();
         for s in &watched {
@@ -132,7 +132,7 @@ pub fn signal_of(info: &siginfo) -> Option<Signal> {
 }
 
 /// Whether `signal`'s disposition is SIG_IGN.
-fn is_ignored(signal: Signal) -> bool {
+pub fn is_ignored(signal: Signal) -> bool {
     // SAFETY: a null new action only reads the current one into `old`, a
     // plain C struct for which all-zero is a valid value.
     unsafe {
