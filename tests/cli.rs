@@ -1214,6 +1214,31 @@ fn sigint_to_the_group_of_hold_reaches_the_command_once() {
 }
 
 #[test]
+fn a_stopped_command_stops_hold_and_continuing_hold_continues_it() {
+    let dir = TempDir::new("hold-stop");
+    let image = dir.raw("a.raw");
+    // fpl in a group of its own, whose parent (the test) is outside it: a
+    // group the kernel may stop (it discards SIGTSTP in orphaned groups).
+    let mut hold = Running::spawn(
+        Command::new(FPL)
+            .args(["hold", "--mode", "exclusive", s(&image), "--"])
+            .args(["sh", "-c", "echo $$; exec sleep 600"])
+            .process_group(0)
+            .stdout(Stdio::piped()),
+    );
+    let command: i32 = hold.stdout_lines().find("").trim().parse().expect("a pid");
+    let _command = Orphan(command);
+    // What Ctrl-Z does to the command's group: the job is seen stopped,
+    // with the locks still held, and `fg` (SIGCONT to fpl) resumes it.
+    kill(Pid::from_raw(command), Signal::SIGTSTP).expect("the command can be stopped");
+    wait_until("fpl to stop with its command", || stopped(hold.pid()));
+    assert_eq!(held(&image).unshared, PermSet::ALL);
+    hold.signal(Signal::SIGCONT);
+    wait_until("the command to go on", || !stopped(command));
+    assert!(alive(hold.pid()) && alive(command));
+}
+
+#[test]
 fn hold_without_a_command_holds_until_a_signal() {
     let dir = TempDir::new("hold-signal");
     let image = dir.raw("a.raw");
