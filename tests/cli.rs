@@ -1239,6 +1239,49 @@ fn a_stopped_command_stops_hold_and_continuing_hold_continues_it() {
 }
 
 #[test]
+fn the_holding_line_comes_once_every_lock_is_taken() {
+    let dir = TempDir::new("hold-line");
+    let image = dir.raw("a.raw");
+    let other = dir.raw("b.raw");
+    let fifo = dir.path().join("fifo");
+    let made = Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("mkfifo runs");
+    assert!(made.success());
+    // A script's way to hold: start in the background, read the line,
+    // then rely on the lock. 50 times, each checked by a second fpl.
+    let script = r#"
+        i=0
+        while [ $i -lt 50 ]; do
+            "$0" hold --mode write "$1" "$2" > "$3" &
+            read line < "$3"
+            echo "$line"
+            "$0" status --no-holders "$1" "$2"
+            kill $!
+            wait $!
+            i=$((i + 1))
+        done
+    "#;
+    let out = Command::new("sh")
+        .args(["-c", script, FPL, s(&image), s(&other), s(&fifo)])
+        .stdin(Stdio::null())
+        .output()
+        .expect("sh runs");
+    let stdout = expect_status(&out, 0);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 150, "{stdout}");
+    for round in lines.chunks(3) {
+        assert!(round[0].starts_with("fpl: holding "), "{round:?}");
+        for (line, name) in round[1..].iter().zip([&image, &other]) {
+            let expected = format!("{}: in use: uses consistent read, write, resize", s(name));
+            assert!(line.starts_with(&expected), "{round:?}");
+        }
+    }
+    assert!(held(&image).perm.is_empty() && held(&other).perm.is_empty());
+}
+
+#[test]
 fn hold_without_a_command_holds_until_a_signal() {
     let dir = TempDir::new("hold-signal");
     let image = dir.raw("a.raw");

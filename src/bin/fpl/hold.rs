@@ -61,8 +61,11 @@ with SIGKILL: it never runs on without the locks). The command starts with the s
 ignored signals fpl was started with, except SIGCHLD, always at its default
 (ignored, fpl could not wait for the command).
 
-Without a command, prints one line saying what it holds, then holds the locks
-until it gets SIGINT (Ctrl-C), SIGTERM or SIGHUP. A signal fpl was started
+Without a command, prints one line saying what it holds on standard output,
+only once every lock is taken and at once (flushed), so that a script may
+rely on the locks as soon as it has read the line:
+  fpl hold --mode write vm.qcow2 > fifo & read line < fifo
+It then holds the locks until it gets SIGINT (Ctrl-C), SIGTERM or SIGHUP. A signal fpl was started
 ignoring stays ignored (nohup ignores SIGHUP; shells make background jobs
 ignore SIGINT): the line names the signals that count.
 
