@@ -324,11 +324,31 @@ fn wait_forwarding(
             }
             return Err(format!("cannot wait: {e}"));
         }
-        let info = signals.next()?;
+        let info = match signals.next() {
+            Ok(info) => info,
+            // Without signals, at least wait for the command (the locks
+            // must outlast it).
+            Err(_) => return wait_blocking(job.pid),
+        };
         match signal_of(&info) {
             Some(Signal::SIGCONT) => job.continued(terminal),
             Some(signal) if STOP.contains(&signal) => job.signal(signal),
             _ => {}
+        }
+    }
+}
+
+/// Waits for the command to end, nothing else.
+fn wait_blocking(pid: Pid) -> Result<ExitStatus, String> {
+    loop {
+        let mut raw = 0;
+        // SAFETY: waitpid writes the status into `raw`.
+        if unsafe { libc::waitpid(pid.as_raw(), &mut raw, 0) } == pid.as_raw() {
+            return Ok(ExitStatus::from_raw(raw));
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != ErrorKind::Interrupted {
+            return Err(format!("cannot wait: {e}"));
         }
     }
 }
