@@ -10,16 +10,31 @@
 //! - `fpl demo`: the above against a real qemu-storage-daemon.
 //!
 //! `--json` prints one JSON array with one object per image, in command-line
-//! order; [`json`] documents the objects. Exit status 2 means an error
-//! (including a wrong command line).
+//! order; [`json`] documents the objects. For `status`, `check` and `demo`,
+//! exit status 2 means an error (including a wrong command line); `hold`
+//! keeps the statuses a command rarely uses for itself (75 conflict, 125
+//! error), since it exits with its command's status otherwise.
+
+/// `eprintln!` without its panic: a diagnostic nobody can read (standard
+/// error a closed pipe, a full disk) is lost, and the exit status still
+/// tells the outcome. Defined before the modules so that they can use it.
+macro_rules! diag {
+    ($($arg:tt)*) => {
+        $crate::diag_line(format_args!($($arg)*))
+    };
+}
 
 // The crate root is src/bin/fpl.rs, so its modules are named by path.
 #[path = "fpl/check.rs"]
 mod check;
 #[path = "fpl/demo.rs"]
 mod demo;
+#[path = "fpl/escape.rs"]
+mod escape;
 #[path = "fpl/hold.rs"]
 mod hold;
+#[path = "fpl/job.rs"]
+mod job;
 #[path = "fpl/json.rs"]
 mod json;
 #[path = "fpl/report.rs"]
@@ -33,6 +48,7 @@ mod status;
 
 use std::io::Write;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::{Parser, Subcommand};
 
@@ -42,6 +58,13 @@ pub const EXIT_OK: u8 = 0;
 pub const EXIT_CONFLICT: u8 = 1;
 /// Exit status: something could not be done (and clap's usage errors).
 pub const EXIT_ERROR: u8 = 2;
+/// `hold`'s exit status for a conflict: EX_TEMPFAIL of sysexits.h ("try
+/// again later"), like `flock -E`, a status commands rarely use, so that a
+/// caller can tell "an image was busy" from "the command failed".
+pub const EXIT_HOLD_CONFLICT: u8 = 75;
+/// `hold`'s exit status for its own errors (and wrong command lines), as
+/// timeout, env and chroot use it: 1 and 2 belong to the command.
+pub const EXIT_HOLD_ERROR: u8 = 125;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -86,20 +109,57 @@ enum Cmd {
     Demo,
 }
 
+/// Set once a line could not be written on standard output.
+static STDOUT_FAILED: AtomicBool = AtomicBool::new(false);
+
 /// Writes a line on standard output. A closed pipe (`fpl status | head`)
-/// is not an error worth a panic: the exit status still tells the outcome.
+/// means the reader has what it wanted: not an error, and quiet. Any other
+/// failure (a full disk) is told once on standard error, and
+/// [`stdout_failed`] makes the exit status an error.
 pub fn out(line: &str) {
     let mut stdout = std::io::stdout().lock();
-    let _ = writeln!(stdout, "{line}").and_then(|()| stdout.flush());
+    match writeln!(stdout, "{line}").and_then(|()| stdout.flush()) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+        Err(e) => {
+            if !STDOUT_FAILED.swap(true, Ordering::Relaxed) {
+                diag!("fpl: cannot write to standard output: {e}");
+            }
+        }
+    }
+}
+
+/// Whether [`out`] failed to write some line (a closed pipe aside).
+pub fn stdout_failed() -> bool {
+    STDOUT_FAILED.load(Ordering::Relaxed)
+}
+
+/// Writes one line on standard error, ignoring write errors (see `diag!`).
+pub fn diag_line(line: std::fmt::Arguments<'_>) {
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // `fpl hold` with a wrong command line must not exit 2, a status its
+        // command may exit with. fpl has no options before the command name.
+        Err(e) if e.use_stderr() && std::env::args_os().nth(1).is_some_and(|a| a == "hold") => {
+            let _ = e.print();
+            return ExitCode::from(EXIT_HOLD_ERROR);
+        }
+        Err(e) => e.exit(),
+    };
     let status = match &cli.command {
         Cmd::Status(args) => status::run(args),
         Cmd::Check(args) => check::run(args),
-        Cmd::Hold(args) => hold::run(args),
+        // `hold` tells its own failures apart from its command's.
+        Cmd::Hold(args) => return ExitCode::from(hold::run(args)),
         Cmd::Demo => demo::run(),
     };
+    // Output that did not reach its reader is a failure like any other.
+    if stdout_failed() {
+        return ExitCode::from(EXIT_ERROR);
+    }
     ExitCode::from(status)
 }

@@ -6,7 +6,7 @@ use clap::Args;
 use fpl::Error;
 
 use crate::request::AccessArgs;
-use crate::{json, out, report, EXIT_CONFLICT, EXIT_ERROR, EXIT_OK};
+use crate::{escape, json, out, report, EXIT_CONFLICT, EXIT_ERROR, EXIT_OK};
 
 /// `fpl check`.
 #[derive(Debug, Args)]
@@ -30,7 +30,8 @@ for the conflict and the process in the way. Nothing is locked.
 
 Exit status: 0 if the access would be granted on every image, 1 if some image
 is in use in a conflicting way, 2 if some image could not be tested (or the
-command line is wrong).
+command line is wrong, or the output could not be written; a closed pipe, as
+with `| head`, is no error).
 
 JSON (--json): an array with one object per image, in command-line order,
 each on a line of its own:
@@ -64,11 +65,14 @@ pub fn run(args: &CheckArgs) -> u8 {
 /// `a.img: exclusive would be granted`, or refused with QEMU's message on
 /// standard output; an error on standard error.
 pub fn print_outcome(path: &Path, what: &str, outcome: &Result<(), Error>) {
-    let shown = path.to_string_lossy();
+    let shown = escape::path(path);
     match outcome {
         Ok(()) => out(&format!("{shown}: {what} would be granted")),
         Err(e) if e.conflict().is_some() => {
-            out(&format!("{shown}: {what} would be refused: {e}"));
+            out(&format!(
+                "{shown}: {what} would be refused: {}",
+                escape::error(e)
+            ));
         }
         Err(e) => report::print_error(path, e),
     }

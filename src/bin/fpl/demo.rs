@@ -57,7 +57,7 @@ impl Drop for Demo {
         }
         if let Some(dir) = self.dir.take() {
             if let Err(e) = fs::remove_dir_all(&dir) {
-                eprintln!("fpl: cannot remove {}: {e}", dir.display());
+                diag!("fpl: cannot remove {}: {e}", dir.display());
             }
         }
     }
@@ -68,7 +68,7 @@ pub fn run() -> u8 {
     let signals = match Signals::block(&STOP, true) {
         Ok(fd) => fd,
         Err(msg) => {
-            eprintln!("fpl: demo: {msg}");
+            diag!("fpl: demo: {msg}");
             return EXIT_ERROR;
         }
     };
@@ -83,11 +83,11 @@ pub fn run() -> u8 {
     match outcome {
         Ok(()) => EXIT_OK,
         Err(Stop::Failed(msg)) => {
-            eprintln!("fpl: demo: {msg}");
+            diag!("fpl: demo: {msg}");
             EXIT_ERROR
         }
         Err(Stop::Signal(signo)) => {
-            eprintln!("fpl: demo: interrupted by signal {signo}; cleaned up");
+            diag!("fpl: demo: interrupted by signal {signo}; cleaned up");
             u8::try_from(128 + signo).unwrap_or(EXIT_ERROR)
         }
     }

@@ -4,21 +4,21 @@
 use std::ffi::OsString;
 use std::io::ErrorKind;
 use std::os::unix::fs::MetadataExt;
-use std::os::unix::process::ExitStatusExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus};
+use std::process::{Command, ExitStatus};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use clap::Args;
 use fpl::{Error, Lock};
-use nix::sys::signal::{kill, Signal};
-use nix::sys::signalfd::siginfo;
-use nix::unistd::{getpgid, getpgrp, Pid};
+use nix::sys::signal::{signal, SigHandler, Signal};
+use nix::unistd::Pid;
 
+use crate::job::{self, Job, Terminal};
 use crate::request::AccessArgs;
-use crate::signals::{signal_of, Signals, STOP};
-use crate::{out, report, EXIT_CONFLICT, EXIT_ERROR, EXIT_OK};
+use crate::signals::{die_of, signal_of, Signals, STOP};
+use crate::{escape, out, report, stdout_failed, EXIT_HOLD_CONFLICT, EXIT_HOLD_ERROR, EXIT_OK};
 
 /// How often `--wait` tries again.
 const RETRY: Duration = Duration::from_millis(100);
@@ -51,17 +51,36 @@ that conflict with them are refused while they are held.
 
 With a command (after --), runs it with the locks held, passes SIGINT,
 SIGTERM and SIGHUP on to it, releases the locks when it exits and exits with
-its status (128+N if signal N killed it; 127 if it cannot be found, 126 if it
-cannot be run). The command does not inherit the lock descriptors: if fpl is
-killed, the locks go with it.
+its status. The command runs in a process group of its own, so that a signal
+sent to fpl's whole group (kill -- -PGID, kill %1, kill 0) reaches it once,
+from fpl; fpl hands it the terminal when fpl has it (Ctrl-C and Ctrl-Z then
+go to the command; a stopped command stops fpl too, and fg or bg continue
+both). The command does not inherit the lock descriptors: if fpl is
+killed, the locks go with it, and so does the command (the kernel kills it
+with SIGKILL: it never runs on without the locks). The command starts with the signal mask and
+ignored signals fpl was started with, except SIGCHLD, always at its default
+(ignored, fpl could not wait for the command).
 
-Without a command, prints one line saying what it holds, then holds the locks
-until it gets SIGINT (Ctrl-C), SIGTERM or SIGHUP, and exits 0. A signal fpl
-was started ignoring stays ignored (nohup ignores SIGHUP; shells make
-background jobs ignore SIGINT): the line names the signals that count.
+Without a command, prints one line saying what it holds on standard output,
+only once every lock is taken and at once (flushed), so that a script may
+rely on the locks as soon as it has read the line:
+  fpl hold --mode write vm.qcow2 > fifo & read line < fifo
+It then holds the locks until it gets SIGINT (Ctrl-C), SIGTERM or SIGHUP. A signal fpl was started
+ignoring stays ignored (nohup ignores SIGHUP; shells make background jobs
+ignore SIGINT): the line names the signals that count.
 
-Exit status otherwise: 1 if an image is in use in a conflicting way (after
---wait, if given), 2 on any other error.
+Exit status:
+  0    the command exited 0; without a command, SIGTERM or SIGHUP ended the hold
+  75   an image is in use in a conflicting way (after --wait, if given)
+  125  fpl failed (an image cannot be opened or locked, a wrong command line,
+       the line of a hold without command cannot be written)
+  126  the command cannot be run
+  127  the command cannot be found
+  N    otherwise the command's own exit status N, or 128+N if signal N killed it
+A command killed by SIGINT or SIGQUIT (Ctrl-C, Ctrl-\\) kills fpl by the same
+signal once the locks are released, and SIGINT ends a hold without command
+the same way: the shell then knows the user interrupted (a loop around fpl
+stops), as it would without fpl. No core file is written for fpl.
 
 Examples:
   fpl hold --mode exclusive vm.qcow2 -- cp vm.qcow2 /backup/
@@ -88,12 +107,22 @@ pub fn run(args: &HoldArgs) -> u8 {
     };
     release_all(locks);
     match outcome {
-        Ok(status) => status,
+        Ok(Ended::Status(status)) => status,
+        // Only now that the locks are released.
+        Ok(Ended::Signal(signal)) => die_of(signal),
         Err(what) => {
-            eprintln!("fpl: {what}");
-            EXIT_ERROR
+            diag!("fpl: {what}");
+            EXIT_HOLD_ERROR
         }
     }
+}
+
+/// How the hold ended.
+enum Ended {
+    /// Exit with this status.
+    Status(u8),
+    /// Die of this signal, as the command did (or as SIGINT asked).
+    Signal(Signal),
 }
 
 /// Takes every lock, retrying conflicts until the `--wait` deadline.
@@ -110,9 +139,9 @@ fn acquire_waiting(args: &HoldArgs) -> Result<Vec<(PathBuf, Lock)>, u8> {
         match (e.conflict(), left) {
             (Some(conflict), Some(left)) if !left.is_zero() => {
                 if !announced {
-                    eprintln!(
+                    diag!(
                         "fpl: {}: in use ({}); waiting",
-                        path.to_string_lossy(),
+                        escape::path(&path),
                         conflict.qemu_message()
                     );
                     announced = true;
@@ -120,16 +149,17 @@ fn acquire_waiting(args: &HoldArgs) -> Result<Vec<(PathBuf, Lock)>, u8> {
                 sleep(RETRY.min(left));
             }
             (Some(_), _) => {
-                eprintln!(
-                    "fpl: {}: cannot take {}: {e}",
-                    path.to_string_lossy(),
-                    args.access.describe()
+                diag!(
+                    "fpl: {}: cannot take {}: {}",
+                    escape::path(&path),
+                    args.access.describe(),
+                    escape::error(&e)
                 );
-                return Err(EXIT_CONFLICT);
+                return Err(EXIT_HOLD_CONFLICT);
             }
             (None, _) => {
                 report::print_error(&path, &e);
-                return Err(EXIT_ERROR);
+                return Err(EXIT_HOLD_ERROR);
             }
         }
     }
@@ -172,9 +202,12 @@ fn release_all(locks: Vec<(PathBuf, Lock)>) {
     }
 }
 
-fn hold_until_signal(args: &HoldArgs) -> Result<u8, String> {
+/// Holds until a stop signal. SIGINT (Ctrl-C) ends fpl by SIGINT, so that
+/// the shell loop or script that ran it stops too, as it would have for
+/// any program; SIGTERM and SIGHUP are the planned ends of a hold: exit 0.
+fn hold_until_signal(args: &HoldArgs) -> Result<Ended, String> {
     let signals = Signals::block(&STOP, false)?;
-    let names: Vec<_> = args.images.iter().map(|p| p.to_string_lossy()).collect();
+    let names: Vec<_> = args.images.iter().map(|p| escape::path(p)).collect();
     out(&format!(
         "fpl: holding {} ({}) until {}; pid {}",
         names.join(", "),
@@ -182,74 +215,161 @@ fn hold_until_signal(args: &HoldArgs) -> Result<u8, String> {
         signals.describe_stop(),
         std::process::id()
     ));
+    // A hold nobody can learn of would keep QEMU out for no one.
+    if stdout_failed() {
+        return Err("the hold is released: nobody could be told of it".to_owned());
+    }
     loop {
         let info = signals.next()?;
-        if signal_of(&info).is_some_and(|s| STOP.contains(&s)) {
-            return Ok(EXIT_OK);
-        }
-    }
-}
-
-fn run_command(program: &OsString, rest: &[OsString]) -> Result<u8, String> {
-    // SIGCHLD must be blocked before the child exists: unblocked, its
-    // default action would discard it.
-    let mut wanted = STOP.to_vec();
-    wanted.push(Signal::SIGCHLD);
-    let signals = Signals::block(&wanted, false)?;
-    let shown = program.to_string_lossy();
-    let mut command = Command::new(program);
-    command.args(rest);
-    let mut child = match signals.restore_in_child(&mut command).spawn() {
-        Ok(child) => child,
-        Err(e) if e.kind() == ErrorKind::NotFound => {
-            eprintln!("fpl: cannot run '{shown}': command not found");
-            return Ok(127);
-        }
-        Err(e) => {
-            eprintln!("fpl: cannot run '{shown}': {e}");
-            return Ok(126);
-        }
-    };
-    let status = wait_forwarding(&mut child, &signals)?;
-    Ok(exit_status_of(status))
-}
-
-/// Waits for the child, passing on the stop signals.
-fn wait_forwarding(child: &mut Child, signals: &Signals) -> Result<ExitStatus, String> {
-    let pid = Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
-    loop {
-        if let Some(status) = child.try_wait().map_err(|e| format!("cannot wait: {e}"))? {
-            return Ok(status);
-        }
-        let info = match signals.next() {
-            Ok(info) => info,
-            // Without signals, at least wait for the command.
-            Err(_) => return child.wait().map_err(|e| format!("cannot wait: {e}")),
-        };
         match signal_of(&info) {
-            Some(signal) if STOP.contains(&signal) && should_forward(&info, pid) => {
-                let _ = kill(pid, signal);
-            }
+            Some(Signal::SIGINT) => return Ok(Ended::Signal(Signal::SIGINT)),
+            Some(s) if STOP.contains(&s) => return Ok(Ended::Status(EXIT_OK)),
             _ => {}
         }
     }
 }
 
-/// A signal from the terminal (Ctrl-C, hangup) goes to the whole
-/// foreground process group: a child still in ours has had it already, and
-/// passing it on would deliver it twice.
-fn should_forward(info: &siginfo, child: Pid) -> bool {
-    if info.ssi_code != libc::SI_KERNEL {
-        return true;
-    }
-    getpgid(Some(child)).map_or(true, |group| group != getpgrp())
+fn run_command(program: &OsString, rest: &[OsString]) -> Result<Ended, String> {
+    // Started with SIGCHLD ignored (SIG_IGN survives exec), the kernel would
+    // reap the command itself and send no SIGCHLD: fpl would wait for ever
+    // and never see its status. The command inherits the default too, as
+    // most programs expect.
+    // SAFETY: no handler is installed, only the default action restored.
+    unsafe { signal(Signal::SIGCHLD, SigHandler::SigDfl) }
+        .map_err(|e| format!("cannot restore SIGCHLD: {e}"))?;
+    // SIGCHLD must be blocked before the child exists: unblocked, its
+    // default action would discard it. SIGCONT tells that fpl was continued
+    // (it still continues fpl, blocked); SIGTTOU is blocked for tcsetpgrp
+    // from the background (see `job`).
+    let mut wanted = STOP.to_vec();
+    wanted.extend([Signal::SIGCHLD, Signal::SIGCONT, Signal::SIGTTOU]);
+    let signals = Signals::block(&wanted, false)?;
+    let shown = escape::escape(&program.to_string_lossy()).into_owned();
+    let terminal = Terminal::open();
+    let give = terminal.fpl_in_foreground();
+    let mut command = Command::new(program);
+    command.args(rest);
+    die_with_fpl(&mut command);
+    job::own_group(&mut command, &terminal, give);
+    let child = match signals.restore_in_child(&mut command).spawn() {
+        Ok(child) => child,
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            diag!("fpl: cannot run '{shown}': command not found");
+            return Ok(Ended::Status(127));
+        }
+        Err(e) => {
+            diag!("fpl: cannot run '{shown}': {e}");
+            return Ok(Ended::Status(126));
+        }
+    };
+    let pid = Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
+    let job = Job::started(pid, &terminal, give);
+    let status = wait_forwarding(&job, &signals, &terminal);
+    job.ended(&terminal);
+    Ok(ended_as(status?))
 }
 
-/// The command's exit status, or 128+N for a command killed by signal N, as shells report it.
+/// Makes the kernel kill the command when fpl dies. fpl holds the locks, not
+/// the command: a fpl killed by a signal it cannot catch (SIGKILL, or any
+/// fatal one it does not handle) would leave the command running on an
+/// image QEMU may now open. SIGKILL because it is the only signal the command
+/// cannot catch, ignore or block: the point is that it stops, not that it
+/// may clean up (fpl's own end was no cleaner). The parent death signal
+/// follows the thread that forked; fpl runs the command from its only
+/// thread. The kernel forgets it when the command executes a set-user-ID
+/// program, and the command's own children are not affected.
+fn die_with_fpl(command: &mut Command) {
+    let fpl = std::process::id();
+    // SAFETY: runs between fork and exec; prctl and getppid are
+    // async-signal-safe, and nothing is allocated.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // fpl may have died before prctl: then nobody would send it.
+            if u32::try_from(libc::getppid()).ok() != Some(fpl) {
+                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Waits for the command to end, passing the stop signals on to its
+/// process group and following it when it stops and fpl is continued.
+fn wait_forwarding(
+    job: &Job,
+    signals: &Signals,
+    terminal: &Terminal,
+) -> Result<ExitStatus, String> {
+    loop {
+        let mut raw = 0;
+        // SAFETY: waitpid writes the status into `raw`.
+        let got =
+            unsafe { libc::waitpid(job.pid.as_raw(), &mut raw, libc::WNOHANG | libc::WUNTRACED) };
+        if got == job.pid.as_raw() {
+            if !libc::WIFSTOPPED(raw) {
+                return Ok(ExitStatus::from_raw(raw));
+            }
+            if let Ok(signal) = Signal::try_from(libc::WSTOPSIG(raw)) {
+                job.stopped(signal, terminal);
+            }
+            continue;
+        }
+        if got < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(format!("cannot wait: {e}"));
+        }
+        let info = match signals.next() {
+            Ok(info) => info,
+            // Without signals, at least wait for the command (the locks
+            // must outlast it).
+            Err(_) => return wait_blocking(job.pid),
+        };
+        match signal_of(&info) {
+            Some(Signal::SIGCONT) => job.continued(terminal),
+            Some(signal) if STOP.contains(&signal) => job.signal(signal),
+            _ => {}
+        }
+    }
+}
+
+/// Waits for the command to end, nothing else.
+fn wait_blocking(pid: Pid) -> Result<ExitStatus, String> {
+    loop {
+        let mut raw = 0;
+        // SAFETY: waitpid writes the status into `raw`.
+        if unsafe { libc::waitpid(pid.as_raw(), &mut raw, 0) } == pid.as_raw() {
+            return Ok(ExitStatus::from_raw(raw));
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != ErrorKind::Interrupted {
+            return Err(format!("cannot wait: {e}"));
+        }
+    }
+}
+
+/// How fpl ends for a command that ended with `status`. A command killed by
+/// SIGINT or SIGQUIT (Ctrl-C, Ctrl-\) kills fpl by the same signal: a shell
+/// tells "the user interrupted" from an exit status 130 only that way
+/// (`while :; do fpl hold ... -- cmd; done` stops). Otherwise the command's
+/// exit status, or 128+N for a command killed by signal N, as shells report it.
+fn ended_as(status: ExitStatus) -> Ended {
+    match status.signal().and_then(|s| Signal::try_from(s).ok()) {
+        Some(s @ (Signal::SIGINT | Signal::SIGQUIT)) => Ended::Signal(s),
+        _ => Ended::Status(exit_status_of(status)),
+    }
+}
+
+/// The command's exit status, or 128+N for a command killed by signal N.
 fn exit_status_of(status: ExitStatus) -> u8 {
     match (status.code(), status.signal()) {
-        (Some(code), _) => u8::try_from(code & 0xff).unwrap_or(EXIT_ERROR),
-        (None, Some(signal)) => u8::try_from(128 + signal).unwrap_or(EXIT_ERROR),
-        (None, None) => EXIT_ERROR,
+        (Some(code), _) => u8::try_from(code & 0xff).unwrap_or(EXIT_HOLD_ERROR),
+        (None, Some(signal)) => u8::try_from(128 + signal).unwrap_or(EXIT_HOLD_ERROR),
+        (None, None) => EXIT_HOLD_ERROR,
     }
 }

@@ -5,6 +5,8 @@ use std::path::Path;
 
 use fpl::Error;
 
+use crate::escape;
+
 /// What the user can do about `e`, when the errno says it.
 pub fn hint(e: &Error) -> Option<&'static str> {
     if e.conflict().is_some() {
@@ -28,10 +30,10 @@ pub fn hint(e: &Error) -> Option<&'static str> {
 }
 
 /// The message for `e` on `path`, with the path in front unless the message
-/// already names it.
+/// already names it; untrusted text escaped (see `escape`).
 pub fn message(path: &Path, e: &Error) -> String {
-    let shown = path.to_string_lossy();
-    let msg = e.to_string();
+    let shown = escape::path(path);
+    let msg = escape::error(e);
     if msg.contains(&format!("'{shown}'")) {
         msg
     } else {
@@ -41,8 +43,8 @@ pub fn message(path: &Path, e: &Error) -> String {
 
 /// Prints `e` on standard error as `fpl: MESSAGE`, and the hint if any.
 pub fn print_error(path: &Path, e: &Error) {
-    eprintln!("fpl: {}", message(path, e));
+    diag!("fpl: {}", message(path, e));
     if let Some(hint) = hint(e) {
-        eprintln!("fpl: hint: {hint}");
+        diag!("fpl: hint: {hint}");
     }
 }

@@ -31,7 +31,7 @@ impl Signals {
         let watched: Vec<Signal> = wanted
             .iter()
             .copied()
-            .filter(|s| *s == Signal::SIGCHLD || !is_ignored(*s))
+            .filter(|s| !STOP.contains(s) || !is_ignored(*s))
             .collect();
         let mut mask = SigSet::empty();
         for s in &watched {
@@ -104,13 +104,35 @@ impl Signals {
     }
 }
 
+/// Ends this process by `signal`, the way careful wrappers pass on a
+/// signal that ended their child: default action, unblocked, raised. No
+/// core file: the command's SIGQUIT is not fpl's crash. Returns 128+N only
+/// if fpl somehow survives it.
+pub fn die_of(signal: Signal) -> u8 {
+    let no_core = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    let mut set = SigSet::empty();
+    set.add(signal);
+    // SAFETY: setrlimit reads a valid struct; no handler is installed, only
+    // the default action restored.
+    unsafe {
+        libc::setrlimit(libc::RLIMIT_CORE, &no_core);
+        let _ = nix::sys::signal::signal(signal, nix::sys::signal::SigHandler::SigDfl);
+    }
+    let _ = nix::sys::signal::raise(signal);
+    let _ = nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_UNBLOCK, Some(&set), None);
+    u8::try_from(128 + signal as i32).unwrap_or(u8::MAX)
+}
+
 /// The signal a signalfd record is about.
 pub fn signal_of(info: &siginfo) -> Option<Signal> {
     Signal::try_from(i32::try_from(info.ssi_signo).ok()?).ok()
 }
 
 /// Whether `signal`'s disposition is SIG_IGN.
-fn is_ignored(signal: Signal) -> bool {
+pub fn is_ignored(signal: Signal) -> bool {
     // SAFETY: a null new action only reads the current one into `old`, a
     // plain C struct for which all-zero is a valid value.
     unsafe {

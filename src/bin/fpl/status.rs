@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 use fpl::{Error, Held, Holder, Status};
 
-use crate::{json, out, report, EXIT_ERROR, EXIT_OK};
+use crate::{escape, json, out, report, EXIT_ERROR, EXIT_OK};
 
 /// `fpl status`.
 #[derive(Debug, Args)]
@@ -31,9 +31,11 @@ Each image is `free`, or one line per holder says what it uses and what it
 does not share, in QEMU's words. Bytes held by nobody visible are reported as
 `held by a process fpl cannot see` (another host sharing the file
 system, another PID namespace, or a process fpl may not inspect): never as
-free.
+free. Control characters in process names and paths are shown escaped
+(`\\x1b`, `\\t`, `\\u{9b}`, and `\\\\` for a backslash); --json gives them exactly.
 
-Exit status: 0 if every image could be inspected, 2 otherwise.
+Exit status: 0 if every image could be inspected, 2 otherwise (or if the
+output could not be written; a closed pipe, as with `| head`, is no error).
 
 JSON (--json): an array with one object per image, in command-line order,
 each on a line of its own:
@@ -103,7 +105,7 @@ pub fn run(args: &StatusArgs) -> u8 {
 
 /// The lines `fpl status` prints for one inspected image.
 pub fn describe_status(path: &Path, status: &Status, holders_looked_up: bool) -> Vec<String> {
-    let path = path.to_string_lossy();
+    let path = escape::path(path);
     if status.held.is_empty() && status.holders.is_empty() {
         return vec![format!("{path}: free")];
     }
@@ -152,7 +154,7 @@ fn who(h: &Holder) -> String {
     if h.name.is_empty() {
         format!("pid {} (fd {})", h.pid, h.fd)
     } else {
-        format!("{} (pid {}, fd {})", h.name, h.pid, h.fd)
+        format!("{} (pid {}, fd {})", escape::escape(&h.name), h.pid, h.fd)
     }
 }
 
