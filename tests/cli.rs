@@ -1408,6 +1408,49 @@ fn wait_gives_up_like_check() {
     );
 }
 
+/// `hold --wait` retries every 100 ms; the holder is looked up (one walk of
+/// /proc) only for the lines it prints, after every lock of the attempt is
+/// released, never on each retry. Counted with strace: the walks open the
+/// /proc folder itself.
+#[test]
+fn wait_looks_up_the_holder_once_per_line_not_per_retry() {
+    let dir = TempDir::new("hold-wait-scans");
+    let free = dir.raw("free.raw");
+    let busy = dir.raw("busy.raw");
+    let qemu_io = qemu_io_holding(&busy);
+    let trace = dir.path().join("trace");
+    let out = Command::new("strace")
+        .args(["-f", "-qq", "-e", "trace=openat", "-o"])
+        .arg(&trace)
+        .arg(FPL)
+        .args(["hold", "--wait", "1.5", "--mode", "exclusive"])
+        .args([&free, &busy])
+        .args(["--", "true"])
+        .output()
+        .expect("strace runs (apt-get install strace)");
+    expect_status(&out, 75);
+    let err = text(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "held by qemu-io (pid {})); waiting",
+            qemu_io.pid()
+        )),
+        "{err}"
+    );
+    let trace = std::fs::read_to_string(&trace).expect("strace wrote its trace");
+    let walks = trace
+        .lines()
+        .filter(|l| l.contains("openat(AT_FDCWD, \"/proc\", "))
+        .count();
+    let attempts = trace
+        .lines()
+        .filter(|l| l.contains("busy.raw") && l.contains("O_PATH"))
+        .count();
+    assert!(attempts >= 5, "only {attempts} attempts in 1.5 s:\n{trace}");
+    // One walk for the "waiting" line, one for the final message.
+    assert_eq!(walks, 2, "{walks} walks of /proc for {attempts} attempts");
+}
+
 // ---------------------------------------------------------------- demo, help
 
 #[test]

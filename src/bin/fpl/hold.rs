@@ -11,7 +11,7 @@ use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use fpl::{Error, Lock};
+use fpl::{Error, Lock, Options};
 use nix::sys::signal::{signal, SigHandler, Signal};
 use nix::unistd::Pid;
 
@@ -131,24 +131,35 @@ fn acquire_waiting(args: &HoldArgs) -> Result<Vec<(PathBuf, Lock)>, u8> {
     let deadline = args.wait.map(|w| Instant::now() + w);
     let mut announced = false;
     loop {
-        let (path, e) = match acquire_all(args) {
+        let (path, mut e) = match acquire_all(args) {
             Ok(locks) => return Ok(locks),
             Err(failure) => failure,
         };
+        // Every lock of this attempt is released by now: only then is /proc
+        // walked for the holder, and only for a line that is printed (never
+        // on the silent retries of --wait).
         let left = deadline.and_then(|d| d.checked_duration_since(Instant::now()));
-        match (e.conflict(), left) {
-            (Some(conflict), Some(left)) if !left.is_zero() => {
+        match (e.conflict().is_some(), left) {
+            (true, Some(left)) if !left.is_zero() => {
                 if !announced {
+                    e.look_up_holder();
+                    let held_by = e
+                        .conflict()
+                        .and_then(|c| c.holder.as_ref())
+                        .map_or_else(String::new, |h| {
+                            format!(", held by {} (pid {})", escape::escape(&h.name), h.pid)
+                        });
                     diag!(
-                        "fpl: {}: in use ({}); waiting",
+                        "fpl: {}: in use ({}{held_by}); waiting",
                         escape::path(&path),
-                        conflict.qemu_message()
+                        e.conflict().map(|c| c.qemu_message()).unwrap_or_default()
                     );
                     announced = true;
                 }
                 sleep(RETRY.min(left));
             }
-            (Some(_), _) => {
+            (true, _) => {
+                e.look_up_holder();
                 diag!(
                     "fpl: {}: cannot take {}: {}",
                     escape::path(&path),
@@ -157,7 +168,7 @@ fn acquire_waiting(args: &HoldArgs) -> Result<Vec<(PathBuf, Lock)>, u8> {
                 );
                 return Err(EXIT_HOLD_CONFLICT);
             }
-            (None, _) => {
+            (false, _) => {
                 report::print_error(&path, &e);
                 return Err(EXIT_HOLD_ERROR);
             }
@@ -171,7 +182,12 @@ fn acquire_waiting(args: &HoldArgs) -> Result<Vec<(PathBuf, Lock)>, u8> {
 /// would conflict with the first.
 fn acquire_all(args: &HoldArgs) -> Result<Vec<(PathBuf, Lock)>, (PathBuf, Error)> {
     let request = args.access.request();
-    let options = args.access.options();
+    // No holder is looked up while this attempt still holds other images:
+    // the caller does it once everything is released.
+    let options = Options {
+        skip_holder_lookup: true,
+        ..args.access.options()
+    };
     let mut locks: Vec<(PathBuf, Lock)> = Vec::with_capacity(args.images.len());
     let mut inodes = Vec::with_capacity(args.images.len());
     for path in &args.images {
