@@ -101,6 +101,13 @@ pub const FPL_NAME_SIZE: usize = 64;
 /// close-on-exec descriptor. Created by fpl_acquire or fpl_acquire_fd, freed
 /// by fpl_release. Not thread-safe: use a handle from one thread at a time
 /// (it may be released on another thread than it was acquired on).
+///
+/// Fork: a child inherits the handle's descriptor, which shares the
+/// parent's open file description and so its locks. The locks stay the
+/// acquiring process's: in any other process fpl_release only closes that
+/// process's copy (returns 0, the parent keeps every byte) and fpl_update
+/// fails with `-EPERM`. A child that exits, or calls exec (the descriptor is
+/// close-on-exec), lets go of its copy by itself.
 pub struct fpl_lock {
     _private: [u8; 0],
 }
@@ -311,9 +318,16 @@ unsafe fn handle_mut<'a>(lock: *mut fpl_lock) -> Result<&'a mut Lock, Error> {
     unsafe { lock.cast::<Lock>().as_mut() }.ok_or_else(|| Error::invalid("lock is NULL"))
 }
 
-/// Opens PATH (read-only, close-on-exec, O_NOCTTY, O_NONBLOCK so that a FIFO
-/// never blocks) and takes the locks for (PERM, SHARED): lock, test, roll
-/// back on conflict.
+/// Opens PATH and takes the locks for (PERM, SHARED): lock, test, roll back
+/// on conflict. Opening has no side effects: PATH is first opened with
+/// O_PATH and its type checked; only a regular file or block device is then
+/// opened for reading (the same inode, close-on-exec, O_NOCTTY, O_NONBLOCK),
+/// so a FIFO, a terminal or a watchdog device is never opened for I/O. A
+/// conflict names a holder (a walk of /proc after the rollback, at most
+/// about 1 s) unless FLAGS has FPL_FLAG_NO_HOLDER_LOOKUP. Closing
+/// libfpl's descriptor never drops a POSIX lock (F_SETLK) this process holds
+/// on the image: while it holds one, the descriptor is kept open, holding
+/// nothing, and closed by a later libfpl call once the process holds none.
 ///
 /// Returns 0 and stores a new handle in *OUT; or `-EAGAIN` on a conflict
 /// (details in ERR, nothing held), `-EINVAL` for NULL PATH or OUT or unknown
@@ -391,13 +405,20 @@ pub unsafe extern "C" fn fpl_acquire_fd(
 }
 
 /// Changes the permissions of a held lock to (PERM, SHARED) under FLAGS
-/// (FPL_FLAG_EXACT applies to the new request), QEMU's prepare / commit /
-/// abort: lock the union of old and new bytes, test the new set, then drop
-/// what is no longer needed or what was just added. On failure the lock is
-/// left exactly as it was. A change that only loosens is never tested and
-/// never fails on a conflict.
+/// (FPL_FLAG_EXACT and FPL_FLAG_NO_HOLDER_LOOKUP apply to this change),
+/// QEMU's prepare / commit / abort: lock the union of old and new bytes,
+/// test the new set, then drop what is no longer needed or what was just
+/// added. On a conflict the lock is left exactly as it was. A change that
+/// only loosens is never tested and never fails on a conflict.
 ///
-/// Returns 0, `-EAGAIN` on a conflict, `-EINVAL` for a NULL LOCK or unknown bits.
+/// Returns 0, `-EAGAIN` on a conflict, `-EINVAL` for a NULL LOCK or unknown
+/// bits, `-EPERM` in another process than the one that acquired the lock (a
+/// forked child; nothing changes). Where the file system fails an unlock
+/// (never seen on local file systems), the error says what is left, and
+/// nothing is left silently: after a failed abort ERR's message names the
+/// bytes that may still be held (the handle keeps them, for fpl_release);
+/// after a failed commit the new permissions are in effect and the message
+/// names the old bytes still held until fpl_release.
 ///
 /// # Safety
 /// LOCK: NULL or a live handle, not used by another thread during the call.
@@ -419,12 +440,17 @@ pub unsafe extern "C" fn fpl_update(
 }
 
 /// Unlocks every byte the handle locked, closes its descriptor and frees it.
-/// A forked child that still has a copy of the descriptor cannot keep the
-/// image locked: the bytes are unlocked explicitly whenever the process has
-/// forked since the lock was taken (or the descriptor was the caller's);
-/// otherwise closing the handle's only descriptor drops them at once. NULL
-/// is a no-op returning 0. Returns a negative errno if unlocking failed;
-/// the handle is freed all the same.
+/// The bytes are always unlocked explicitly (one fcntl call for a handle of
+/// fpl_acquire, one per run of bytes for fpl_acquire_fd, whose description
+/// may hold other locks of the caller's that are never touched), so a child
+/// that still has a copy of the descriptor (fork, vfork, posix_spawn before
+/// its exec, clone) cannot keep the image locked: when it returns 0, nothing
+/// of the handle is held. In another process than the one that acquired
+/// the lock (a forked child), nothing is unlocked: only that process's copy
+/// of the descriptor is closed, and the acquirer keeps its locks. NULL is a
+/// no-op returning 0. Returns a negative errno if unlocking failed (the
+/// message is not available: closing the descriptor then drops the bytes
+/// unless another process has a copy); the handle is freed all the same.
 ///
 /// # Safety
 /// LOCK: NULL or a live handle, never used again afterwards. Any thread.
@@ -463,7 +489,9 @@ pub unsafe extern "C" fn fpl_check(
 }
 
 /// Which bytes are held on PATH by anybody (this process's other handles
-/// included): bytes 100-103 / 200-203 as bits, 104/204 as
+/// included; opened as fpl_acquire opens, without side effects, and closed
+/// without dropping this process's POSIX locks): bytes 100-103 / 200-203 as
+/// bits, 104/204 as
 /// FPL_STATUS_LEGACY, byte 0 as FPL_STATUS_LIBVIRT. With FPL_QUERY_HOLDERS,
 /// the processes holding them are found in /proc: up to CAP are written to
 /// HOLDERS (by pid, then descriptor), and STATUS->n_holders counts all. A
