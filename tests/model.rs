@@ -393,3 +393,182 @@ fn the_semantics_know_what_conflicts() {
     assert!(conflict(wu, r(Mode::Read, false)));
     assert!(!conflict(wu, r(Mode::ReadShared, false)));
 }
+
+// ------------------------------------------------------ forks and spawns
+//
+// A second model: one party P holds a request on its own open file
+// description, a child gets a copy of the descriptor (fork runs the
+// pthread_atfork handlers; posix_spawn, vfork, clone and raw
+// syscall(SYS_fork) do not), and a party Q acquires meanwhile. The kernel
+// facts (PROTOCOL.md §3): the locks belong to the description, an explicit
+// unlock through any copy removes them, and closing one copy drops them
+// only when no other copy is left.
+
+/// How a child got its copy of P's descriptor.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+enum Child {
+    /// fork(): atfork handlers run; the child may call release itself.
+    Fork,
+    /// posix_spawn, vfork, clone: no handler runs; the child execs (or
+    /// exits) and never calls libfpl.
+    Spawn,
+}
+
+/// What release does: libfpl's rule, or the optimisation it dropped.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Release {
+    /// Unlock explicitly in the acquiring process; in any other process
+    /// only close the copy.
+    Explicit,
+    /// The old rule: close without unlocking when the atfork counter saw no
+    /// fork; a child's release unlocks the shared description.
+    SkipUnlockIfNoForkSeen,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+enum Copy {
+    None,
+    /// Alive; `seen`: the atfork counter saw it.
+    Alive { seen: bool },
+    Gone,
+}
+
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+struct Lifecycle {
+    /// Bytes on P's description.
+    p_held: u16,
+    /// P has released (its release returned).
+    p_released: bool,
+    /// P closed its descriptor without unlocking: the bytes go with the
+    /// last copy.
+    p_closed: bool,
+    copy: Copy,
+    child_released: bool,
+    q_phase: Phase,
+    q_held: u16,
+}
+
+fn lifecycle(p: Request, child: Child, q: Request, rule: Release) -> Outcome {
+    let q_party = acquire(q, Order::LockThenTest);
+    let start = Lifecycle {
+        p_held: mask(p.plan().lock),
+        p_released: false,
+        p_closed: false,
+        copy: Copy::None,
+        child_released: false,
+        q_phase: Phase::Running(0),
+        q_held: 0,
+    };
+    let mut seen: HashSet<Lifecycle> = HashSet::new();
+    let mut stack = vec![start];
+    while let Some(s) = stack.pop() {
+        if !seen.insert(s.clone()) {
+            continue;
+        }
+        if !s.p_released && s.q_phase == Phase::Holding && conflict(p, q) {
+            return Outcome {
+                states: seen.len(),
+                violation: Some(format!("P {p:?} and Q {q:?} both hold in {s:?}")),
+            };
+        }
+        if s.p_released && s.p_held != 0 {
+            return Outcome {
+                states: seen.len(),
+                violation: Some(format!("P's release returned, its bytes stay: {s:?}")),
+            };
+        }
+        let mut next = Vec::new();
+        // The child is made, while P holds.
+        if s.copy == Copy::None && !s.p_released {
+            let mut n = s.clone();
+            n.copy = Copy::Alive {
+                seen: child == Child::Fork,
+            };
+            next.push(n);
+        }
+        if let Copy::Alive { .. } = s.copy {
+            // A forked child releases its copy of the handle.
+            if child == Child::Fork && !s.child_released {
+                let mut n = s.clone();
+                n.child_released = true;
+                if rule == Release::SkipUnlockIfNoForkSeen {
+                    n.p_held = 0;
+                }
+                n.copy = Copy::Gone;
+                if n.p_closed {
+                    n.p_held = 0;
+                }
+                next.push(n);
+            }
+            // The child exits or execs: its copy is closed.
+            let mut n = s.clone();
+            n.copy = Copy::Gone;
+            if n.p_closed {
+                n.p_held = 0;
+            }
+            next.push(n);
+        }
+        // P releases.
+        if !s.p_released {
+            let mut n = s.clone();
+            n.p_released = true;
+            let alive = matches!(s.copy, Copy::Alive { .. });
+            let fork_seen = matches!(s.copy, Copy::Alive { seen: true } | Copy::Gone)
+                && child == Child::Fork;
+            match rule {
+                Release::Explicit => n.p_held = 0,
+                Release::SkipUnlockIfNoForkSeen if fork_seen => n.p_held = 0,
+                Release::SkipUnlockIfNoForkSeen if alive => n.p_closed = true,
+                Release::SkipUnlockIfNoForkSeen => n.p_held = 0,
+            }
+            next.push(n);
+        }
+        // Q takes a step of its acquisition, against P's description.
+        let both = State {
+            phase: vec![Phase::Holding, s.q_phase],
+            held: vec![s.p_held, s.q_held],
+        };
+        if let Some(after) = step(&q_party, 1, &both) {
+            let mut n = s.clone();
+            n.q_phase = after.phase[1];
+            n.q_held = after.held[1];
+            next.push(n);
+        }
+        stack.extend(next);
+    }
+    Outcome {
+        states: seen.len(),
+        violation: None,
+    }
+}
+
+#[test]
+fn forked_and_spawned_children_never_let_conflicting_requests_coexist() {
+    let mut states = 0;
+    for p in requests() {
+        for q in requests() {
+            for child in [Child::Fork, Child::Spawn] {
+                let out = lifecycle(p, child, q, Release::Explicit);
+                assert_eq!(out.violation, None, "{child:?}");
+                states += out.states;
+            }
+        }
+    }
+    println!("forks and spawns: {states} states explored, no violation");
+}
+
+#[test]
+fn the_explorer_finds_what_skipping_the_unlock_did() {
+    let write = Request::new(Mode::Write.perm(), Mode::Write.shared());
+    // A forked child's release unlocked the parent's description: a second
+    // writer gets in while the first still holds.
+    let out = lifecycle(write, Child::Fork, write, Release::SkipUnlockIfNoForkSeen);
+    let violation = out.violation.expect("a child's release lets a writer in");
+    assert!(violation.contains("both hold"), "{violation}");
+    // A spawned child (no atfork handler) kept the bytes after a release
+    // that skipped the unlock.
+    let reader = Request::new(Mode::ReadShared.perm(), Mode::ReadShared.shared());
+    let out = lifecycle(write, Child::Spawn, reader, Release::SkipUnlockIfNoForkSeen);
+    let violation = out.violation.expect("a spawned child keeps the bytes");
+    assert!(violation.contains("release returned"), "{violation}");
+}
