@@ -10,12 +10,21 @@
  * FPL_SOAK_SECONDS, as many rounds as fit in that time. QEMU writers are
  * serialised among themselves with flock(2) on a side file (a separate
  * lock space): two raw qemu-io writers share write by QEMU's own rules, so
- * only their races against libfpl are this test's subject. */
+ * only their races against libfpl are this test's subject.
+ *
+ * Forks and spawns: every 8th round a libfpl party forks, inside its
+ * critical section, a child that releases its copy of the handle (as a
+ * child's atexit handler or destructor would) and exits; the parent must
+ * stay alone inside. Every 8th round, 4 later, it raw-forks
+ * (syscall(SYS_fork), which runs no atfork handler, like posix_spawn and
+ * vfork) a child that outlives the release by a moment: the image must
+ * still be free for the others at once. */
 #include "qemu_harness.h"
 
 #include <stdatomic.h>
 #include <sys/file.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
 
 #define WORKERS 8
 #define REGION 4096
@@ -80,6 +89,22 @@ static void libfpl_worker(int id, enum role role) {
             continue;
         }
         atomic_fetch_add(&sh->inside[id], 1);
+        if (lock && r % 8 == 0) {
+            pid_t child = fork();
+            if (child == 0) _exit(fpl_release(lock) == 0 ? 0 : 1);
+            int status = 0;
+            if (child < 0 || waitpid(child, &status, 0) != child || status != 0)
+                atomic_fetch_add(&sh->errors, 1);
+        }
+        pid_t lingering = -1;
+        if (lock && r % 8 == 4) {
+            lingering = (pid_t)syscall(SYS_fork);
+            if (lingering == 0) {
+                struct timespec ts = {0, 2000000};
+                nanosleep(&ts, NULL);
+                _exit(0);
+            }
+        }
         if (role == READER) {
             atomic_fetch_add(&sh->readers_inside, 1);
             if (atomic_load(&sh->writers_inside)) violation("reader %d round %ld met a writer", id, r);
@@ -101,6 +126,7 @@ static void libfpl_worker(int id, enum role role) {
             atomic_fetch_sub(&sh->writers_inside, 1);
         }
         if (lock && fpl_release(lock) != 0) atomic_fetch_add(&sh->errors, 1);
+        if (lingering > 0) waitpid(lingering, NULL, 0);
     }
     close(data);
 }
