@@ -544,6 +544,26 @@ fn untrusted_names_are_escaped_in_text_and_exact_in_json() {
     assert_eq!(value[0]["conflict"]["holder"]["name"], name, "{json}");
 }
 
+/// The kernel cuts a process name at 15 bytes, here inside the 2 bytes of
+/// "é": the name is shown with U+FFFD for the broken byte, never dropped.
+#[test]
+fn a_name_cut_inside_a_character_is_shown_lossily() {
+    let dir = TempDir::new("status-cut-name");
+    let image = dir.raw("a.raw");
+    let holder = renamed_holder(&image, "abcdefghijklmné");
+    let json = expect_status(&fpl(&["status", "--json", s(&image)]), 0);
+    let value: Value = serde_json::from_str(&json).expect("status --json prints JSON");
+    assert_eq!(
+        value[0]["holders"][0]["name"], "abcdefghijklmn\u{fffd}",
+        "{json}"
+    );
+    let out = expect_status(&fpl(&["status", s(&image)]), 0);
+    assert!(
+        out.contains(&format!("abcdefghijklmn\u{fffd} (pid {}", holder.pid())),
+        "{out}"
+    );
+}
+
 #[test]
 fn untrusted_paths_are_escaped_too() {
     let dir = TempDir::new("path-escape");

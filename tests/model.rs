@@ -429,7 +429,9 @@ enum Release {
 enum Copy {
     None,
     /// Alive; `seen`: the atfork counter saw it.
-    Alive { seen: bool },
+    Alive {
+        seen: bool,
+    },
     Gone,
 }
 
@@ -513,8 +515,8 @@ fn lifecycle(p: Request, child: Child, q: Request, rule: Release) -> Outcome {
             let mut n = s.clone();
             n.p_released = true;
             let alive = matches!(s.copy, Copy::Alive { .. });
-            let fork_seen = matches!(s.copy, Copy::Alive { seen: true } | Copy::Gone)
-                && child == Child::Fork;
+            let fork_seen =
+                matches!(s.copy, Copy::Alive { seen: true } | Copy::Gone) && child == Child::Fork;
             match rule {
                 Release::Explicit => n.p_held = 0,
                 Release::SkipUnlockIfNoForkSeen if fork_seen => n.p_held = 0,
