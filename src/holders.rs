@@ -230,22 +230,11 @@ pub fn scan_until(targets: &[Target], deadline: Option<Instant>) -> Scan {
     let parts: Vec<(Vec<Vec<Holder>>, bool)> = if threads == 1 {
         vec![scan_pids(&pids, targets, deadline)]
     } else {
-        std::thread::scope(|s| {
-            let mut parts = Vec::with_capacity(threads);
-            let mut handles = Vec::with_capacity(threads);
-            for part in pids.chunks(chunk) {
-                let spawned = std::thread::Builder::new()
-                    .spawn_scoped(s, move || scan_pids(part, targets, deadline));
-                match spawned {
-                    Ok(handle) => handles.push(handle),
-                    Err(_) => parts.push(scan_pids(part, targets, deadline)),
-                }
-            }
-            for handle in handles {
-                parts.push(handle.join().unwrap_or_else(|_| (Vec::new(), true)));
-            }
-            parts
-        })
+        let mut jobs: Vec<Job> = pids
+            .chunks(chunk)
+            .map(|part| Job::start(part.to_vec(), targets.to_vec(), deadline))
+            .collect();
+        jobs.iter_mut().map(Job::finish).collect()
     };
     for (found, refused) in parts {
         out.refused |= refused;
@@ -257,6 +246,93 @@ pub fn scan_until(targets: &[Target], deadline: Option<Instant>) -> Scan {
         hs.sort_by_key(|h| (h.pid, h.fd));
     }
     out
+}
+
+/// A share of the walk on a thread of its own, made with `pthread_create`
+/// rather than std's threads: spawning a std thread (or a scope) puts
+/// thread-local state with destructors into the *calling* thread, and a
+/// thread-local destructor keeps a shared library loaded, so a plugin host
+/// could never unload libfpl.so again (dlclose would leave it mapped).
+struct Job {
+    work: Box<Work>,
+    thread: Option<libc::pthread_t>,
+}
+
+struct Work {
+    pids: Vec<i32>,
+    targets: Vec<Target>,
+    deadline: Option<Instant>,
+    out: Option<(Vec<Vec<Holder>>, bool)>,
+}
+
+extern "C" fn run_work(arg: *mut libc::c_void) -> *mut libc::c_void {
+    // SAFETY: `arg` is the Work that Job::start boxed; Job::finish reads it
+    // only after joining this thread, and nothing else touches it meanwhile.
+    let work = unsafe { &mut *arg.cast::<Work>() };
+    // A panic must never unwind out of a C thread start routine.
+    work.out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        scan_pids(&work.pids, &work.targets, work.deadline)
+    }))
+    .ok();
+    std::ptr::null_mut()
+}
+
+impl Job {
+    /// Starts the share on a new thread; where none can be made, it is done
+    /// here and now.
+    fn start(pids: Vec<i32>, targets: Vec<Target>, deadline: Option<Instant>) -> Job {
+        let mut work = Box::new(Work {
+            pids,
+            targets,
+            deadline,
+            out: None,
+        });
+        let arg: *mut Work = &mut *work;
+        // SAFETY: pthread_t is plain data; the start routine gets a pointer
+        // to the boxed Work, which outlives the thread (finish joins it
+        // before the box can be dropped).
+        let thread = unsafe {
+            let mut thread: libc::pthread_t = std::mem::zeroed();
+            let rc = libc::pthread_create(&mut thread, std::ptr::null(), run_work, arg.cast());
+            (rc == 0).then_some(thread)
+        };
+        if thread.is_none() {
+            work.out = Some(scan_pids(&work.pids, &work.targets, work.deadline));
+        }
+        Job { work, thread }
+    }
+
+    /// Waits for the share: its holders, and whether some process went
+    /// uninspected (also when the thread failed).
+    fn finish(&mut self) -> (Vec<Vec<Holder>>, bool) {
+        if let Some(thread) = self.thread.take() {
+            // SAFETY: a thread this Job created and nobody joined yet.
+            let rc = unsafe { libc::pthread_join(thread, std::ptr::null_mut()) };
+            if rc != 0 {
+                // Not joined: the thread may still use the Work, so it is
+                // never freed (a leak, never a use after free).
+                let work = std::mem::replace(
+                    &mut self.work,
+                    Box::new(Work {
+                        pids: Vec::new(),
+                        targets: Vec::new(),
+                        deadline: None,
+                        out: None,
+                    }),
+                );
+                std::mem::forget(work);
+                return (Vec::new(), true);
+            }
+        }
+        self.work.out.take().unwrap_or_else(|| (Vec::new(), true))
+    }
+}
+
+impl Drop for Job {
+    fn drop(&mut self) {
+        // Never free the Work under a running thread.
+        let _ = self.finish();
+    }
 }
 
 /// The holders among `pids`, and whether one could not be inspected (or
