@@ -150,7 +150,14 @@ impl Lock {
         let added = plan.lock.minus(self.held).minus(self.foreign);
         let keep = self.held.union(self.foreign);
         // Prepare: take the new bytes (the union of old and new is held).
-        let mut failure = lock_bytes(fd, self.flavor, added, keep, self.private).err();
+        let mut failure = match lock_bytes(fd, self.flavor, added, keep, self.private) {
+            Ok(()) => None,
+            Err((failure, None)) => Some(failure),
+            Err((failure, Some(errno))) => {
+                self.held = self.held.union(added);
+                return Err(self.rollback_failed(failure, errno, added));
+            }
+        };
         if failure.is_none() && !skip_tests {
             if let Err(e) = run_tests(fd, self.flavor, &plan.tests) {
                 // Abort: drop exactly what prepare took.
@@ -197,9 +204,15 @@ impl Lock {
         Error::os(
             errno,
             format!(
-                "{conflict}\nand rolling back failed: bytes {} may still be held by this \
-                 handle until it is released",
-                list(added)
+                "{conflict}\nand rolling back failed: bytes {} may still be held{}",
+                list(added),
+                if self.private {
+                    " (an update's handle unlocks them again at release; a failed \
+                     acquire's descriptor is closed, which drops them)"
+                } else {
+                    " on the caller's descriptor (an update's handle unlocks them \
+                     again at release)"
+                }
             ),
         )
     }
@@ -411,26 +424,24 @@ impl Failure {
 
 /// Locks `bytes` run by run. On failure, what this call took is unlocked
 /// again and the first byte (ascending, as QEMU locks) that cannot be locked
-/// is named.
+/// is named, with the errno of a failed unlock if giving back failed.
 fn lock_bytes(
     fd: BorrowedFd<'_>,
     flavor: Flavor,
     bytes: ByteSet,
     keep: ByteSet,
     private: bool,
-) -> Result<(), Failure> {
+) -> Result<(), (Failure, Option<Errno>)> {
     let mut taken = ByteSet::EMPTY;
     for (first, len) in bytes.run_iter() {
         if let Err(errno) = fcntl::lock_read(fd, flavor, first, len) {
-            // Nothing was taken yet, or it cannot be given back: either way
-            // the failure to lock is what the caller must hear first.
-            let _ = unlock_bytes(fd, flavor, taken, keep, private);
+            let unlocked = unlock_bytes(fd, flavor, taken, keep, private).err();
             // The failed call took nothing (F_SETLK is all or nothing); find
             // which byte of the run per-byte locking would have stopped at.
             let run: ByteSet = (first..first + len).collect();
             let blocked = find_blocked(fd, flavor, run, false).ok().flatten();
             let (byte, found) = blocked.map_or((first, None), |(b, f)| (b, Some(f)));
-            return Err(Failure::Locked(byte, errno, found));
+            return Err((Failure::Locked(byte, errno, found), unlocked));
         }
         taken = taken.union((first..first + len).collect());
     }
