@@ -45,6 +45,16 @@ static fpl_lock *acquire_write(const char *img) {
     return rc == 0 ? lock : NULL;
 }
 
+/* Starts the case NAME: its image NAME.img, held with the write preset
+ * (NULL, counted as a failure, if that fails). */
+static fpl_lock *begin_case(const char *name, const char **img) {
+    h_test = name;
+    char file[64];
+    snprintf(file, sizeof file, "%s.img", name);
+    *img = h_image(file);
+    return acquire_write(*img);
+}
+
 /* Runs `qemu-io -f raw -c 'write 0 4k' IMG`: 1 if QEMU refused to open the
  * image for writing because of a lock, 0 if it wrote, -1 otherwise. */
 static int qemu_write_refused(const char *img) {
@@ -120,11 +130,8 @@ static void release_at_exit(void) {
 enum child_does { CHILD_RELEASE, CHILD_EXIT_ATEXIT, CHILD_UPDATE };
 
 static void fork_child_leaves_parent_alone(enum child_does what, const char *name) {
-    h_test = name;
-    char file[64];
-    snprintf(file, sizeof file, "%s.img", name);
-    const char *img = h_image(file);
-    fpl_lock *lock = acquire_write(img);
+    const char *img;
+    fpl_lock *lock = begin_case(name, &img);
     if (!lock) return;
     int rep[2];
     if (pipe2(rep, O_CLOEXEC) != 0) h_die("pipe");
@@ -237,11 +244,8 @@ static int clone_child(void *arg) {
 enum spawn_kind { SPAWN_FORK, SPAWN_SYS_FORK, SPAWN_CLONE };
 
 static void release_while_forked_child_lives(enum spawn_kind kind, const char *name) {
-    h_test = name;
-    char file[64];
-    snprintf(file, sizeof file, "%s.img", name);
-    const char *img = h_image(file);
-    fpl_lock *lock = acquire_write(img);
+    const char *img;
+    fpl_lock *lock = begin_case(name, &img);
     if (!lock) return;
     int go[2];
     if (pipe2(go, O_CLOEXEC) != 0) h_die("pipe");
