@@ -292,8 +292,14 @@ fn mount_overlay(tmp: &TempDir, lower: &Path, upper: &Path) -> Mount {
 }
 
 /// tests/fuse/lockfail.c mounted in the foreground (single-threaded) at a
-/// new folder; `mode` is enolck, eopnotsupp, einval or local.
+/// new folder; `mode` is one of lockfail's modes (enolck, local, ...).
 fn mount_fuse(tmp: &TempDir, mode: &str) -> Mount {
+    mount_fuse_with(tmp, mode, &["-s"], &[])
+}
+
+/// [`mount_fuse`] with other FUSE options than `-s` (`-o intr` and several
+/// threads, for instance) and environment variables for the daemon.
+fn mount_fuse_with(tmp: &TempDir, mode: &str, options: &[&str], env: &[(&str, &Path)]) -> Mount {
     assert!(
         Path::new("/dev/fuse").exists(),
         "/dev/fuse is missing: the kernel needs FUSE (modprobe fuse)"
@@ -304,7 +310,9 @@ fn mount_fuse(tmp: &TempDir, mode: &str) -> Mount {
     let child = Command::new(exe)
         .arg(mode)
         .arg(&m.dir)
-        .args(["-f", "-s"])
+        .arg("-f")
+        .args(options)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log)
@@ -1021,4 +1029,88 @@ fn fuse_failure_first_does_not_poison_later_locks() {
         assert!(msg.starts_with("Failed to get \"write\" lock"), "{msg}");
         drop(m);
     }
+}
+
+/// A close() that blocks in the file system (a FUSE flush waiting for its
+/// server) stalls nothing but its own release: while thread A's release of
+/// a lock on the FUSE image waits in flush, thread B takes and releases a
+/// lock on an ordinary image 100 times, and A's release then ends well once
+/// the flush is let go, leaving the FUSE image free.
+#[test]
+fn slow_close_does_not_stall_other_releases() {
+    need_root();
+    let tmp = TempDir::new("fs-fuse-slowflush");
+    let control = tmp.path().join("control");
+    fs::create_dir_all(&control).expect("control folder");
+    let m = mount_fuse_with(&tmp, "slowflush", &["-s"], &[("LOCKFAIL_CONTROL", &control)]);
+    let image = m.path().join("disk.img");
+    let ordinary = new_image(&tmp.path().join("ordinary.raw"));
+    let go = control.join("go");
+    // Whatever happens, the flush is let go before the mount is undone.
+    struct LetGo(PathBuf);
+    impl Drop for LetGo {
+        fn drop(&mut self) {
+            let _ = fs::write(&self.0, b"");
+        }
+    }
+    let _let_go = LetGo(go.clone());
+
+    let (acquired_tx, acquired_rx) = std::sync::mpsc::channel();
+    let fuse_image = image.clone();
+    let a = std::thread::spawn(move || {
+        let lock = Lock::acquire(&fuse_image, write_request(), Options::default());
+        let ok = lock.is_ok();
+        let _ = acquired_tx.send(lock.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+        if ok {
+            lock.expect("checked").release().map_err(|e| e.to_string())
+        } else {
+            Ok(())
+        }
+    });
+    let acquired = acquired_rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("thread A never acquired the FUSE image");
+    assert_eq!(acquired, Ok(()), "acquire on the FUSE image");
+    // A's release has reached close(): the file system is in flush.
+    let flushing = control.join("flushing");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !flushing.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "thread A's release never reached the file system's flush"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let b = std::thread::spawn(move || {
+        for i in 0..100 {
+            let lock = Lock::acquire(&ordinary, write_request(), Options::default())
+                .unwrap_or_else(|e| panic!("B's acquire {i}: {e}"));
+            lock.release()
+                .unwrap_or_else(|e| panic!("B's release {i}: {e}"));
+        }
+        let _ = done_tx.send(());
+    });
+    // A generous liveness bound, not a timing: B waiting for A's close
+    // never ends while the flush is held.
+    let finished = done_rx.recv_timeout(Duration::from_secs(60));
+    assert!(
+        !a.is_finished(),
+        "thread A's release returned while its close was still blocked in flush"
+    );
+    assert!(
+        finished.is_ok(),
+        "thread B's 100 acquire + release on another image did not finish while thread A's close was blocked in the FUSE flush"
+    );
+    b.join().expect("thread B");
+
+    fs::write(&go, b"").expect("let the flush go");
+    let released = a.join().expect("thread A");
+    assert_eq!(released, Ok(()), "A's release, once the flush returned");
+    let status = fpl::query(&image, false).expect("query the FUSE image");
+    assert!(status.held.is_empty(), "the FUSE image is still held: {status:?}");
+    let lock = Lock::acquire(&image, write_request(), Options::default())
+        .expect("acquire the FUSE image again");
+    lock.release().expect("release");
 }
