@@ -1042,7 +1042,12 @@ fn slow_close_does_not_stall_other_releases() {
     let tmp = TempDir::new("fs-fuse-slowflush");
     let control = tmp.path().join("control");
     fs::create_dir_all(&control).expect("control folder");
-    let m = mount_fuse_with(&tmp, "slowflush", &["-s"], &[("LOCKFAIL_CONTROL", &control)]);
+    let m = mount_fuse_with(
+        &tmp,
+        "slowflush",
+        &["-s"],
+        &[("LOCKFAIL_CONTROL", &control)],
+    );
     let image = m.path().join("disk.img");
     let ordinary = new_image(&tmp.path().join("ordinary.raw"));
     let go = control.join("go");
@@ -1109,8 +1114,126 @@ fn slow_close_does_not_stall_other_releases() {
     let released = a.join().expect("thread A");
     assert_eq!(released, Ok(()), "A's release, once the flush returned");
     let status = fpl::query(&image, false).expect("query the FUSE image");
-    assert!(status.held.is_empty(), "the FUSE image is still held: {status:?}");
+    assert!(
+        status.held.is_empty(),
+        "the FUSE image is still held: {status:?}"
+    );
     let lock = Lock::acquire(&image, write_request(), Options::default())
         .expect("acquire the FUSE image again");
     lock.release().expect("release");
+}
+
+/// A file system that can take locks but never give them back (lockfail
+/// `unlockeio`: every F_UNLCK fails with EIO): no failed unlock is silent.
+/// A loosening update's commit fails saying the new permissions are in
+/// effect and which bytes stay held; release fails naming the bytes; a
+/// conflict whose abort cannot unlock says so and names the bytes.
+#[test]
+fn fuse_failed_unlocks_are_reported() {
+    need_root();
+    let tmp = TempDir::new("fs-fuse-unlockeio");
+    {
+        let m = mount_fuse(&tmp, "unlockeio");
+        let image = m.path().join("disk.img");
+        let path = c_path(&image);
+        let mut lock = std::ptr::null_mut();
+        let mut err = new_error();
+        // SAFETY: valid pointers.
+        let rc = unsafe {
+            fpl_acquire(
+                path.as_ptr(),
+                FPL_MODE_WRITE_PERM,
+                FPL_MODE_WRITE_SHARE,
+                0,
+                &mut lock,
+                &mut err,
+            )
+        };
+        assert_eq!(rc, 0, "fpl_acquire: {}", message(&err));
+        // Write -> read-shared only loosens: commit must unlock 101, 103, 201-203.
+        // SAFETY: a live handle, valid pointers.
+        let rc = unsafe {
+            fpl_update(
+                lock,
+                FPL_MODE_READ_SHARED_PERM,
+                FPL_MODE_READ_SHARED_SHARE,
+                0,
+                &mut err,
+            )
+        };
+        let msg = message(&err);
+        assert_eq!(
+            (rc, err.code),
+            (-libc::EIO, -libc::EIO),
+            "fpl_update: {msg}"
+        );
+        assert!(
+            msg.contains("the new permissions are in effect")
+                && msg.contains("bytes 101, 103, 201, 202, 203")
+                && msg.contains("stay held"),
+            "fpl_update: {msg}"
+        );
+        // SAFETY: a live handle, not used again.
+        let rc = unsafe { fpl_release(lock) };
+        assert_eq!(
+            rc,
+            -libc::EIO,
+            "fpl_release of a handle whose bytes cannot be unlocked"
+        );
+    }
+    // Each case on a fresh mount: libfuse's lock table still holds what the
+    // last one could not unlock.
+    {
+        let m = mount_fuse(&tmp, "unlockeio");
+        let image = m.path().join("disk.img");
+        // The Rust API gives release's message.
+        let lock = Lock::acquire(&image, write_request(), Options::default())
+            .expect("acquire through the Rust API");
+        let e = lock.release().expect_err("release cannot unlock");
+        assert_eq!(e.errno(), libc::EIO, "{e}");
+        let msg = e.to_string();
+        assert!(
+            msg.contains("cannot unlock bytes 100, 101, 103, 201, 202, 203"),
+            "release: {msg}"
+        );
+    }
+    let m = mount_fuse(&tmp, "unlockeio");
+    let image = m.path().join("disk.img");
+    // Another description unshares write (byte 201): acquiring write locks
+    // its bytes, the test of 201 conflicts, and the abort cannot unlock.
+    let other = fs::File::open(&image).expect("open the FUSE image");
+    // SAFETY: flock is plain old data.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = libc::F_RDLCK as libc::c_short;
+    fl.l_whence = libc::SEEK_SET as libc::c_short;
+    fl.l_start = 201;
+    fl.l_len = 1;
+    // SAFETY: fcntl on an open descriptor with a valid flock.
+    let rc = unsafe {
+        libc::fcntl(
+            std::os::fd::AsRawFd::as_raw_fd(&other),
+            libc::F_OFD_SETLK,
+            &fl,
+        )
+    };
+    assert_eq!(rc, 0, "lock 201: {}", std::io::Error::last_os_error());
+    let e = Lock::acquire(&image, write_request(), Options::default())
+        .expect_err("acquire against a holder of 201");
+    let msg = e.to_string();
+    assert_eq!(e.errno(), libc::EIO, "{msg}");
+    // QEMU's words for a test of byte 201: somebody unshares write.
+    assert!(msg.starts_with("Failed to get \"write\" lock"), "{msg}");
+    assert!(
+        msg.contains("rolling back failed: bytes 100, 101, 103, 201, 202, 203 may still be held"),
+        "{msg}"
+    );
+    // The C ABI returns the failed abort's errno, not -EAGAIN.
+    let (rc, err) = c_acquire(&image);
+    assert_eq!(
+        (rc, err.code),
+        (-libc::EIO, -libc::EIO),
+        "fpl_acquire against a holder of 201 (and of the bytes the abort above left held), abort failing: {}",
+        message(&err)
+    );
+    drop(other);
 }
