@@ -1237,3 +1237,123 @@ fn fuse_failed_unlocks_are_reported() {
     );
     drop(other);
 }
+
+static ALARMS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+extern "C" fn count_alarm(_: libc::c_int) {
+    ALARMS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Signals arriving during slow opens and lock calls (lockfail `slow`,
+/// several threads, interrupts on: an interrupted request fails with EINTR, which
+/// the kernel passes on as the handler has no SA_RESTART) never make
+/// fpl_acquire, fpl_release or fpl_check fail: 50 rounds on a thread that
+/// a timer interrupts every 3 ms all succeed, and the file system's log
+/// shows that it did fail requests with EINTR meanwhile.
+#[test]
+fn fuse_interrupted_calls_are_retried() {
+    need_root();
+    let tmp = TempDir::new("fs-fuse-slow");
+    let m = mount_fuse_with(&tmp, "slow", &[], &[]);
+    let image = m.path().join("disk.img");
+
+    // SIGALRM's handler, without SA_RESTART.
+    // SAFETY: sigaction is plain old data; the handler only touches an atomic.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = count_alarm as extern "C" fn(libc::c_int) as usize;
+        sa.sa_flags = 0;
+        libc::sigemptyset(&mut sa.sa_mask);
+        assert_eq!(libc::sigaction(libc::SIGALRM, &sa, std::ptr::null_mut()), 0);
+    }
+    let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let worker = std::thread::spawn(move || {
+        // SAFETY: gettid has no preconditions.
+        let _ = tid_tx.send(unsafe { libc::gettid() });
+        let _ = go_rx.recv();
+        let path = c_path(&image);
+        let mut failures = Vec::new();
+        for round in 0..50 {
+            let mut lock = std::ptr::null_mut();
+            let mut err = new_error();
+            // SAFETY: valid pointers.
+            let rc = unsafe {
+                fpl_acquire(
+                    path.as_ptr(),
+                    FPL_MODE_WRITE_PERM,
+                    FPL_MODE_WRITE_SHARE,
+                    0,
+                    &mut lock,
+                    &mut err,
+                )
+            };
+            if rc != 0 {
+                failures.push(format!(
+                    "round {round}: fpl_acquire {rc}: {}",
+                    message(&err)
+                ));
+                continue;
+            }
+            // SAFETY: a live handle, not used again.
+            let rc = unsafe { fpl_release(lock) };
+            if rc != 0 {
+                failures.push(format!("round {round}: fpl_release {rc}"));
+            }
+            let (rc, err) = c_check(&image);
+            if rc != 0 {
+                failures.push(format!("round {round}: fpl_check {rc}: {}", message(&err)));
+            }
+        }
+        failures
+    });
+    let tid = tid_rx.recv().expect("the worker's thread id");
+    // A timer sending SIGALRM to the worker thread only, every 3 ms.
+    // SAFETY: sigevent and itimerspec are plain old data; the timer is
+    // deleted below.
+    let timer = unsafe {
+        let mut ev: libc::sigevent = std::mem::zeroed();
+        ev.sigev_notify = libc::SIGEV_THREAD_ID;
+        ev.sigev_signo = libc::SIGALRM;
+        ev.sigev_notify_thread_id = tid;
+        let mut timer: libc::timer_t = std::ptr::null_mut();
+        assert_eq!(
+            libc::timer_create(libc::CLOCK_MONOTONIC, &mut ev, &mut timer),
+            0,
+            "timer_create: {}",
+            std::io::Error::last_os_error()
+        );
+        let every = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 3_000_000,
+        };
+        let spec = libc::itimerspec {
+            it_interval: every,
+            it_value: every,
+        };
+        assert_eq!(
+            libc::timer_settime(timer, 0, &spec, std::ptr::null_mut()),
+            0
+        );
+        timer
+    };
+    go_tx.send(()).expect("start the worker");
+    let failures = worker.join();
+    // SAFETY: the timer created above, deleted once.
+    unsafe { libc::timer_delete(timer) };
+    let failures = failures.expect("the worker thread");
+    let alarms = ALARMS.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        failures.is_empty(),
+        "interrupted calls failed ({alarms} signals):\n{}",
+        failures.join("\n")
+    );
+    let log = fs::read_to_string(tmp.path().join("fuse-slow.log")).expect("the FUSE log");
+    let interrupted = log.matches("lockfail: interrupted").count();
+    assert!(
+        interrupted > 0,
+        "the file system never failed a request with EINTR ({alarms} signals): the test did not exercise the retry"
+    );
+    eprintln!("{alarms} signals, {interrupted} requests failed with EINTR");
+    drop(m);
+}

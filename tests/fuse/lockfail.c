@@ -18,13 +18,15 @@
  *   slowflush   locks as local, but flush (every close() of the file) first
  *               creates $LOCKFAIL_CONTROL/flushing, then blocks until
  *               $LOCKFAIL_CONTROL/go exists (a folder outside the mount);
- *   slow        open sleeps 50 ms and the lock operation 20 ms, then they
- *               succeed (libfuse's own lock table, keyed by owner, answers
- *               GETLK and remembers what SETLK took); interrupted (mount
- *               with -o intr and without -s), they fail with EINTR instead,
- *               logging "interrupted", which the kernel returns to the
- *               caller (for F_SETLK as ERESTARTSYS: EINTR unless the
- *               signal's handler has SA_RESTART);
+ *   slow        open sleeps 50 ms, F_SETLK 20 ms and F_GETLK 10 ms, then
+ *               they succeed (libfuse's own lock table, keyed by owner,
+ *               answers GETLK and remembers what SETLK took). Interrupted
+ *               (slow sets fuse_config.intr; mount without -s), every other one fails
+ *               with EINTR, logging "interrupted", which the kernel returns
+ *               to the caller (for F_SETLK as ERESTARTSYS: EINTR unless the
+ *               signal's handler has SA_RESTART); the others ignore the
+ *               interruption and finish, so that a caller interrupted more
+ *               often than a call lasts still gets through;
  *   unlockeio   the lock operation succeeds for F_RDLCK/F_WRLCK (libfuse's
  *               table remembers them and answers GETLK from them) and fails
  *               with EIO for every F_UNLCK, so nothing can be unlocked.
@@ -47,6 +49,7 @@
 #include <sys/types.h>
 #include <time.h>
 #include <limits.h>
+#include <signal.h>
 #include <unistd.h>
 
 #define FILE_NAME "disk.img"
@@ -96,21 +99,33 @@ static int lf_readdir(const char *path, void *buf, fuse_fill_dir_t fill, off_t o
 
 /* Sleeps MS milliseconds; -EINTR if libfuse interrupted the request meanwhile
  * (with -o intr it signals the thread serving it, which ends nanosleep). */
+static unsigned interruptions;
+
+/* Whether this interruption fails the request: every other one does. */
+static int honour_interruption(void)
+{
+    if (__atomic_fetch_add(&interruptions, 1, __ATOMIC_RELAXED) % 2 == 0) {
+        fprintf(stderr, "lockfail: interrupted\n");
+        return 1;
+    }
+    return 0;
+}
+
 static int nap(int ms)
 {
     struct timespec left = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    int ignore = 0;
     while (nanosleep(&left, &left) != 0) {
         if (errno != EINTR)
             return -errno;
-        if (fuse_interrupted()) {
-            fprintf(stderr, "lockfail: interrupted\n");
-            return -EINTR;
+        if (!ignore && fuse_interrupted()) {
+            if (honour_interruption())
+                return -EINTR;
+            ignore = 1;
         }
     }
-    if (fuse_interrupted()) {
-        fprintf(stderr, "lockfail: interrupted\n");
+    if (!ignore && fuse_interrupted() && honour_interruption())
         return -EINTR;
-    }
     return 0;
 }
 
@@ -120,6 +135,25 @@ static int lf_open(const char *path, struct fuse_file_info *fi)
     if (strcmp(path, FILE_PATH) != 0)
         return -ENOENT;
     return slow ? nap(50) : 0;
+}
+
+static void on_intr_signal(int sig)
+{
+    (void)sig;
+}
+
+/* Interrupts reach the file system (libfuse signals the thread serving the
+ * request, ending its nanosleep) only with fuse_config.intr. libfuse 3.14
+ * takes no -o intr from the command line, so init sets it; the signal's
+ * handler, which fuse_new installs only for a command-line intr, is main's. */
+static void *lf_init(struct fuse_conn_info *conn, struct fuse_config *cfg)
+{
+    (void)conn;
+    if (slow) {
+        cfg->intr = 1;
+        cfg->intr_signal = SIGUSR1;
+    }
+    return NULL;
 }
 
 static int lf_flush(const char *path, struct fuse_file_info *fi)
@@ -208,8 +242,10 @@ static int lf_lock_table(const char *path, struct fuse_file_info *fi, int cmd,
     (void)path;
     (void)fi;
     if (cmd == F_GETLK) {
-        fl->l_type = F_UNLCK;
-        return 0;
+        int rc = slow ? nap(10) : 0;
+        if (rc == 0)
+            fl->l_type = F_UNLCK;
+        return rc;
     }
     if (slow)
         return nap(20);
@@ -224,6 +260,7 @@ static int lf_lock_table(const char *path, struct fuse_file_info *fi, int cmd,
 int main(int argc, char *argv[])
 {
     static struct fuse_operations ops = {
+        .init = lf_init,
         .getattr = lf_getattr,
         .readdir = lf_readdir,
         .open = lf_open,
@@ -254,6 +291,11 @@ int main(int argc, char *argv[])
         }
         ops.flush = lf_flush;
     } else if (strcmp(argv[1], "slow") == 0) {
+        struct sigaction sa;
+        memset(&sa, 0, sizeof(sa));
+        sa.sa_handler = on_intr_signal;
+        sigemptyset(&sa.sa_mask);
+        sigaction(SIGUSR1, &sa, NULL);
         slow = 1;
         ops.lock = lf_lock_table;
     } else if (strcmp(argv[1], "unlockeio") == 0) {
