@@ -18,7 +18,10 @@
 //! 5. the status of 10,000 images, 1,000 of them held (by a
 //!    qemu-storage-daemon and by libfpl), with holders named, through the
 //!    Rust API, the C ABI and `fpl status`; and how that cost grows with
-//!    images and with descriptors on the host (plotted as SVG).
+//!    images and with descriptors on the host (plotted as SVG);
+//! 6. a refused check on a host with 200,000 open descriptors, with the
+//!    holder lookup and without it (`skip_holder_lookup`), against the same
+//!    refused check on an idle host.
 
 use std::ffi::CString;
 use std::fmt::Write as _;
@@ -66,6 +69,7 @@ fn main() {
         Some("--one") => return one_shot(&args[2], &args[3], Path::new(&args[4])),
         Some("--hold-files") => return hold_files(&args[2..]),
         Some("--hold-images") => return hold_images(&args[2..]),
+        Some("--hold-dups") => return hold_dups(&args[2..]),
         _ => {}
     }
     let quick = args.iter().any(|a| a == "--quick");
@@ -87,15 +91,16 @@ fn main() {
         first_line(&run_out(Command::new("qemu-img").arg("--version")))
     ));
     // `--only=SECTION` runs one section (syscalls, latency, qemu-img,
-    // holders, bulk).
+    // holders, bulk, refused).
     let only = args.iter().find_map(|a| a.strip_prefix("--only="));
     type Section = fn(&mut Bench);
-    let sections: [(&str, Section); 5] = [
+    let sections: [(&str, Section); 6] = [
         ("syscalls", syscalls),
         ("latency", latency),
         ("qemu-img", versus_qemu_img),
         ("holders", holders),
         ("bulk", bulk),
+        ("refused", refused),
     ];
     for (name, section) in sections {
         if only.is_none_or(|o| o == name) {
@@ -972,4 +977,138 @@ fn plot(left: &[(f64, f64)], right: &[(f64, f64)]) -> String {
         chart(0.0, left, "images queried"),
         chart(370.0, right, "descriptors on the host")
     )
+}
+
+// ------------------------------------------- 6. refused on a busy host
+
+/// A child holding `count` duplicates of one descriptor of `path` (no lock
+/// on any), until its stdin closes. As root it raises its own descriptor
+/// limit to fit them.
+fn hold_dups(args: &[String]) {
+    let count: usize = args[0].parse().expect("count");
+    let path = Path::new(&args[1]);
+    let want = (count + 64) as libc::rlim_t;
+    let lim = libc::rlimit {
+        rlim_cur: want,
+        rlim_max: want,
+    };
+    // SAFETY: setrlimit on a local struct; failing leaves the old limit.
+    unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
+    let f = fs::File::open(path).expect("open the file to duplicate");
+    let mut dups = Vec::with_capacity(count);
+    for _ in 0..count {
+        let Ok(d) = f.as_fd().try_clone_to_owned() else {
+            break;
+        };
+        dups.push(d);
+    }
+    println!("ready {}", dups.len());
+    let _ = std::io::stdout().flush();
+    let mut line = String::new();
+    let _ = std::io::stdin().read_line(&mut line);
+    drop(dups);
+}
+
+/// One refused write check; whether the conflict named its holder.
+fn refused_check(image: &Path, skip_holder_lookup: bool) -> bool {
+    let options = Options {
+        skip_holder_lookup,
+        ..Options::default()
+    };
+    let e = fpl::check(image, request(Mode::Write), options).expect_err("a refused check");
+    let conflict = e.conflict().expect("a conflict");
+    conflict.holder.is_some()
+}
+
+fn refused(b: &mut Bench) {
+    b.say(
+        "## 6. A refused check on a busy host
+",
+    );
+    let image = qemu_image(&b.dir, "refused.qcow2", "qcow2");
+    let _qemu = Kids(vec![Command::new("qemu-io")
+        .args(["-f", "qcow2"])
+        .arg(&image)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("qemu-io")]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while fpl::query(&image, false).map_or(true, |s| s.held.is_empty()) {
+        assert!(Instant::now() < deadline, "qemu-io never locked");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Idle host first: the baseline.
+    let idle_fds = count_host_fds();
+    let idle_lookup = time_per_call(5, 20, || {
+        assert!(refused_check(&image, false), "holder named on an idle host");
+    });
+    let idle_skip = time_per_call(7, 2000, || {
+        assert!(!refused_check(&image, true));
+    });
+    // Then the busy host: helpers holding duplicates of one descriptor,
+    // each as many as its descriptor limit allows (without
+    // CAP_SYS_RESOURCE the hard limit stays), until the host holds `total`.
+    let total = if b.quick { 20_000 } else { 200_000 };
+    let file = b.dir.join("dup-me");
+    fs::write(&file, b"x").expect("a file");
+    let me = std::env::current_exe().expect("own path");
+    let mut kids = Kids(Vec::new());
+    let mut held = 0;
+    while held < total {
+        let mut child = Command::new(&me)
+            .arg("--hold-dups")
+            .arg((total - held).min(50_000).to_string())
+            .arg(&file)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn a helper");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("piped"))
+            .read_line(&mut line)
+            .expect("ready line");
+        kids.0.push(child);
+        let n: usize = line
+            .strip_prefix("ready ")
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or_else(|| panic!("helper said {line:?}"));
+        assert!(n > 0, "a helper could open no descriptor");
+        held += n;
+    }
+    let helpers = kids.0.len();
+    let fds = count_host_fds();
+    let mut named = 0;
+    let mut calls = 0;
+    let (rounds, n) = if b.quick { (1, 2) } else { (3, 3) };
+    let busy_lookup = time_per_call(rounds, n, || {
+        calls += 1;
+        named += usize::from(refused_check(&image, false));
+    });
+    let busy_skip = time_per_call(7, 2000, || {
+        assert!(!refused_check(&image, true));
+    });
+    b.say(format!(
+        "Refused `fpl::check` (write) against a `qemu-io` holder. Idle host: {idle_fds} descriptors; busy host: {fds} ({helpers} helper processes holding {held} of them). Holder named within the lookup budget ({} s) in {named} of {calls} calls on the busy host.\n",
+        fpl::holders::LOOKUP_BUDGET.as_secs_f64()
+    ));
+    b.say("| refused check (write) | idle host | busy host | busy / idle |");
+    b.say("|---|---|---|---|");
+    b.say(format!(
+        "| with holder lookup (default) | {} | {} | {:.1} |",
+        micros(idle_lookup),
+        micros(busy_lookup),
+        ratio(busy_lookup, idle_lookup)
+    ));
+    b.say(format!(
+        "| `skip_holder_lookup` | {} | {} | {:.2} |",
+        micros(idle_skip),
+        micros(busy_skip),
+        ratio(busy_skip, idle_skip)
+    ));
+    b.say(format!(
+        "| lookup / skip | {:.0}x | {:.0}x | |\n",
+        ratio(idle_lookup, idle_skip),
+        ratio(busy_lookup, busy_skip)
+    ));
 }

@@ -292,8 +292,14 @@ fn mount_overlay(tmp: &TempDir, lower: &Path, upper: &Path) -> Mount {
 }
 
 /// tests/fuse/lockfail.c mounted in the foreground (single-threaded) at a
-/// new folder; `mode` is enolck, eopnotsupp, einval or local.
+/// new folder; `mode` is one of lockfail's modes (enolck, local, ...).
 fn mount_fuse(tmp: &TempDir, mode: &str) -> Mount {
+    mount_fuse_with(tmp, mode, &["-s"], &[])
+}
+
+/// [`mount_fuse`] with other FUSE options than `-s` (`-o intr` and several
+/// threads, for instance) and environment variables for the daemon.
+fn mount_fuse_with(tmp: &TempDir, mode: &str, options: &[&str], env: &[(&str, &Path)]) -> Mount {
     assert!(
         Path::new("/dev/fuse").exists(),
         "/dev/fuse is missing: the kernel needs FUSE (modprobe fuse)"
@@ -304,7 +310,9 @@ fn mount_fuse(tmp: &TempDir, mode: &str) -> Mount {
     let child = Command::new(exe)
         .arg(mode)
         .arg(&m.dir)
-        .args(["-f", "-s"])
+        .arg("-f")
+        .args(options)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log)
@@ -1021,4 +1029,331 @@ fn fuse_failure_first_does_not_poison_later_locks() {
         assert!(msg.starts_with("Failed to get \"write\" lock"), "{msg}");
         drop(m);
     }
+}
+
+/// A close() that blocks in the file system (a FUSE flush waiting for its
+/// server) stalls nothing but its own release: while thread A's release of
+/// a lock on the FUSE image waits in flush, thread B takes and releases a
+/// lock on an ordinary image 100 times, and A's release then ends well once
+/// the flush is let go, leaving the FUSE image free.
+#[test]
+fn slow_close_does_not_stall_other_releases() {
+    need_root();
+    let tmp = TempDir::new("fs-fuse-slowflush");
+    let control = tmp.path().join("control");
+    fs::create_dir_all(&control).expect("control folder");
+    let m = mount_fuse_with(
+        &tmp,
+        "slowflush",
+        &["-s"],
+        &[("LOCKFAIL_CONTROL", &control)],
+    );
+    let image = m.path().join("disk.img");
+    let ordinary = new_image(&tmp.path().join("ordinary.raw"));
+    let go = control.join("go");
+    // Whatever happens, the flush is let go before the mount is undone.
+    struct LetGo(PathBuf);
+    impl Drop for LetGo {
+        fn drop(&mut self) {
+            let _ = fs::write(&self.0, b"");
+        }
+    }
+    let _let_go = LetGo(go.clone());
+
+    let (acquired_tx, acquired_rx) = std::sync::mpsc::channel();
+    let fuse_image = image.clone();
+    let a = std::thread::spawn(move || {
+        let lock = Lock::acquire(&fuse_image, write_request(), Options::default());
+        let ok = lock.is_ok();
+        let _ = acquired_tx.send(lock.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+        if ok {
+            lock.expect("checked").release().map_err(|e| e.to_string())
+        } else {
+            Ok(())
+        }
+    });
+    let acquired = acquired_rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("thread A never acquired the FUSE image");
+    assert_eq!(acquired, Ok(()), "acquire on the FUSE image");
+    // A's release has reached close(): the file system is in flush.
+    let flushing = control.join("flushing");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !flushing.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "thread A's release never reached the file system's flush"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let b = std::thread::spawn(move || {
+        for i in 0..100 {
+            let lock = Lock::acquire(&ordinary, write_request(), Options::default())
+                .unwrap_or_else(|e| panic!("B's acquire {i}: {e}"));
+            lock.release()
+                .unwrap_or_else(|e| panic!("B's release {i}: {e}"));
+        }
+        let _ = done_tx.send(());
+    });
+    // A generous liveness bound, not a timing: B waiting for A's close
+    // never ends while the flush is held.
+    let finished = done_rx.recv_timeout(Duration::from_secs(60));
+    assert!(
+        !a.is_finished(),
+        "thread A's release returned while its close was still blocked in flush"
+    );
+    assert!(
+        finished.is_ok(),
+        "thread B's 100 acquire + release on another image did not finish while thread A's close was blocked in the FUSE flush"
+    );
+    b.join().expect("thread B");
+
+    fs::write(&go, b"").expect("let the flush go");
+    let released = a.join().expect("thread A");
+    assert_eq!(released, Ok(()), "A's release, once the flush returned");
+    let status = fpl::query(&image, false).expect("query the FUSE image");
+    assert!(
+        status.held.is_empty(),
+        "the FUSE image is still held: {status:?}"
+    );
+    let lock = Lock::acquire(&image, write_request(), Options::default())
+        .expect("acquire the FUSE image again");
+    lock.release().expect("release");
+}
+
+/// A file system that can take locks but never give them back (lockfail
+/// `unlockeio`: every F_UNLCK fails with EIO): no failed unlock is silent.
+/// A loosening update's commit fails saying the new permissions are in
+/// effect and which bytes stay held; release fails naming the bytes; a
+/// conflict whose abort cannot unlock says so and names the bytes.
+#[test]
+fn fuse_failed_unlocks_are_reported() {
+    need_root();
+    let tmp = TempDir::new("fs-fuse-unlockeio");
+    {
+        let m = mount_fuse(&tmp, "unlockeio");
+        let image = m.path().join("disk.img");
+        let path = c_path(&image);
+        let mut lock = std::ptr::null_mut();
+        let mut err = new_error();
+        // SAFETY: valid pointers.
+        let rc = unsafe {
+            fpl_acquire(
+                path.as_ptr(),
+                FPL_MODE_WRITE_PERM,
+                FPL_MODE_WRITE_SHARE,
+                0,
+                &mut lock,
+                &mut err,
+            )
+        };
+        assert_eq!(rc, 0, "fpl_acquire: {}", message(&err));
+        // Write -> read-shared only loosens: commit must unlock 101, 103, 201-203.
+        // SAFETY: a live handle, valid pointers.
+        let rc = unsafe {
+            fpl_update(
+                lock,
+                FPL_MODE_READ_SHARED_PERM,
+                FPL_MODE_READ_SHARED_SHARE,
+                0,
+                &mut err,
+            )
+        };
+        let msg = message(&err);
+        assert_eq!(
+            (rc, err.code),
+            (-libc::EIO, -libc::EIO),
+            "fpl_update: {msg}"
+        );
+        assert!(
+            msg.contains("the new permissions are in effect")
+                && msg.contains("bytes 101, 103, 201, 202, 203")
+                && msg.contains("stay held"),
+            "fpl_update: {msg}"
+        );
+        // SAFETY: a live handle, not used again.
+        let rc = unsafe { fpl_release(lock) };
+        assert_eq!(
+            rc,
+            -libc::EIO,
+            "fpl_release of a handle whose bytes cannot be unlocked"
+        );
+    }
+    // Each case on a fresh mount: libfuse's lock table still holds what the
+    // last one could not unlock.
+    {
+        let m = mount_fuse(&tmp, "unlockeio");
+        let image = m.path().join("disk.img");
+        // The Rust API gives release's message.
+        let lock = Lock::acquire(&image, write_request(), Options::default())
+            .expect("acquire through the Rust API");
+        let e = lock.release().expect_err("release cannot unlock");
+        assert_eq!(e.errno(), libc::EIO, "{e}");
+        let msg = e.to_string();
+        assert!(
+            msg.contains("cannot unlock bytes 100, 101, 103, 201, 202, 203"),
+            "release: {msg}"
+        );
+    }
+    let m = mount_fuse(&tmp, "unlockeio");
+    let image = m.path().join("disk.img");
+    // Another description unshares write (byte 201): acquiring write locks
+    // its bytes, the test of 201 conflicts, and the abort cannot unlock.
+    let other = fs::File::open(&image).expect("open the FUSE image");
+    // SAFETY: flock is plain old data.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = libc::F_RDLCK as libc::c_short;
+    fl.l_whence = libc::SEEK_SET as libc::c_short;
+    fl.l_start = 201;
+    fl.l_len = 1;
+    // SAFETY: fcntl on an open descriptor with a valid flock.
+    let rc = unsafe {
+        libc::fcntl(
+            std::os::fd::AsRawFd::as_raw_fd(&other),
+            libc::F_OFD_SETLK,
+            &fl,
+        )
+    };
+    assert_eq!(rc, 0, "lock 201: {}", std::io::Error::last_os_error());
+    let e = Lock::acquire(&image, write_request(), Options::default())
+        .expect_err("acquire against a holder of 201");
+    let msg = e.to_string();
+    assert_eq!(e.errno(), libc::EIO, "{msg}");
+    // QEMU's words for a test of byte 201: somebody unshares write.
+    assert!(msg.starts_with("Failed to get \"write\" lock"), "{msg}");
+    assert!(
+        msg.contains("rolling back failed: bytes 100, 101, 103, 201, 202, 203 may still be held"),
+        "{msg}"
+    );
+    // The C ABI returns the failed abort's errno, not -EAGAIN.
+    let (rc, err) = c_acquire(&image);
+    assert_eq!(
+        (rc, err.code),
+        (-libc::EIO, -libc::EIO),
+        "fpl_acquire against a holder of 201 (and of the bytes the abort above left held), abort failing: {}",
+        message(&err)
+    );
+    drop(other);
+}
+
+static ALARMS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+extern "C" fn count_alarm(_: libc::c_int) {
+    ALARMS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Signals arriving during slow opens and lock calls (lockfail `slow`,
+/// several threads, interrupts on: an interrupted request fails with EINTR, which
+/// the kernel passes on as the handler has no SA_RESTART) never make
+/// fpl_acquire, fpl_release or fpl_check fail: 50 rounds on a thread that
+/// a timer interrupts every 3 ms all succeed, and the file system's log
+/// shows that it did fail requests with EINTR meanwhile.
+#[test]
+fn fuse_interrupted_calls_are_retried() {
+    need_root();
+    let tmp = TempDir::new("fs-fuse-slow");
+    let m = mount_fuse_with(&tmp, "slow", &[], &[]);
+    let image = m.path().join("disk.img");
+
+    // SIGALRM's handler, without SA_RESTART.
+    // SAFETY: sigaction is plain old data; the handler only touches an atomic.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = count_alarm as extern "C" fn(libc::c_int) as usize;
+        sa.sa_flags = 0;
+        libc::sigemptyset(&mut sa.sa_mask);
+        assert_eq!(libc::sigaction(libc::SIGALRM, &sa, std::ptr::null_mut()), 0);
+    }
+    let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let worker = std::thread::spawn(move || {
+        // SAFETY: gettid has no preconditions.
+        let _ = tid_tx.send(unsafe { libc::gettid() });
+        let _ = go_rx.recv();
+        let path = c_path(&image);
+        let mut failures = Vec::new();
+        for round in 0..50 {
+            let mut lock = std::ptr::null_mut();
+            let mut err = new_error();
+            // SAFETY: valid pointers.
+            let rc = unsafe {
+                fpl_acquire(
+                    path.as_ptr(),
+                    FPL_MODE_WRITE_PERM,
+                    FPL_MODE_WRITE_SHARE,
+                    0,
+                    &mut lock,
+                    &mut err,
+                )
+            };
+            if rc != 0 {
+                failures.push(format!(
+                    "round {round}: fpl_acquire {rc}: {}",
+                    message(&err)
+                ));
+                continue;
+            }
+            // SAFETY: a live handle, not used again.
+            let rc = unsafe { fpl_release(lock) };
+            if rc != 0 {
+                failures.push(format!("round {round}: fpl_release {rc}"));
+            }
+            let (rc, err) = c_check(&image);
+            if rc != 0 {
+                failures.push(format!("round {round}: fpl_check {rc}: {}", message(&err)));
+            }
+        }
+        failures
+    });
+    let tid = tid_rx.recv().expect("the worker's thread id");
+    // A timer sending SIGALRM to the worker thread only, every 3 ms.
+    // SAFETY: sigevent and itimerspec are plain old data; the timer is
+    // deleted below.
+    let timer = unsafe {
+        let mut ev: libc::sigevent = std::mem::zeroed();
+        ev.sigev_notify = libc::SIGEV_THREAD_ID;
+        ev.sigev_signo = libc::SIGALRM;
+        ev.sigev_notify_thread_id = tid;
+        let mut timer: libc::timer_t = std::ptr::null_mut();
+        assert_eq!(
+            libc::timer_create(libc::CLOCK_MONOTONIC, &mut ev, &mut timer),
+            0,
+            "timer_create: {}",
+            std::io::Error::last_os_error()
+        );
+        let every = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 3_000_000,
+        };
+        let spec = libc::itimerspec {
+            it_interval: every,
+            it_value: every,
+        };
+        assert_eq!(
+            libc::timer_settime(timer, 0, &spec, std::ptr::null_mut()),
+            0
+        );
+        timer
+    };
+    go_tx.send(()).expect("start the worker");
+    let failures = worker.join();
+    // SAFETY: the timer created above, deleted once.
+    unsafe { libc::timer_delete(timer) };
+    let failures = failures.expect("the worker thread");
+    let alarms = ALARMS.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        failures.is_empty(),
+        "interrupted calls failed ({alarms} signals):\n{}",
+        failures.join("\n")
+    );
+    let log = fs::read_to_string(tmp.path().join("fuse-slow.log")).expect("the FUSE log");
+    let interrupted = log.matches("lockfail: interrupted").count();
+    assert!(
+        interrupted > 0,
+        "the file system never failed a request with EINTR ({alarms} signals): the test did not exercise the retry"
+    );
+    eprintln!("{alarms} signals, {interrupted} requests failed with EINTR");
+    drop(m);
 }
