@@ -14,6 +14,8 @@ use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io::ErrorKind;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
@@ -89,23 +91,47 @@ impl Mounts {
     /// lock lines' device is that of the mount `fd` is on (its fdinfo's
     /// `mnt_id`), or the `stat` device where that cannot be told.
     pub fn target(&self, fd: BorrowedFd<'_>, id: FileId) -> Target {
+        self.target_on(id, || mount_id(fd))
+    }
+
+    /// [`Mounts::target`] with the mount id given by `mount` (asked only
+    /// when the `stat` device is no mount's device).
+    fn target_on(&self, id: FileId, mount: impl FnOnce() -> Option<u64>) -> Target {
         let stat = Target::from_stat(id);
         // A `stat` device that is some mount's device is the lock lines'
         // device too; only others (btrfs subvolumes) need the mount looked up.
         if self.known.contains(&(stat.major, stat.minor)) {
             return stat;
         }
-        let fdinfo = fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd()));
-        let mount = fdinfo.ok().and_then(|info| {
-            info.lines()
-                .find_map(|l| l.strip_prefix("mnt_id:"))
-                .and_then(|v| v.trim().parse::<u64>().ok())
-        });
-        match mount.and_then(|m| self.devices.get(&m)) {
+        match mount().and_then(|m| self.devices.get(&m)) {
             Some(&(major, minor)) => Target { id, major, minor },
             None => stat,
         }
     }
+}
+
+/// The id of the mount `fd` is on: `statx` (Linux 5.8+, one call), else
+/// its fdinfo's `mnt_id`.
+pub fn mount_id(fd: BorrowedFd<'_>) -> Option<u64> {
+    // SAFETY: statx on a descriptor with an empty path and AT_EMPTY_PATH
+    // only writes the statx struct, for which all-zero is a valid value.
+    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+    let rc = unsafe {
+        libc::statx(
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH,
+            libc::STATX_MNT_ID,
+            &mut stx,
+        )
+    };
+    if rc == 0 && stx.stx_mask & libc::STATX_MNT_ID != 0 {
+        return Some(stx.stx_mnt_id);
+    }
+    let info = fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd())).ok()?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("mnt_id:"))
+        .and_then(|v| v.trim().parse::<u64>().ok())
 }
 
 /// A process descriptor holding protocol bytes of an image.
@@ -156,25 +182,35 @@ pub const LOOKUP_BUDGET: Duration = Duration::from_secs(1);
 /// What naming the holder of a conflicting byte needs, kept in the
 /// conflict so that the walk of `/proc` can wait until every lock the
 /// caller will roll back is rolled back ([`crate::Error::look_up_holder`]).
+/// Only the image's identity and mount id are kept (no read of
+/// `/proc/self/mountinfo` until the lookup runs, which a caller skipping it
+/// never pays for).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Lookup {
-    target: Target,
+    id: FileId,
+    mount: Option<u64>,
     /// The descriptor of this process that must not be named (the handle's
     /// own), while it is open.
     own_fd: Option<i32>,
 }
 
 impl Lookup {
-    pub(crate) fn new(target: Target, own_fd: Option<i32>) -> Lookup {
-        Lookup { target, own_fd }
+    pub(crate) fn new(fd: BorrowedFd<'_>, id: FileId, own_fd: Option<i32>) -> Lookup {
+        Lookup {
+            id,
+            mount: mount_id(fd),
+            own_fd,
+        }
     }
 
     /// A process holding `byte`, found within [`LOOKUP_BUDGET`]: another
-    /// process if there is one; in this one, never the handle's own
-    /// descriptor.
+    /// process if there is one (the walk stops at the first); in this one,
+    /// never the handle's own descriptor.
     pub(crate) fn find(self, byte: u32) -> Option<HolderId> {
+        let target = Mounts::read().target_on(self.id, || self.mount);
         let deadline = Instant::now() + LOOKUP_BUDGET;
-        let found = scan_until(&[self.target], Some(deadline)).holders.pop()?;
+        let stop = Stop::AtHolderOf(byte);
+        let found = scan_with(&[target], Some(deadline), stop).holders.pop()?;
         let me = std::process::id() as i32;
         let mut best = None;
         for h in found.into_iter().filter(|h| h.held.covers(byte)) {
@@ -202,6 +238,20 @@ pub fn scan(targets: &[Target]) -> Scan {
 /// [`scan`], stopping at `deadline` if one is given: the processes not
 /// walked by then count as not inspected ([`Scan::refused`]).
 pub fn scan_until(targets: &[Target], deadline: Option<Instant>) -> Scan {
+    scan_with(targets, deadline, Stop::Never)
+}
+
+/// When a walk may stop before every process is seen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    /// Walk everything.
+    Never,
+    /// Once another process holding this byte of the (first) target is
+    /// found: naming one holder of a conflict needs no more.
+    AtHolderOf(u32),
+}
+
+fn scan_with(targets: &[Target], deadline: Option<Instant>, stop: Stop) -> Scan {
     let mut out = Scan {
         holders: vec![Vec::new(); targets.len()],
         refused: false,
@@ -227,12 +277,15 @@ pub fn scan_until(targets: &[Target], deadline: Option<Instant>) -> Scan {
         .min(pids.len() / 64)
         .max(1);
     let chunk = pids.len().div_ceil(threads).max(1);
+    // Set by whichever share meets what `stop` waits for; the others then
+    // stop too.
+    let found = Arc::new(AtomicBool::new(false));
     let parts: Vec<(Vec<Vec<Holder>>, bool)> = if threads == 1 {
-        vec![scan_pids(&pids, targets, deadline)]
+        vec![scan_pids(&pids, targets, deadline, stop, &found)]
     } else {
         let mut jobs: Vec<Job> = pids
             .chunks(chunk)
-            .map(|part| Job::start(part.to_vec(), targets.to_vec(), deadline))
+            .map(|part| Job::start(part.to_vec(), targets.to_vec(), deadline, stop, &found))
             .collect();
         jobs.iter_mut().map(Job::finish).collect()
     };
@@ -262,6 +315,8 @@ struct Work {
     pids: Vec<i32>,
     targets: Vec<Target>,
     deadline: Option<Instant>,
+    stop: Stop,
+    found: Arc<AtomicBool>,
     out: Option<(Vec<Vec<Holder>>, bool)>,
 }
 
@@ -271,7 +326,13 @@ extern "C" fn run_work(arg: *mut libc::c_void) -> *mut libc::c_void {
     let work = unsafe { &mut *arg.cast::<Work>() };
     // A panic must never unwind out of a C thread start routine.
     work.out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        scan_pids(&work.pids, &work.targets, work.deadline)
+        scan_pids(
+            &work.pids,
+            &work.targets,
+            work.deadline,
+            work.stop,
+            &work.found,
+        )
     }))
     .ok();
     std::ptr::null_mut()
@@ -280,11 +341,19 @@ extern "C" fn run_work(arg: *mut libc::c_void) -> *mut libc::c_void {
 impl Job {
     /// Starts the share on a new thread; where none can be made, it is done
     /// here and now.
-    fn start(pids: Vec<i32>, targets: Vec<Target>, deadline: Option<Instant>) -> Job {
+    fn start(
+        pids: Vec<i32>,
+        targets: Vec<Target>,
+        deadline: Option<Instant>,
+        stop: Stop,
+        found: &Arc<AtomicBool>,
+    ) -> Job {
         let mut work = Box::new(Work {
             pids,
             targets,
             deadline,
+            stop,
+            found: Arc::clone(found),
             out: None,
         });
         let arg: *mut Work = &mut *work;
@@ -297,7 +366,13 @@ impl Job {
             (rc == 0).then_some(thread)
         };
         if thread.is_none() {
-            work.out = Some(scan_pids(&work.pids, &work.targets, work.deadline));
+            work.out = Some(scan_pids(
+                &work.pids,
+                &work.targets,
+                work.deadline,
+                work.stop,
+                &work.found,
+            ));
         }
         Job { work, thread }
     }
@@ -317,6 +392,8 @@ impl Job {
                         pids: Vec::new(),
                         targets: Vec::new(),
                         deadline: None,
+                        stop: Stop::Never,
+                        found: Arc::new(AtomicBool::new(false)),
                         out: None,
                     }),
                 );
@@ -341,17 +418,31 @@ fn scan_pids(
     pids: &[i32],
     targets: &[Target],
     deadline: Option<Instant>,
+    stop: Stop,
+    done: &AtomicBool,
 ) -> (Vec<Vec<Holder>>, bool) {
     let index: HashMap<FileId, usize> =
         targets.iter().enumerate().map(|(i, t)| (t.id, i)).collect();
     let mut found = vec![Vec::new(); targets.len()];
     let mut refused = false;
+    let me = std::process::id() as i32;
     for &pid in pids {
+        if done.load(Ordering::Relaxed) {
+            break;
+        }
         if deadline.is_some_and(|d| Instant::now() >= d) {
             refused = true;
             break;
         }
         refused |= scan_process(pid, targets, &index, &mut found).is_err();
+        if let Stop::AtHolderOf(byte) = stop {
+            let met = found
+                .first()
+                .is_some_and(|hs| hs.iter().any(|h| h.pid != me && h.held.covers(byte)));
+            if met {
+                done.store(true, Ordering::Relaxed);
+            }
+        }
     }
     (found, refused)
 }

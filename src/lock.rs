@@ -406,10 +406,7 @@ impl Failure {
                 }),
                 None,
             ),
-            None => {
-                let target = Mounts::read().target(image.fd(), image.file_id());
-                (None, Some(Lookup::new(target, own_fd)))
-            }
+            None => (None, Some(Lookup::new(image.fd(), image.file_id(), own_fd))),
         };
         Error::Conflict(Box::new(Conflict {
             kind,
