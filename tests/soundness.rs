@@ -35,6 +35,37 @@ fn c_abi_forks_spawns_own_locks_and_side_effects() {
     run_suite_without_qemu_dirs("soundness", Duration::from_secs(300));
 }
 
+/// A C++ owner (`std::unique_ptr` with fpl_release as its deleter) whose
+/// copy in a forked child goes out of scope: the child's release returns 0
+/// and the parent still holds 100, 101, 103, 201, 202, 203.
+#[test]
+fn cpp_deleter_in_a_forked_child_leaves_the_parents_lock() {
+    let _forking = FORKING.lock().unwrap_or_else(|e| e.into_inner());
+    let tmp = TempDir::new("cpp-fork");
+    let img = image(&tmp, "cpp.img");
+    let exe = common::compile(
+        &[&common::root().join("tests/cpp/fork_deleter.cpp")],
+        &tmp.path().join("fork_deleter"),
+        true,
+        &[],
+    );
+    let out = Command::new(&exe)
+        .arg(&img)
+        .output()
+        .expect("the C++ program runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    // Bits: 100 -> 0x1, 101 -> 0x2, 103 -> 0x8, 201 -> 0x20, 202 -> 0x40, 203 -> 0x80.
+    for line in [
+        "child released 0",
+        "parent holds 0xeb",
+        "parent released 0",
+        "after release 0x0",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line:?} missing:\n{text}");
+    }
+}
+
 fn image(tmp: &TempDir, name: &str) -> PathBuf {
     let path = tmp.path().join(name);
     File::create(&path)
