@@ -38,6 +38,7 @@ pub mod lock;
 mod panic;
 pub mod perm;
 pub mod protocol;
+pub mod qcow2;
 pub mod query;
 
 pub use error::{Conflict, ConflictKind, Error, HolderId, Result};
