@@ -27,6 +27,7 @@
 
 #![deny(missing_docs)]
 
+pub mod chain;
 mod closing;
 pub mod error;
 pub mod fcntl;
@@ -34,6 +35,7 @@ pub mod fdinfo;
 pub mod ffi;
 pub mod holders;
 pub mod image;
+mod json;
 pub mod lock;
 mod panic;
 pub mod perm;
