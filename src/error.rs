@@ -19,6 +19,17 @@ pub enum Error {
     /// A bad argument (`-EINVAL`).
     #[error("{0}")]
     Invalid(String),
+    /// An image's chain cannot be resolved ([`crate::chain`]): a member that
+    /// cannot be opened, a malformed header, a loop. `message` is QEMU's
+    /// wording where QEMU has one (`Could not open backing file: Could not
+    /// open 'base.raw': No such file or directory`), without errno's name.
+    #[error("{message}")]
+    Chain {
+        /// The errno the C ABI returns (ENOENT, EINVAL, ELOOP, ENOTSUP, ...).
+        errno: Errno,
+        /// The whole message.
+        message: String,
+    },
     /// A system call failed; `what` says what was being done.
     #[error("{what}: {errno}")]
     Os {
@@ -62,7 +73,7 @@ impl Error {
         match self {
             Error::Conflict(_) => libc::EAGAIN,
             Error::Invalid(_) => libc::EINVAL,
-            Error::Os { errno, .. } => *errno as i32,
+            Error::Os { errno, .. } | Error::Chain { errno, .. } => *errno as i32,
         }
     }
 

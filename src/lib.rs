@@ -27,6 +27,7 @@
 
 #![deny(missing_docs)]
 
+pub mod chain;
 mod closing;
 pub mod error;
 pub mod fcntl;
@@ -34,10 +35,12 @@ pub mod fdinfo;
 pub mod ffi;
 pub mod holders;
 pub mod image;
+mod json;
 pub mod lock;
 mod panic;
 pub mod perm;
 pub mod protocol;
+pub mod qcow2;
 pub mod query;
 
 pub use error::{Conflict, ConflictKind, Error, HolderId, Result};
