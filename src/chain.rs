@@ -273,8 +273,8 @@ pub fn resolve(path: &Path, request: Request) -> Result<Vec<Member>> {
             }
         }
         if let Some(name) = &header.backing_file {
-            let (target, json_format) = classify(name, Some(&local), &prefix)?;
             let prefix = "Could not open backing file: ".repeat(node.depth as usize + 1);
+            let (target, json_format) = classify(name, Some(&local), &prefix)?;
             let format = match json_format {
                 Some(f) => Some(f),
                 None => header
@@ -544,7 +544,11 @@ fn classify(
             format!("libfpl does not follow the '{proto}' protocol"),
         ));
     }
-    Err(refuse(Errno::EINVAL, format!("Unknown protocol '{proto}'")))
+    // QEMU's wording names no file here.
+    Err(chain_error(
+        Errno::EINVAL,
+        format!("{prefix}Unknown protocol '{proto}'"),
+    ))
 }
 
 /// A `json:{...}` name: a local file when its options reduce to one (driver
