@@ -831,7 +831,8 @@ fn hostile_images_give_their_documented_errors() {
     w("non-utf8", &v3(&[], 0, Some(b"b-\xff.raw")));
     std::fs::write(d.join(OsStr::from_bytes(b"b-\xff.raw")), [0u8; 512]).ok();
     let deep_ok = format!("deep-{}", 2000 - MAX_DEPTH);
-    let checks: [(&str, Vec<(Role, Format, u32)>); 7] = [
+    type Shape = Vec<(Role, Format, u32)>;
+    let checks: [(&str, Shape); 7] = [
         ("trunc7", vec![(Role::Image, Format::Raw, 0)]),
         (
             "good.qcow2",
