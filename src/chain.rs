@@ -9,7 +9,7 @@
 //! [`qcow2::PREFIX_LEN`] bytes read with one or two `pread`s, and closed
 //! before the next member is opened, so at most one descriptor is open at
 //! a time. It takes no lock and knows nothing of fcntl: the chain lock sits
-//! above it. [`derive`] is the pure per-member table.
+//! above it. [`derive()`] is the pure per-member table.
 //!
 //! Names resolve as QEMU resolves them: a relative backing name against the
 //! directory of the overlay's path *as given* (no symlink resolution), an
@@ -78,7 +78,7 @@ pub struct Member {
     /// 0: the image and its data file; 1: its backing file and that file's
     /// data file; ...
     pub depth: u32,
-    /// What a chain request takes on this member ([`derive`]); for a file
+    /// What a chain request takes on this member ([`derive()`]); for a file
     /// that appears twice (a shared data file), both requests together.
     pub request: Request,
     /// The inode, `None` for a remote member.
@@ -150,7 +150,7 @@ pub fn derive(request: Request, role: Role, format: Format, depth: u32) -> Reque
 
 /// The members of the image at `path`, in the order QEMU opens them: the
 /// image, its data file, its backing file, that file's data file, ...
-/// Each carries its [`derive`]d request. Takes no lock.
+/// Each carries its [`derive()`]d request. Takes no lock.
 ///
 /// Errors (`Error::Chain`, QEMU's wording where it has one, with its
 /// `Could not open backing file: ` prefix once per level):
@@ -273,8 +273,8 @@ pub fn resolve(path: &Path, request: Request) -> Result<Vec<Member>> {
             }
         }
         if let Some(name) = &header.backing_file {
-            let (target, json_format) = classify(name, Some(&local), &prefix)?;
             let prefix = "Could not open backing file: ".repeat(node.depth as usize + 1);
+            let (target, json_format) = classify(name, Some(&local), &prefix)?;
             let format = match json_format {
                 Some(f) => Some(f),
                 None => header
@@ -544,7 +544,11 @@ fn classify(
             format!("libfpl does not follow the '{proto}' protocol"),
         ));
     }
-    Err(refuse(Errno::EINVAL, format!("Unknown protocol '{proto}'")))
+    // QEMU's wording names no file here.
+    Err(chain_error(
+        Errno::EINVAL,
+        format!("{prefix}Unknown protocol '{proto}'"),
+    ))
 }
 
 /// A `json:{...}` name: a local file when its options reduce to one (driver

@@ -424,7 +424,7 @@ pub fn parse(bytes: &[u8], whole_file: bool) -> Result<Header, HeaderError> {
         if whole_file && offset >= bytes.len() as u64 {
             break;
         }
-        let what = || format!("header extension at offset {offset}");
+        let what = || "header extension".to_owned();
         let ext = span(bytes, whole_file, &what, offset, 8)?;
         let kind = be32(ext, 0).unwrap_or(0);
         let len = be32(ext, 4).unwrap_or(0);
