@@ -138,7 +138,7 @@ pub fn test(
     test_span(fd, flavor, first.into(), Some(len.into()), exclusive)
 }
 
-/// [`test`] over any span: `len` `None` means from `first` to the end of
+/// [`test()`] over any span: `len` `None` means from `first` to the end of
 /// every possible file (what the kernel calls length 0).
 pub fn test_span(
     fd: BorrowedFd<'_>,

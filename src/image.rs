@@ -16,7 +16,7 @@ use crate::fcntl::retry;
 /// An open image: a descriptor of our own (close-on-exec) and the identity
 /// of the inode, which is what the kernel's locks belong to. Dropping it
 /// closes the descriptor without dropping the process's POSIX locks on the
-/// inode ([`crate::closing`]).
+/// inode (see the private module `closing`).
 #[derive(Debug)]
 pub struct Image {
     /// Always `Some` until dropped.
