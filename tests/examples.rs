@@ -239,7 +239,7 @@ fn plugin_host_is_clean_under_valgrind() {
     let exe = plugin_host(&tmp);
     // Enough processes on the host that the holder lookup walks /proc with
     // threads of its own: they must not keep the library loaded either.
-    let _crowd = Crowd::new(160);
+    let _crowd = common::Kids::sleepers(160);
     // The release library, as installed: valgrind is much slower on debug code.
     let lib = make_build();
     let start = Instant::now();
@@ -276,32 +276,4 @@ fn plugin_host_is_clean_under_valgrind() {
             || report.contains("All heap blocks were freed"),
         "{report}"
     );
-}
-
-/// Idle processes that make the host busy enough for the holder lookup to
-/// use threads (it does from 128 processes up); killed when dropped.
-struct Crowd(Vec<std::process::Child>);
-
-impl Crowd {
-    fn new(n: usize) -> Crowd {
-        Crowd(
-            (0..n)
-                .map(|_| {
-                    Command::new("sleep")
-                        .arg("3600")
-                        .spawn()
-                        .expect("sleep runs")
-                })
-                .collect(),
-        )
-    }
-}
-
-impl Drop for Crowd {
-    fn drop(&mut self) {
-        for child in &mut self.0 {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
 }

@@ -13,24 +13,12 @@ mod common;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::TempDir;
+use common::{Kids, TempDir};
 
 const FPL: &str = env!("CARGO_BIN_EXE_fpl");
-
-/// Children killed and reaped however the test ends.
-struct Kids(Vec<Child>);
-
-impl Drop for Kids {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
 
 fn tool(name: &str, package: &str) -> PathBuf {
     ["/usr/bin", "/bin", "/usr/sbin", "/sbin", "/usr/local/bin"]

@@ -211,3 +211,33 @@ fn run_suite_in(name: &str, limit: Duration, env: &[(&str, &Path)], qemu: Option
     assert!(status.success(), "{name} failed ({status}):\n{stderr}");
     assert!(stdout.contains(" passed, 0 failed"), "{stdout}");
 }
+
+/// Child processes, killed and reaped however the test ends.
+pub struct Kids(pub Vec<std::process::Child>);
+
+impl Kids {
+    /// `n` idle `sleep` processes: a host busy enough for the holder
+    /// lookup to walk /proc with threads of its own (from 128 processes).
+    pub fn sleepers(n: usize) -> Kids {
+        Kids(
+            (0..n)
+                .map(|_| {
+                    Command::new("sleep")
+                        .arg("3600")
+                        .stdin(Stdio::null())
+                        .spawn()
+                        .expect("sleep runs")
+                })
+                .collect(),
+        )
+    }
+}
+
+impl Drop for Kids {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
