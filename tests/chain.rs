@@ -122,8 +122,85 @@ fn ours(members: &[Member]) -> Vec<(String, String, Option<String>)> {
         .collect()
 }
 
+/// The chain of `top`, by the Rust API; the C ABI's fpl_chain must list
+/// exactly the same members, so every comparison with qemu-img below
+/// holds for both.
 fn resolve(top: &str) -> Vec<Member> {
-    chain::resolve(Path::new(top), req(Mode::Write)).unwrap_or_else(|e| panic!("{top}: {e}"))
+    let members =
+        chain::resolve(Path::new(top), req(Mode::Write)).unwrap_or_else(|e| panic!("{top}: {e}"));
+    assert_eq!(
+        c_chain(top),
+        rust_rows(&members),
+        "fpl_chain vs resolve for {top}"
+    );
+    members
+}
+
+type Row = (u32, u32, u32, u32, u32, Vec<u8>);
+
+fn rust_rows(members: &[Member]) -> Vec<Row> {
+    use fpl::ffi::*;
+    members
+        .iter()
+        .map(|m| {
+            (
+                match m.role {
+                    Role::Image => FPL_ROLE_IMAGE,
+                    Role::Backing => FPL_ROLE_BACKING,
+                    Role::DataFile => FPL_ROLE_DATA_FILE,
+                },
+                match m.format {
+                    Format::Raw => FPL_FORMAT_RAW,
+                    Format::Qcow2 => FPL_FORMAT_QCOW2,
+                    Format::Remote => FPL_FORMAT_REMOTE,
+                },
+                m.depth,
+                m.request.perm.bits(),
+                m.request.shared.bits(),
+                m.path.as_os_str().as_bytes().to_vec(),
+            )
+        })
+        .collect()
+}
+
+/// fpl_chain (write preset), asked for the count first, then all members.
+fn c_chain(top: &str) -> Vec<Row> {
+    use fpl::ffi::*;
+    let path = std::ffi::CString::new(top).expect("no NUL");
+    let mut err = fpl_error::default();
+    let mut n = 0usize;
+    let call = |members: *mut fpl_member, cap: usize, n: &mut usize, err: &mut fpl_error| unsafe {
+        fpl_chain(
+            path.as_ptr(),
+            FPL_MODE_WRITE_PERM,
+            FPL_MODE_WRITE_SHARE,
+            0,
+            members,
+            cap,
+            n,
+            err,
+        )
+    };
+    assert_eq!(call(std::ptr::null_mut(), 0, &mut n, &mut err), 0);
+    let mut members: Vec<fpl_member> = (0..n).map(|_| fpl_member::default()).collect();
+    let mut again = 0usize;
+    assert_eq!(call(members.as_mut_ptr(), n, &mut again, &mut err), 0);
+    assert_eq!(again, n);
+    members
+        .iter()
+        .map(|m| {
+            // SAFETY: libfpl NUL-terminates the path.
+            let p = unsafe { std::ffi::CStr::from_ptr(m.path.as_ptr()) };
+            (
+                m.role,
+                m.format,
+                m.depth,
+                m.perm,
+                m.shared,
+                p.to_bytes().to_vec(),
+            )
+        })
+        .collect()
 }
 
 #[test]
