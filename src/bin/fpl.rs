@@ -25,6 +25,8 @@ macro_rules! diag {
 }
 
 // The crate root is src/bin/fpl.rs, so its modules are named by path.
+#[path = "fpl/chain_status.rs"]
+mod chain_status;
 #[path = "fpl/check.rs"]
 mod check;
 #[path = "fpl/demo.rs"]

@@ -19,6 +19,15 @@
 //! `holders` is left out with `--no-holders`. Bytes held while `holders` is
 //! empty mean a holder fpl cannot see, never a free image.
 //!
+//! `status --chain`: `{"path": IMAGE, "members": [...]}`, one object per
+//! file of the image, top first: `path` (as QEMU opens it), `role`
+//! (`image`, `backing`, `data-file`), `format` (`raw`, `qcow2`, `remote`),
+//! `depth`, then the keys of a `status` object (`perm`, `unshared`, `flags`,
+//! `holders`; or `error`, `errno`, `hint`; none for a remote member, which
+//! is never opened), then `overlays`: the images named whose chain holds
+//! this file below their top, `[{"path", "role", "depth"}]` (its role and
+//! depth in that image's chain).
+//!
 //! `check`: `{"path": ..., "ok": true}` when the access would be granted;
 //! on a conflict `{"path": ..., "ok": false, "error": MESSAGE, "errno": 11,
 //! "conflict": {"byte": 201, "perm": "write", "message": QEMU's first line,
@@ -31,6 +40,8 @@
 use std::path::Path;
 
 use fpl::{Error, Held, Holder, PermSet, Status};
+
+use crate::chain_status::{format_name, role_name, Inspected};
 use serde_json::{json, Map, Value};
 
 use crate::report;
@@ -78,6 +89,48 @@ pub fn status(path: &Path, status: &Status, holders: bool) -> Value {
         object["holders"] = status.holders.iter().map(holder).collect();
     }
     object
+}
+
+/// The `status --chain` object of an image whose chain was resolved:
+/// `{"path", "members": [...]}`, one member object per file, top first.
+pub fn chain(path: &Path, members: &[Inspected], holders: bool) -> Value {
+    json!({
+        "path": path.to_string_lossy(),
+        "members": members.iter().map(|m| member(m, holders)).collect::<Value>(),
+    })
+}
+
+/// A member: `path`, `role`, `format`, `depth`, then what `status` says
+/// of it (`perm`, `unshared`, `flags`, `holders`; or `error`, `errno`,
+/// `hint`; nothing for a remote member, which is never opened), then
+/// `overlays`: the images named that refer to it.
+fn member(m: &Inspected, holders: bool) -> Value {
+    let mut object = Map::new();
+    object.insert("path".into(), m.member.path.to_string_lossy().into());
+    object.insert("role".into(), role_name(m.member.role).into());
+    object.insert("format".into(), format_name(m.member.format).into());
+    object.insert("depth".into(), m.member.depth.into());
+    let fields = match m.status.as_deref() {
+        None => Value::Null,
+        Some(Ok(s)) => status(&m.member.path, s, holders),
+        Some(Err(e)) => error(&m.member.path, e),
+    };
+    if let Value::Object(fields) = fields {
+        object.extend(fields.into_iter().filter(|(k, _)| k != "path"));
+    }
+    let overlays = m
+        .overlays
+        .iter()
+        .map(|o| {
+            json!({
+                "path": o.path.to_string_lossy(),
+                "role": role_name(o.role),
+                "depth": o.depth,
+            })
+        })
+        .collect();
+    object.insert("overlays".into(), overlays);
+    Value::Object(object)
 }
 
 /// The object of an image that could not be inspected.
