@@ -18,7 +18,9 @@ pub fn hint(e: &Error) -> Option<&'static str> {
             "fpl opens images read-only: it needs read permission on the image \
              and search permission on its folders (or run it as the image's owner)",
         ),
-        libc::ENOLCK | libc::EOPNOTSUPP => Some(
+        // Resolving a chain locks nothing: there ENOTSUP is a format fpl
+        // does not follow, which the message names.
+        libc::ENOLCK | libc::EOPNOTSUPP if !matches!(e, Error::Chain { .. }) => Some(
             "the file system refuses byte-range locks (some FUSE mounts; NFS without \
              its lock service): QEMU fails to lock images there too. Use a local file \
              system or fix the mount. Only on a kernel without open file description \
