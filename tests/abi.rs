@@ -342,7 +342,10 @@ fn recorded_abi_is_intact() {
                 "the SONAME changes from {recorded_soname} to {soname}: say why in \
                  FPL_ABI_REASON=\"...\" (kept in {ABI_FILE})"
             );
-            history.push(format!("# bump: {recorded_soname} -> {soname}: {}", reason.trim()));
+            history.push(format!(
+                "# bump: {recorded_soname} -> {soname}: {}",
+                reason.trim()
+            ));
         }
         let mut rendered = render(&soname, &current);
         if !history.is_empty() {

@@ -1958,3 +1958,235 @@ fn status_chain_reports_what_stops_resolution() {
         assert!(object.get("members").is_none(), "{object}");
     }
 }
+
+/// `base.raw <- mid.qcow2 <- top.qcow2` in `dir`.
+fn chain_of_three(dir: &TempDir) -> (PathBuf, PathBuf, PathBuf) {
+    let base = dir.raw("base.raw");
+    let mid = overlay(dir, "mid.qcow2", "base.raw", "raw");
+    let top = overlay(dir, "top.qcow2", "mid.qcow2", "qcow2");
+    (base, mid, top)
+}
+
+/// `qemu-io -f raw -c "write 0 512" IMAGE`: a QEMU writer.
+fn qemu_write(image: &Path) -> Output {
+    Command::new(qemu("qemu-io"))
+        .args(["-f", "raw", "-c", "write 0 512"])
+        .arg(image)
+        .stdin(Stdio::null())
+        .output()
+        .expect("qemu-io runs")
+}
+
+#[test]
+fn check_chain_names_the_member_in_conflict() {
+    let dir = TempDir::new("check-chain");
+    let (base, mid, top) = chain_of_three(&dir);
+    // A writer of the base: QEMU would refuse to read the chain now (a
+    // backing file under a user that does not share write is protected).
+    let qemu_io = qemu_io_holding(&base);
+
+    // The image alone would be granted; its chain is not.
+    expect_status(&fpl(&["check", "--mode", "read", s(&top)]), 0);
+    let out = fpl(&["check", "--chain", "--mode", "read", s(&top)]);
+    let stdout = expect_status(&out, 1);
+    assert_eq!(
+        stdout,
+        format!(
+            "{}: read would be refused on {}: Failed to get shared \"write\" lock \
+             (held by qemu-io, pid {})\nIs another process using the image [{}]?\n",
+            s(&top),
+            s(&base),
+            qemu_io.pid(),
+            s(&base)
+        )
+    );
+    // QEMU agrees: qemu-img convert reads the chain as fpl's read does
+    // (CHAINS.md §1: RP on every member), and is refused on the base with
+    // the same message.
+    let copy = dir.path().join("copy.raw");
+    let qemu = Command::new(qemu("qemu-img"))
+        .args(["convert", "-f", "qcow2", "-O", "raw"])
+        .arg(&top)
+        .arg(&copy)
+        .stdin(Stdio::null())
+        .output()
+        .expect("qemu-img runs");
+    assert!(!qemu.status.success());
+    assert!(
+        text(&qemu.stderr).contains(&format!(
+            "Failed to get shared \"write\" lock\nIs another process using the image [{}]?",
+            s(&base)
+        )),
+        "{}",
+        text(&qemu.stderr)
+    );
+    // A read that shares everything (qemu-img -U) is granted on the chain.
+    let stdout = expect_status(
+        &fpl(&["check", "--chain", "--mode", "read-shared", s(&top)]),
+        0,
+    );
+    assert_eq!(
+        stdout,
+        format!("{}: read-shared would be granted\n", s(&top))
+    );
+
+    let json = expect_status(
+        &fpl(&["check", "--chain", "--json", "--mode", "read", s(&top)]),
+        1,
+    );
+    let value: Value = serde_json::from_str(&json).expect("check --json prints JSON");
+    let refused = &value[0];
+    assert_eq!(refused["path"], s(&top), "{json}");
+    assert_eq!(refused["ok"], false, "{json}");
+    assert_eq!(refused["conflict"]["member"], s(&base), "{json}");
+    assert_eq!(refused["conflict"]["byte"], 101, "{json}");
+    assert_eq!(
+        refused["conflict"]["holder"]["pid"],
+        qemu_io.pid(),
+        "{json}"
+    );
+
+    // check takes nothing: the members hold only what qemu-io holds.
+    assert!(proc_locks(&top).is_empty() && proc_locks(&mid).is_empty());
+    assert_eq!(proc_locks(&base).perm.bits(), 0x03);
+    assert!(proc_locks(&base).unshared.is_empty());
+
+    // An unresolvable chain is an error, not a refusal.
+    fs::rename(&mid, dir.path().join("moved.qcow2")).expect("rename");
+    let out = fpl(&["check", "--chain", "--mode", "read", s(&top)]);
+    expect_status(&out, 2);
+    assert!(
+        text(&out.stderr).contains(&format!(
+            "Could not open backing file: Could not open '{}': No such file or directory",
+            s(&mid)
+        )),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn hold_chain_locks_every_member_and_keeps_qemu_writers_off_the_base() {
+    let dir = TempDir::new("hold-chain");
+    let (base, mid, top) = chain_of_three(&dir);
+    let other = overlay(&dir, "other.qcow2", "base.raw", "raw");
+    // Two overlays of one base held together: the base is only read by
+    // each, so they do not conflict.
+    let mut hold = Running::spawn(
+        Command::new(FPL)
+            .args(["hold", "--chain", "--mode", "write", s(&top), s(&other)])
+            .stdout(Stdio::piped()),
+    );
+    let line = hold.stdout_lines().find("holding");
+    assert!(
+        line.contains(&format!(
+            "holding {} and 2 files of its chain, {} and 1 file of its chain (write)",
+            s(&top),
+            s(&other)
+        )),
+        "{line}"
+    );
+
+    // As QEMU's own VM disk: the overlays read-write, the backing files
+    // read and protected from writers and resizers (strict mode adds 202).
+    let rw = bits(0x0b, 0x0e);
+    let protected = bits(0x01, 0x0e);
+    for (path, bytes) in [
+        (&top, rw),
+        (&other, rw),
+        (&mid, protected),
+        (&base, protected),
+    ] {
+        let kernel = proc_locks(path);
+        assert_eq!((kernel.perm, kernel.unshared), bytes, "{}", path.display());
+    }
+    let images = chain_json(dir.path(), &[s(&top)], 0);
+    for member in images[0]["members"].as_array().expect("members") {
+        let holders = member["holders"].as_array().expect("holders");
+        assert!(holders.iter().all(|h| h["pid"] == hold.pid()), "{member}");
+        assert!(!holders.is_empty(), "{member}");
+    }
+    let write = qemu_write(&base);
+    assert!(
+        !write.status.success(),
+        "QEMU wrote the base under a held chain"
+    );
+    assert!(
+        text(&write.stderr).contains("Failed to get \"write\" lock"),
+        "{}",
+        text(&write.stderr)
+    );
+
+    hold.signal(Signal::SIGTERM);
+    assert_eq!(hold.wait().code(), Some(0));
+    for path in [&top, &other, &mid, &base] {
+        assert!(proc_locks(path).is_empty(), "{} still held", path.display());
+    }
+    assert!(qemu_write(&base).status.success());
+}
+
+#[test]
+fn hold_chain_takes_every_member_or_none() {
+    let dir = TempDir::new("hold-chain-none");
+    let (base, mid, top) = chain_of_three(&dir);
+    let free_base = dir.raw("free-base.raw");
+    let free = overlay(&dir, "free.qcow2", "free-base.raw", "raw");
+    let marker = dir.path().join("ran");
+    let qemu_io = qemu_io_holding(&base);
+
+    // The free image's chain is taken first, then the conflict on the
+    // third file of the second image releases everything.
+    let out = fpl(&[
+        "hold",
+        "--chain",
+        "--mode",
+        "read",
+        s(&free),
+        s(&top),
+        "--",
+        "touch",
+        s(&marker),
+    ]);
+    expect_status(&out, 75);
+    let err = text(&out.stderr);
+    assert_eq!(
+        err,
+        format!(
+            "fpl: {}: cannot take read on {}: Failed to get shared \"write\" lock \
+             (held by qemu-io, pid {})\nIs another process using the image [{}]?\n",
+            s(&top),
+            s(&base),
+            qemu_io.pid(),
+            s(&base)
+        )
+    );
+    assert!(!marker.exists(), "the command ran without the locks");
+    for path in [&free, &free_base, &top, &mid] {
+        assert!(proc_locks(path).is_empty(), "{} left held", path.display());
+    }
+    // The base holds qemu-io's bytes only.
+    let kernel = proc_locks(&base);
+    assert_eq!((kernel.perm.bits(), kernel.unshared.bits()), (0x03, 0));
+    let images = chain_json(dir.path(), &[s(&top)], 0);
+    let base_holders = &images[0]["members"][2]["holders"];
+    assert_eq!(
+        base_holders.as_array().map(Vec::len),
+        Some(1),
+        "{base_holders}"
+    );
+    assert_eq!(base_holders[0]["pid"], qemu_io.pid());
+
+    // An image whose chain cannot be resolved: fpl's own error, 125.
+    fs::remove_file(&free_base).expect("remove");
+    let out = fpl(&["hold", "--chain", "--mode", "read", s(&free), "--", "true"]);
+    expect_status(&out, 125);
+    assert!(
+        text(&out.stderr).contains(&format!(
+            "Could not open backing file: Could not open '{}': No such file or directory",
+            s(&free_base)
+        )),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(proc_locks(&free).is_empty());
+}

@@ -31,7 +31,8 @@
 //! `check`: `{"path": ..., "ok": true}` when the access would be granted;
 //! on a conflict `{"path": ..., "ok": false, "error": MESSAGE, "errno": 11,
 //! "conflict": {"byte": 201, "perm": "write", "message": QEMU's first line,
-//! "holder": {"pid": ..., "name": ...} or null}}`.
+//! "holder": {"pid": ..., "name": ...} or null}}`; with `--chain` the
+//! conflict also has `"member"`, the file of the image's chain refused.
 //!
 //! Any command, an image that could not be inspected: `{"path": ...,
 //! "error": MESSAGE, "errno": N}`, plus `"hint"` when there is advice, and
@@ -146,7 +147,8 @@ pub fn error(path: &Path, e: &Error) -> Value {
 }
 
 /// The `check` object: granted, refused (with the conflict) or an error.
-pub fn check(path: &Path, outcome: &Result<(), Error>) -> Value {
+/// With `chain`, the conflict names the file refused (`member`).
+pub fn check(path: &Path, outcome: &Result<(), Error>, chain: bool) -> Value {
     let e = match outcome {
         Ok(()) => return json!({"path": path.to_string_lossy(), "ok": true}),
         Err(e) => e,
@@ -162,15 +164,17 @@ pub fn check(path: &Path, outcome: &Result<(), Error>) -> Value {
             .holder
             .as_ref()
             .map_or(Value::Null, |h| json!({"pid": h.pid, "name": h.name}));
-        object.insert(
-            "conflict".into(),
-            json!({
-                "byte": c.byte,
-                "perm": c.perm.cli_name(),
-                "message": c.qemu_message(),
-                "holder": holder,
-            }),
-        );
+        let mut conflict = json!({
+            "byte": c.byte,
+            "perm": c.perm.cli_name(),
+            "message": c.qemu_message(),
+            "holder": holder,
+        });
+        if chain {
+            let member = c.path.as_deref().unwrap_or(path);
+            conflict["member"] = member.to_string_lossy().into();
+        }
+        object.insert("conflict".into(), conflict);
     }
     Value::Object(object)
 }

@@ -50,3 +50,12 @@ pub fn print_error(path: &Path, e: &Error) {
         diag!("fpl: hint: {hint}");
     }
 }
+
+/// ` on base.raw` when the conflict `e` is on another file than `path` (a
+/// member of its chain), else nothing.
+pub fn on_member(path: &Path, e: &Error) -> String {
+    match e.conflict().and_then(|c| c.path.as_deref()) {
+        Some(member) if member != path => format!(" on {}", escape::path(member)),
+        _ => String::new(),
+    }
+}
