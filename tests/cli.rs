@@ -2190,3 +2190,62 @@ fn hold_chain_takes_every_member_or_none() {
     );
     assert!(proc_locks(&free).is_empty());
 }
+
+#[test]
+fn hold_chain_tells_a_conflict_with_itself_and_does_not_wait_for_it() {
+    let dir = TempDir::new("hold-chain-self");
+    let (base, mid, top) = chain_of_three(&dir);
+    let marker = dir.path().join("ran");
+    // The overlay's chain protects its base from writers: writing the base
+    // as well can never be granted, however long fpl waits.
+    let out = fpl(&[
+        "hold",
+        "--chain",
+        "--wait",
+        "600",
+        "--mode",
+        "write",
+        s(&top),
+        s(&base),
+        "--",
+        "touch",
+        s(&marker),
+    ]);
+    expect_status(&out, 75);
+    let err = text(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "fpl: {}: cannot take write: Failed to get \"write\" lock\n",
+            s(&base)
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "fpl: note: {} is a backing file of {}, named before: \
+             this hold would conflict with itself",
+            s(&base),
+            s(&top)
+        )),
+        "{err}"
+    );
+    assert!(!err.contains("waiting"), "{err}");
+    assert!(!marker.exists(), "the command ran without the locks");
+    for path in [&top, &mid, &base] {
+        assert!(proc_locks(path).is_empty(), "{} left held", path.display());
+    }
+    // Reading the base besides its overlay is no conflict.
+    let out = fpl(&[
+        "hold",
+        "--chain",
+        "--mode",
+        "read",
+        s(&top),
+        s(&base),
+        "--",
+        "touch",
+        s(&marker),
+    ]);
+    expect_status(&out, 0);
+    assert!(marker.exists());
+}

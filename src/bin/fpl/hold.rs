@@ -11,7 +11,8 @@ use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use fpl::{ChainLock, Error, Lock, Options};
+use fpl::chain::Role;
+use fpl::{ChainLock, Error, FileId, Lock, Options};
 use nix::sys::signal::{signal, SigHandler, Signal};
 use nix::unistd::Pid;
 
@@ -155,7 +156,11 @@ fn acquire_waiting(args: &HoldArgs) -> Result<Vec<(PathBuf, Taken)>, u8> {
     let deadline = args.wait.map(|w| Instant::now() + w);
     let mut announced = false;
     loop {
-        let (path, mut e) = match acquire_all(args) {
+        let Failure {
+            path,
+            error: mut e,
+            held_by_self,
+        } = match acquire_all(args) {
             Ok(locks) => return Ok(locks),
             Err(failure) => failure,
         };
@@ -164,7 +169,8 @@ fn acquire_waiting(args: &HoldArgs) -> Result<Vec<(PathBuf, Taken)>, u8> {
         // on the silent retries of --wait).
         let left = deadline.and_then(|d| d.checked_duration_since(Instant::now()));
         match (e.conflict().is_some(), left) {
-            (true, Some(left)) if !left.is_zero() => {
+            // A conflict with this hold's own locks never ends by waiting.
+            (true, Some(left)) if !left.is_zero() && held_by_self.is_none() => {
                 if !announced {
                     e.look_up_holder();
                     let held_by = e
@@ -192,6 +198,9 @@ fn acquire_waiting(args: &HoldArgs) -> Result<Vec<(PathBuf, Taken)>, u8> {
                     report::on_member(&path, &e),
                     escape::error(&e)
                 );
+                if let Some(note) = held_by_self {
+                    diag!("fpl: note: {note}: this hold would conflict with itself");
+                }
                 return Err(EXIT_HOLD_CONFLICT);
             }
             (false, _) => {
@@ -207,7 +216,7 @@ fn acquire_waiting(args: &HoldArgs) -> Result<Vec<(PathBuf, Taken)>, u8> {
 /// once: the locks belong to the inode, and a second description of it
 /// would conflict with the first. With `--chain`, each image is every file
 /// of its chain (`fpl::ChainLock`, itself all or nothing).
-fn acquire_all(args: &HoldArgs) -> Result<Vec<(PathBuf, Taken)>, (PathBuf, Error)> {
+fn acquire_all(args: &HoldArgs) -> Result<Vec<(PathBuf, Taken)>, Failure> {
     let request = args.access.request();
     // No holder is looked up while this attempt still holds other images:
     // the caller does it once everything is released.
@@ -233,12 +242,60 @@ fn acquire_all(args: &HoldArgs) -> Result<Vec<(PathBuf, Taken)>, (PathBuf, Error
         match taken {
             Ok(taken) => locks.push((path.clone(), taken)),
             Err(e) => {
+                let held_by_self = taken_by(&locks, &e);
                 release_all(locks);
-                return Err((path.clone(), e));
+                return Err(Failure {
+                    path: path.clone(),
+                    error: e,
+                    held_by_self,
+                });
             }
         }
     }
     Ok(locks)
+}
+
+/// Why an attempt failed.
+struct Failure {
+    /// The image named.
+    path: PathBuf,
+    error: Error,
+    /// For a conflict on a file this attempt had already locked (an image
+    /// named with its own backing file, `--chain`), which image took it.
+    held_by_self: Option<String>,
+}
+
+/// When the conflict `e` is on a file `locks` already hold: says which
+/// image named before took it, and as what.
+fn taken_by(locks: &[(PathBuf, Taken)], e: &Error) -> Option<String> {
+    let conflicted = e.conflict()?.path.as_deref()?;
+    let meta = std::fs::metadata(conflicted).ok()?;
+    let file = FileId {
+        dev: meta.dev(),
+        ino: meta.ino(),
+    };
+    let shown = escape::path(conflicted);
+    locks.iter().find_map(|(path, taken)| {
+        let member = match taken {
+            Taken::File(lock) => (lock.file_id() == file).then_some(Role::Image),
+            Taken::Chain(chain) => chain
+                .members()
+                .iter()
+                .find(|m| m.file == Some(file))
+                .map(|m| m.role),
+        }?;
+        Some(match member {
+            Role::Image => format!("{shown} was named before, and is held already"),
+            Role::Backing => format!(
+                "{shown} is a backing file of {}, named before",
+                escape::path(path)
+            ),
+            Role::DataFile => format!(
+                "{shown} is the data file of {}, named before",
+                escape::path(path)
+            ),
+        })
+    })
 }
 
 fn release_all(locks: Vec<(PathBuf, Taken)>) {
