@@ -2249,3 +2249,39 @@ fn hold_chain_tells_a_conflict_with_itself_and_does_not_wait_for_it() {
     expect_status(&out, 0);
     assert!(marker.exists());
 }
+
+#[test]
+fn hold_chain_waits_for_a_writer_of_the_base_to_quit() {
+    let dir = TempDir::new("hold-chain-wait");
+    let (base, _mid, top) = chain_of_three(&dir);
+    let mut qemu_io = qemu_io_holding(&base);
+    let mut hold = Running::spawn(
+        Command::new(FPL)
+            .args(["hold", "--chain", "--wait", "600", "--mode", "read"])
+            .arg(&top)
+            .args(["--", "qemu-img", "convert", "-O", "raw"])
+            .arg(&top)
+            .arg(dir.path().join("copy.raw"))
+            .stderr(Stdio::piped()),
+    );
+    // fpl says once which file it waits for; only then does QEMU quit.
+    let line = hold.stderr_lines().find("waiting");
+    assert_eq!(
+        line,
+        format!(
+            "fpl: {}: {} in use (Failed to get shared \"write\" lock, held by qemu-io (pid {})); waiting",
+            s(&top),
+            s(&base),
+            qemu_io.pid()
+        )
+    );
+    assert!(hold.child.try_wait().expect("waitpid works").is_none());
+
+    qemu_io.close_stdin();
+    assert_eq!(qemu_io.wait().code(), Some(0));
+    // The command, qemu-img convert, reads the chain under fpl's read
+    // locks: they admit it (CHAINS.md §1: it takes RP everywhere).
+    assert_eq!(hold.wait().code(), Some(0));
+    assert!(dir.path().join("copy.raw").exists());
+    assert!(proc_locks(&base).is_empty());
+}

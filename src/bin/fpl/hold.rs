@@ -179,10 +179,11 @@ fn acquire_waiting(args: &HoldArgs) -> Result<Vec<(PathBuf, Taken)>, u8> {
                         .map_or_else(String::new, |h| {
                             format!(", held by {} (pid {})", escape::escape(&h.name), h.pid)
                         });
+                    let what = report::member(&path, &e)
+                        .map_or_else(|| "in use".to_owned(), |m| format!("{m} in use"));
                     diag!(
-                        "fpl: {}: in use{} ({}{held_by}); waiting",
+                        "fpl: {}: {what} ({}{held_by}); waiting",
                         escape::path(&path),
-                        report::on_member(&path, &e),
                         e.conflict().map(|c| c.qemu_message()).unwrap_or_default()
                     );
                     announced = true;

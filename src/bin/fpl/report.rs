@@ -51,11 +51,17 @@ pub fn print_error(path: &Path, e: &Error) {
     }
 }
 
-/// ` on base.raw` when the conflict `e` is on another file than `path` (a
-/// member of its chain), else nothing.
-pub fn on_member(path: &Path, e: &Error) -> String {
+/// The file the conflict `e` is on, shown, when it is another file than
+/// `path` (a member of its chain).
+pub fn member(path: &Path, e: &Error) -> Option<String> {
     match e.conflict().and_then(|c| c.path.as_deref()) {
-        Some(member) if member != path => format!(" on {}", escape::path(member)),
-        _ => String::new(),
+        Some(member) if member != path => Some(escape::path(member)),
+        _ => None,
     }
+}
+
+/// ` on base.raw` when the conflict `e` is on a member of `path`'s chain,
+/// else nothing.
+pub fn on_member(path: &Path, e: &Error) -> String {
+    member(path, e).map_or_else(String::new, |m| format!(" on {m}"))
 }

@@ -34,7 +34,8 @@ pub struct AccessArgs {
     pub exact: bool,
 
     /// Every file of each image: its data file and its backing chain too,
-    /// each with what QEMU would take on it for this access, all or nothing.
+    /// each with what QEMU would take on it for this access (a backing
+    /// file is only read). A refusal names the file.
     #[arg(long)]
     pub chain: bool,
 
