@@ -1830,6 +1830,21 @@ fn status_chain_over_a_pool_shows_who_uses_a_base() {
     assert_eq!(b_members[0]["holders"], serde_json::json!([]));
     assert_eq!(b_members[0]["perm"], serde_json::json!([]));
     assert_member_held(&b_members[1], &base, R, pid);
+
+    // Files are compared by inode: the base named through a symbolic link
+    // in another folder is still the base of both overlays.
+    let elsewhere = TempDir::new("chain-pool-link");
+    let link = elsewhere.path().join("link.raw");
+    std::os::unix::fs::symlink(&base, &link).expect("symlink");
+    let images = chain_json(dir.path(), &[s(&a), s(&b), s(&link)], 0);
+    assert_eq!(
+        images[2]["members"][0]["overlays"],
+        serde_json::json!([
+            {"path": s(&a), "role": "backing", "depth": 1},
+            {"path": s(&b), "role": "backing", "depth": 1},
+        ])
+    );
+    assert_eq!(images[2]["members"][0]["holders"][0]["pid"], pid);
 }
 
 #[test]
