@@ -438,7 +438,7 @@ fn library_exports_the_recorded_functions() {
     let nm = stdout(&run(Command::new("nm")
         .args(["-D", "--defined-only"])
         .arg(&lib)));
-    let mut exported: Vec<&str> = nm
+    let exported: Vec<&str> = nm
         .lines()
         .filter_map(|l| {
             let mut f = l.split_whitespace();
