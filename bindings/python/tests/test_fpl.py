@@ -318,7 +318,7 @@ def test_constants_and_structs_agree_with_the_header() -> None:
         (fpl.Format, "FPL_FORMAT_"),
     ):
         in_header = {k[len(prefix):]: int(v) for k, v in defines.items() if k.startswith(prefix)}
-        in_python = {m.name: int(m) for m in enum_type if m.name != "NONE"}  # type: ignore[attr-defined]
+        in_python = {m.name: int(m) for m in enum_type if m.name != "NONE"}
         assert in_python == in_header, prefix
     names = {"FPL_PERM_CONSISTENT_READ": Perm.CONSISTENT_READ, "FPL_PERM_WRITE": Perm.WRITE,
              "FPL_PERM_RESIZE": Perm.RESIZE, "FPL_PERM_ALL": Perm.ALL}
