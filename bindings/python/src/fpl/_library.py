@@ -174,7 +174,7 @@ def lib() -> ctypes.CDLL:
                     function = getattr(handle, name)
                 except AttributeError:
                     raise OSError(
-                        f"{handle._name} lacks {name}: not a compatible libfpl"
+                        f"{handle._name} lacks {name}: not a {SONAME} (libfpl ABI 1)"
                     ) from None
                 function.restype = restype
                 function.argtypes = argtypes
