@@ -67,7 +67,7 @@ fn python_package_installs_with_pip_and_passes_pytest_against_qemu() {
         .args(["install", "--quiet", "--force-reinstall", "--no-deps"])
         .arg(&pkg));
     let tmp = TempDir::new("python");
-    let lib = libfpl_dir().join("libfpl.so.0");
+    let lib = libfpl_dir().join("libfpl.so.1");
     let out = run(Command::new(&python)
         .args([
             "-c",

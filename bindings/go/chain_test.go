@@ -232,7 +232,8 @@ func TestChainLockHoldsEveryMemberAndReleaseFreesThemAll(t *testing.T) {
 	if st := r[0].Status; st.Perm != rwr || st.Unshared != fpl.PermWrite|fpl.PermWriteUnchanged|fpl.PermResize {
 		t.Fatalf("top %+v", st)
 	}
-	if st := r[1].Status; st.Perm != cr || st.Unshared != fpl.PermWrite|fpl.PermResize {
+	// Strict rules: not sharing write also refuses write-unchanged (202).
+	if st := r[1].Status; st.Perm != cr || st.Unshared != fpl.PermWrite|fpl.PermWriteUnchanged|fpl.PermResize {
 		t.Fatalf("base %+v", st)
 	}
 	for _, q := range r {
@@ -257,6 +258,19 @@ func TestChainLockHoldsEveryMemberAndReleaseFreesThemAll(t *testing.T) {
 	}
 	if out, err := qemuIOWrite(t, base, "raw"); err != nil {
 		t.Fatalf("qemu-io after release: %v: %s", err, out)
+	}
+	// Exact: QEMU's own bytes, a VM disk's (CHAINS.md): top RWX (100, 101,
+	// 103, 201, 203), base RP (100, 201, 203).
+	exact := chained(fpl.Write)
+	exact.Exact = true
+	if lock, err = fpl.Acquire(top, exact); err != nil {
+		t.Fatal(err)
+	}
+	defer lock.Release()
+	r = fpl.QueryMany([]string{top, base}, false)
+	if r[0].Status.Perm != rwr || r[0].Status.Unshared != fpl.PermWrite|fpl.PermResize ||
+		r[1].Status.Perm != cr || r[1].Status.Unshared != fpl.PermWrite|fpl.PermResize {
+		t.Fatalf("exact: %+v", r)
 	}
 }
 
@@ -286,7 +300,7 @@ func TestChainUpdateIsAllOrNothing(t *testing.T) {
 	if lock.Mode() != chained(fpl.Write) {
 		t.Fatalf("mode %+v", lock.Mode())
 	}
-	if st, _ := fpl.Query(base, false); st.Unshared != fpl.PermWrite|fpl.PermResize {
+	if st, _ := fpl.Query(base, false); st.Unshared != fpl.PermWrite|fpl.PermWriteUnchanged|fpl.PermResize {
 		t.Fatalf("base %+v after update", st)
 	}
 }

@@ -576,7 +576,7 @@ func Chain(path string, mode Mode) ([]Member, error) {
 	}
 }
 
-// Version is the loaded libfpl's version, e.g. "0.1.0".
+// Version is the loaded libfpl's version, e.g. "1.0.0".
 func Version() string { return C.GoString(C.fpl_version()) }
 
 // HeaderVersion is the version of the fpl.h these bindings were built with.

@@ -164,7 +164,11 @@ def test_chain_lock_holds_every_member_and_release_frees_them_all(chain_image: P
             RWR,
             Perm.WRITE | Perm.WRITE_UNCHANGED | Perm.RESIZE,
         )
-        assert (base_status.perm, base_status.unshared) == (CR, Perm.WRITE | Perm.RESIZE)
+        # Strict rules: not sharing write also refuses write-unchanged (202).
+        assert (base_status.perm, base_status.unshared) == (
+            CR,
+            Perm.WRITE | Perm.WRITE_UNCHANGED | Perm.RESIZE,
+        )
         for status in (top_status, base_status):
             assert [(h.pid, h.access, h.flags) for h in status.holders] == [
                 (os.getpid(), Access.READ, HolderFlag.NONE)
@@ -178,6 +182,14 @@ def test_chain_lock_holds_every_member_and_release_frees_them_all(chain_image: P
     assert [s.in_use for s in fpl.query_many([chain_image, base])] == [False, False]  # type: ignore[union-attr]
     admitted = _qemu_io_write(base, "raw")
     assert admitted.returncode == 0, admitted.stderr
+    # exact=True: QEMU's own bytes, a VM disk's (CHAINS.md): top RWX
+    # (100, 101, 103, 201, 203), base RP (100, 201, 203).
+    with fpl.acquire(chain_image, mode="write", exact=True, chain=True):
+        statuses = fpl.query_many([chain_image, base])
+        assert [(s.perm, s.unshared) for s in statuses] == [  # type: ignore[union-attr]
+            (RWR, Perm.WRITE | Perm.RESIZE),
+            (CR, Perm.WRITE | Perm.RESIZE),
+        ]
 
 
 def test_chain_update_is_all_or_nothing(chain_image: Path, qemu_holding: HoldImage) -> None:
@@ -197,7 +209,7 @@ def test_chain_update_is_all_or_nothing(chain_image: Path, qemu_holding: HoldIma
         lock.update(mode="write")
         assert lock.perm == RWR
         assert fpl.query(chain_image).perm == RWR
-        assert fpl.query(base).unshared == Perm.WRITE | Perm.RESIZE
+        assert fpl.query(base).unshared == Perm.WRITE | Perm.WRITE_UNCHANGED | Perm.RESIZE
         lock.verify()
 
 

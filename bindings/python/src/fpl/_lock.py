@@ -237,5 +237,5 @@ def check(
 
 
 def version() -> str:
-    """The loaded libfpl's version, e.g. ``"0.1.0"``."""
+    """The loaded libfpl's version, e.g. ``"1.0.0"``."""
     return str(lib().fpl_version().decode())
