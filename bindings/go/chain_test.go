@@ -259,11 +259,11 @@ func TestChainLockHoldsEveryMemberAndReleaseFreesThemAll(t *testing.T) {
 	if out, err := qemuIOWrite(t, base, "raw"); err != nil {
 		t.Fatalf("qemu-io after release: %v: %s", err, out)
 	}
-	// Exact: QEMU's own bytes, a VM disk's (CHAINS.md): top RWX (100, 101,
-	// 103, 201, 203), base RP (100, 201, 203).
-	exact := chained(fpl.Write)
-	exact.Exact = true
-	if lock, err = fpl.Acquire(top, exact); err != nil {
+	// A VM's virtio disk, exactly (it shares reading and write-unchanged):
+	// QEMU's own bytes (CHAINS.md), top RWX (100, 101, 103, 201, 203) and
+	// base RP (100, 201, 203).
+	vmDisk := fpl.Mode{Perm: rwr, Shared: cr | fpl.PermWriteUnchanged, Exact: true, Chain: true}
+	if lock, err = fpl.Acquire(top, vmDisk); err != nil {
 		t.Fatal(err)
 	}
 	defer lock.Release()

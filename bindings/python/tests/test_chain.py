@@ -182,9 +182,11 @@ def test_chain_lock_holds_every_member_and_release_frees_them_all(chain_image: P
     assert [s.in_use for s in fpl.query_many([chain_image, base])] == [False, False]  # type: ignore[union-attr]
     admitted = _qemu_io_write(base, "raw")
     assert admitted.returncode == 0, admitted.stderr
-    # exact=True: QEMU's own bytes, a VM disk's (CHAINS.md): top RWX
-    # (100, 101, 103, 201, 203), base RP (100, 201, 203).
-    with fpl.acquire(chain_image, mode="write", exact=True, chain=True):
+    # A VM's virtio disk, exactly (it shares reading and write-unchanged):
+    # QEMU's own bytes (CHAINS.md), top RWX (100, 101, 103, 201, 203) and
+    # base RP (100, 201, 203).
+    vm_disk = CR | Perm.WRITE_UNCHANGED
+    with fpl.acquire(chain_image, perm=RWR, shared=vm_disk, exact=True, chain=True):
         statuses = fpl.query_many([chain_image, base])
         assert [(s.perm, s.unshared) for s in statuses] == [  # type: ignore[union-attr]
             (RWR, Perm.WRITE | Perm.RESIZE),
