@@ -331,6 +331,11 @@ func TestQueryManyNamesTheQEMUHolderWithItsAccess(t *testing.T) {
 			t.Fatalf("missing image: %v", q.Err)
 		}
 	}
+	// The first failure has libfpl's own message, the others their errno.
+	_, alone := fpl.Query(missing, false)
+	if r[2].Err.Error() != alone.Error() || r[3].Err.Error() != "cannot inspect '"+missing+"': no such file or directory" {
+		t.Fatalf("messages %q and %q, want %q and the errno", r[2].Err, r[3].Err, alone)
+	}
 	// Holders only when asked for.
 	for _, q := range fpl.QueryMany([]string{top, base}, false) {
 		if q.Err != nil || len(q.Status.Holders) != 0 || !q.Status.InUse() {

@@ -462,7 +462,10 @@ func QueryMany(paths []string, holders bool) []QueryResult {
 			described = true
 			out[i].Err = newError("query", paths[i], C.int(results[i]), &err)
 		default:
-			out[i].Err = newError("query", paths[i], C.int(results[i]), nil)
+			// Only its errno is known: worded like libfpl's messages.
+			e := newError("query", paths[i], C.int(results[i]), nil).(*Error)
+			e.Message = "cannot inspect '" + paths[i] + "': " + e.Errno.Error()
+			out[i].Err = e
 		}
 	}
 	return out

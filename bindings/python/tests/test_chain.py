@@ -239,6 +239,11 @@ def test_query_many_names_the_qemu_holder_with_its_access(
         assert isinstance(e, FileNotFoundError) and isinstance(e, fpl.Error)
         assert e.errno == errno.ENOENT and e.filename == str(missing)
         assert str(missing) in str(e)
+    # The first failure has libfpl's own message, the others their errno.
+    with pytest.raises(FileNotFoundError) as alone:
+        fpl.query(missing)
+    assert str(gone) == str(alone.value)
+    assert str(gone_again) == f"cannot inspect '{missing}': ENOENT: No such file or directory"
     # Holders are found only when asked for.
     assert [s.holders for s in fpl.query_many([chain_image, base])] == [(), ()]  # type: ignore[union-attr]
     assert fpl.query_many([]) == []

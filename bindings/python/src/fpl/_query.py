@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import errno as _errno
 import os
 from dataclasses import dataclass
 from typing import Iterable, List, Optional, Tuple, Union
@@ -179,7 +180,9 @@ def query_many(
             first = False
             out.append(_errors.from_struct(err, results[i], name))
         else:
+            # Only its errno is known: worded like libfpl's messages.
             code = -results[i]
-            text = f"cannot inspect '{name}': {os.strerror(code)}"
+            label = _errno.errorcode.get(code, str(code))
+            text = f"cannot inspect '{name}': {label}: {os.strerror(code)}"
             out.append(_errors.from_struct(ErrorStruct(), results[i], name, text))
     return out
