@@ -287,6 +287,35 @@ def test_library_is_found_by_soname_or_fpl_library(tmp_path: Path) -> None:
     assert str(tmp_path / "libfpl.so.1") in wrong.stderr
 
 
+def test_a_libfpl_of_another_abi_is_refused_by_name(tmp_path: Path) -> None:
+    """A libfpl.so.0 (no fpl_chain) or a future 2.x is refused when loaded,
+    naming the library and the SONAME these bindings need, rather than
+    called with structures of the wrong size."""
+    import shutil
+
+    cc = shutil.which("cc")
+    assert cc, "this test needs a C compiler (apt-get install gcc)"
+    v0 = ["fpl_acquire", "fpl_acquire_fd", "fpl_update", "fpl_release", "fpl_check",
+          "fpl_query", "fpl_query_many"]
+    v1 = v0 + ["fpl_chain", "fpl_verify"]
+    code = "import fpl; fpl.version()"
+    for name, functions, version, expected in (
+        ("libfpl-v0.so", v0, "0.1.0", "lacks fpl_chain: not a libfpl.so.1"),
+        ("libfpl-v2.so", v1, "2.0.0", "is libfpl 2.0.0, not a libfpl.so.1"),
+    ):
+        source = tmp_path / (name + ".c")
+        source.write_text(
+            "".join(f"int {f}(void) {{ return -22; }}\n" for f in functions)
+            + f'const char *fpl_version(void) {{ return "{version}"; }}\n'
+        )
+        lib = tmp_path / name
+        subprocess.run([cc, "-shared", "-fPIC", "-o", str(lib), str(source)], check=True)
+        env = {k: v for k, v in os.environ.items() if k != "LD_LIBRARY_PATH"}
+        refused = _run_python(code, dict(env, FPL_LIBRARY=str(lib)), tmp_path)
+        assert refused.returncode != 0
+        assert f"{lib} {expected}" in refused.stderr, refused.stderr
+
+
 def test_package_is_typed() -> None:
     assert (Path(fpl.__file__).parent / "py.typed").is_file()
 
