@@ -134,6 +134,45 @@ func TestChainListsBothMembersWithQEMUsDerivedRequests(t *testing.T) {
 	}
 }
 
+func TestChainListsADataFileAndARemoteBackingFile(t *testing.T) {
+	dir := t.TempDir()
+	data, image := filepath.Join(dir, "d.raw"), filepath.Join(dir, "x.qcow2")
+	qemuImg(t, "create", "-q", "-f", "qcow2", "-o", "data_file="+data+",data_file_raw=on", image, "16M")
+	members, err := fpl.Chain(image, fpl.Write)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A data file follows the request's write and never shares resize.
+	want := []fpl.Member{
+		{Path: image, Role: fpl.RoleImage, Format: fpl.FormatQcow2, Depth: 0, Perm: rwr, Shared: cr},
+		{Path: data, Role: fpl.RoleDataFile, Format: fpl.FormatRaw, Depth: 0, Perm: rwr, Shared: cr},
+	}
+	if !reflect.DeepEqual(members, want) {
+		t.Fatalf("members %+v, want %+v", members, want)
+	}
+	// An NBD backing file is listed as written, never opened or locked.
+	remote, url := filepath.Join(dir, "r.qcow2"), "nbd://localhost:10809/exp"
+	qemuImg(t, "create", "-q", "-f", "qcow2", "-u", "-b", url, "-F", "raw", remote, "16M")
+	members, err = fpl.Chain(remote, fpl.Write)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(members) != 2 || members[1] != (fpl.Member{Path: url, Role: fpl.RoleBacking, Format: fpl.FormatRemote, Depth: 1, Perm: cr, Shared: cr | fpl.PermWriteUnchanged}) {
+		t.Fatalf("members %+v", members)
+	}
+	if members[1].Format.String() != "remote" || members[1].Role.String() != "backing" {
+		t.Fatalf("names %v %v", members[1].Format, members[1].Role)
+	}
+	lock, err := fpl.Acquire(remote, chained(fpl.Write))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lock.Release()
+	if err := lock.Verify(); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func TestChainLongerThanTheFirstBufferIsListedWhole(t *testing.T) {
 	dir := t.TempDir()
 	qemuImg(t, "create", "-q", "-f", "raw", filepath.Join(dir, "l0.raw"), "1M")

@@ -98,6 +98,28 @@ def test_chain_paths_are_as_qemu_opens_them_in_the_type_given(
     assert paths == [raw, os.fsencode(chain_image.parent / "base.raw")]
 
 
+def test_chain_lists_a_data_file_and_a_remote_backing_file(tmp_path: Path) -> None:
+    data, image = tmp_path / "d.raw", tmp_path / "x.qcow2"
+    qemu_img("create", "-q", "-f", "qcow2", "-o", f"data_file={data},data_file_raw=on", str(image), "16M")
+    assert fpl.chain(image, mode="write") == [
+        fpl.Member(str(image), Role.IMAGE, Format.QCOW2, 0, RWR, CR),
+        # A data file follows the request's write and never shares resize.
+        fpl.Member(str(data), Role.DATA_FILE, Format.RAW, 0, RWR, CR),
+    ]
+    with fpl.acquire(image, mode="write", chain=True):
+        assert [s.perm for s in fpl.query_many([image, data])] == [RWR, RWR]  # type: ignore[union-attr]
+
+    # An NBD backing file is listed as written, never opened or locked.
+    remote = tmp_path / "r.qcow2"
+    url = "nbd://localhost:10809/exp"
+    qemu_img("create", "-q", "-f", "qcow2", "-u", "-b", url, "-F", "raw", str(remote), "16M")
+    members = fpl.chain(remote, mode="write")
+    assert members[1] == fpl.Member(url, Role.BACKING, Format.REMOTE, 1, CR, CR | Perm.WRITE_UNCHANGED)
+    with fpl.acquire(remote, mode="write", chain=True) as lock:
+        lock.verify()
+        assert fpl.query(remote).perm == RWR
+
+
 def test_chain_longer_than_the_first_buffer_is_listed_whole(tmp_path: Path) -> None:
     qemu_img("create", "-q", "-f", "raw", str(tmp_path / "l0.raw"), "1M")
     below = "l0.raw"
