@@ -239,7 +239,9 @@ func (l *Lock) Mode() Mode {
 // an open file description of their own. nil if they are; an *Error
 // wrapping syscall.ENOLCK when they were lost (a file system that dropped
 // them: a GlusterFS brick restart, an expired NFS lease), its message
-// naming the file and the byte. Changes nothing.
+// naming the file and the byte; syscall.ENOTSUP for a lock that fell back
+// to POSIX locks (AllowPOSIX: its own process cannot test them). Changes
+// nothing.
 func (l *Lock) Verify() error {
 	l.mu.Lock()
 	defer l.mu.Unlock()

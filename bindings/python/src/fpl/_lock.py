@@ -91,7 +91,9 @@ class Lock:
         description, as other processes see it. Returns None if they are;
         raises :class:`Error` with ``errno.ENOLCK`` when they were lost (a
         file system that dropped them: a GlusterFS brick restart, an
-        expired NFS lease), the message naming the file and the byte.
+        expired NFS lease), the message naming the file and the byte;
+        ``errno.ENOTSUP`` for a lock taken with ``allow_posix=True`` that
+        fell back to POSIX locks (its own process cannot test them).
         Changes nothing."""
         err = ErrorStruct()
         with self._mutex:
