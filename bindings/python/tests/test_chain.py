@@ -33,6 +33,13 @@ def _qemu_io_write(path: Path, fmt: str) -> "subprocess.CompletedProcess[str]":
     )
 
 
+def _statuses(paths: List[Path], holders: bool = False) -> List[fpl.Status]:
+    """query_many, every image inspected."""
+    found = fpl.query_many(paths, holders)
+    assert all(isinstance(s, fpl.Status) for s in found), found
+    return [s for s in found if isinstance(s, fpl.Status)]
+
+
 def _descriptors_of(path: Path) -> List[int]:
     """This process's descriptors open on PATH's inode."""
     want = os.stat(path)
@@ -100,21 +107,24 @@ def test_chain_paths_are_as_qemu_opens_them_in_the_type_given(
 
 def test_chain_lists_a_data_file_and_a_remote_backing_file(tmp_path: Path) -> None:
     data, image = tmp_path / "d.raw", tmp_path / "x.qcow2"
-    qemu_img("create", "-q", "-f", "qcow2", "-o", f"data_file={data},data_file_raw=on", str(image), "16M")
+    options = f"data_file={data},data_file_raw=on"
+    qemu_img("create", "-q", "-f", "qcow2", "-o", options, str(image), "16M")
     assert fpl.chain(image, mode="write") == [
         fpl.Member(str(image), Role.IMAGE, Format.QCOW2, 0, RWR, CR),
         # A data file follows the request's write and never shares resize.
         fpl.Member(str(data), Role.DATA_FILE, Format.RAW, 0, RWR, CR),
     ]
     with fpl.acquire(image, mode="write", chain=True):
-        assert [s.perm for s in fpl.query_many([image, data])] == [RWR, RWR]  # type: ignore[union-attr]
+        assert [s.perm for s in _statuses([image, data])] == [RWR, RWR]
 
     # An NBD backing file is listed as written, never opened or locked.
     remote = tmp_path / "r.qcow2"
     url = "nbd://localhost:10809/exp"
     qemu_img("create", "-q", "-f", "qcow2", "-u", "-b", url, "-F", "raw", str(remote), "16M")
     members = fpl.chain(remote, mode="write")
-    assert members[1] == fpl.Member(url, Role.BACKING, Format.REMOTE, 1, CR, CR | Perm.WRITE_UNCHANGED)
+    assert members[1] == fpl.Member(
+        url, Role.BACKING, Format.REMOTE, 1, CR, CR | Perm.WRITE_UNCHANGED
+    )
     with fpl.acquire(remote, mode="write", chain=True) as lock:
         lock.verify()
         assert fpl.query(remote).perm == RWR
@@ -129,9 +139,8 @@ def test_chain_longer_than_the_first_buffer_is_listed_whole(tmp_path: Path) -> N
         qemu_img("create", "-q", "-f", "qcow2", "-b", below, "-F", fmt, str(tmp_path / name))
         below = name
     members = fpl.chain(tmp_path / below, mode="read")
-    assert [os.path.basename(os.fsdecode(m.path)) for m in members] == [f"l{i}.qcow2" for i in range(11, 0, -1)] + [
-        "l0.raw"
-    ]
+    names = [os.path.basename(os.fsdecode(m.path)) for m in members]
+    assert names == [f"l{i}.qcow2" for i in range(11, 0, -1)] + ["l0.raw"]
     assert [m.depth for m in members] == list(range(12))
     assert [m.role for m in members] == [Role.IMAGE] + [Role.BACKING] * 11
     assert members[-1].format == Format.RAW
@@ -201,7 +210,7 @@ def test_chain_lock_holds_every_member_and_release_frees_them_all(chain_image: P
         assert 'Failed to get "write" lock' in refused.stderr, refused.stderr
         lock.verify()
     assert lock.released
-    assert [s.in_use for s in fpl.query_many([chain_image, base])] == [False, False]  # type: ignore[union-attr]
+    assert [s.in_use for s in _statuses([chain_image, base])] == [False, False]
     admitted = _qemu_io_write(base, "raw")
     assert admitted.returncode == 0, admitted.stderr
     # A VM's virtio disk, exactly (it shares reading and write-unchanged):
@@ -209,8 +218,7 @@ def test_chain_lock_holds_every_member_and_release_frees_them_all(chain_image: P
     # base RP (100, 201, 203).
     vm_disk = CR | Perm.WRITE_UNCHANGED
     with fpl.acquire(chain_image, perm=RWR, shared=vm_disk, exact=True, chain=True):
-        statuses = fpl.query_many([chain_image, base])
-        assert [(s.perm, s.unshared) for s in statuses] == [  # type: ignore[union-attr]
+        assert [(s.perm, s.unshared) for s in _statuses([chain_image, base])] == [
             (RWR, Perm.WRITE | Perm.RESIZE),
             (CR, Perm.WRITE | Perm.RESIZE),
         ]
@@ -267,7 +275,7 @@ def test_query_many_names_the_qemu_holder_with_its_access(
     assert str(gone) == str(alone.value)
     assert str(gone_again) == f"cannot inspect '{missing}': ENOENT: No such file or directory"
     # Holders are found only when asked for.
-    assert [s.holders for s in fpl.query_many([chain_image, base])] == [(), ()]  # type: ignore[union-attr]
+    assert [s.holders for s in _statuses([chain_image, base])] == [(), ()]
     assert fpl.query_many([]) == []
 
 
