@@ -885,9 +885,43 @@ fn hostile_images_give_their_documented_errors() {
                     "{name} (round {round}): {got_msg:?} lacks {msg:?}"
                 );
             }
+            // The chain lock refuses the same way, through both APIs.
+            let e = fpl::ChainLock::acquire(&p(name), req(Mode::Write), Default::default())
+                .err()
+                .unwrap_or_else(|| panic!("{name}: locked, expected errno {errno}"));
+            assert_eq!(e.errno(), *errno, "{name}: {e}");
+            let c = std::ffi::CString::new(p(name).as_os_str().as_bytes()).expect("no NUL");
+            let mut lock: *mut fpl::ffi::fpl_lock = std::ptr::null_mut();
+            let mut err = fpl::ffi::fpl_error::default();
+            // SAFETY: valid pointers.
+            let rc = unsafe {
+                fpl::ffi::fpl_acquire(
+                    c.as_ptr(),
+                    fpl::ffi::FPL_MODE_READ_PERM,
+                    fpl::ffi::FPL_MODE_READ_SHARE,
+                    fpl::ffi::FPL_FLAG_CHAIN,
+                    &mut lock,
+                    &mut err,
+                )
+            };
+            assert_eq!(rc, -errno, "{name}");
+            assert!(lock.is_null());
         }
     }
     assert_eq!(fd_count(), before, "descriptors left open");
+    // And no lock of this process is left on any file of the corpus.
+    let me = std::process::id() as i32;
+    for entry in std::fs::read_dir(d).expect("list the corpus") {
+        let f = entry.expect("entry").path();
+        if f.is_file() {
+            if let Ok(st) = fpl::query(&f, true) {
+                assert!(
+                    st.holders.iter().all(|h| h.pid != me),
+                    "{f:?}: a lock of ours is left"
+                );
+            }
+        }
+    }
 
     // Cases that resolve, as QEMU resolves them.
     let shared_data = v3(&[(DATA, abs("shared.raw").as_bytes())], 4, None);

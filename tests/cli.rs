@@ -1680,6 +1680,19 @@ fn assert_member_held(member: &Value, path: &Path, bytes: (u32, u32), pid: i32) 
         .expect("the holder's fdinfo is readable");
     let ino = fs::metadata(path).expect("the member exists").ino();
     assert!(lock_lines(&fdinfo).any(|l| l.ino == ino), "{fdinfo}");
+    // `access` is the open mode of that descriptor, from the same fdinfo.
+    let mode = fdinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("flags:"))
+        .and_then(|f| u32::from_str_radix(f.trim(), 8).ok())
+        .expect("fdinfo has flags")
+        & 3;
+    let want: &[&str] = match mode {
+        0 => &["read"],
+        1 => &["write"],
+        _ => &["read", "write"],
+    };
+    assert_eq!(holder["access"], serde_json::json!(want), "{member}");
 }
 
 /// The lines of `out` from the one equal to `first`, `n` of them.

@@ -13,7 +13,8 @@
 //!  "flags": [],               // "legacy" (104/204), "libvirt" (byte 0),
 //!                             // "holders-partial" (some process not inspectable)
 //!  "holders": [{"pid": 4410, "fd": 12, "name": "qemu-storage-da",
-//!               "perm": [...], "unshared": [...], "flags": [...]}]}
+//!               "perm": [...], "unshared": [...], "flags": [...],
+//!               "access": ["read", "write"]}]}   // how it opened the image
 //! ```
 //!
 //! `holders` is left out with `--no-holders`. Bytes held while `holders` is
@@ -71,7 +72,21 @@ fn holder(h: &Holder) -> Value {
         "perm": perm_list(h.held.perm),
         "unshared": perm_list(h.held.unshared),
         "flags": held_flags(&h.held),
+        "access": access_list(h.access),
     })
+}
+
+/// How the holder's descriptor was opened: `["read"]`, `["read", "write"]`,
+/// `["write"]`, or `[]` when fdinfo did not say.
+fn access_list(a: fpl::fdinfo::Access) -> Value {
+    let mut list = Vec::new();
+    if a.read {
+        list.push("read");
+    }
+    if a.write {
+        list.push("write");
+    }
+    json!(list)
 }
 
 /// The `status` object of an inspected image; `holders` when they were looked up.
