@@ -151,7 +151,7 @@ impl Lock {
             return Ok(());
         }
         let path = self.image.display_path().unwrap_or_default();
-        crate::openers::refuse(&[(&path, self.image.fd(), self.image.file_id())])
+        crate::openers::refuse(&[(&path, &self.image)])
     }
 
     fn check_owner(&self) -> Result<()> {
@@ -379,6 +379,11 @@ impl Lock {
         self.image.fd()
     }
 
+    /// The handle's image.
+    pub(crate) fn image(&self) -> &Image {
+        &self.image
+    }
+
     /// Whether the locks are process-wide POSIX locks (the fallback).
     pub fn is_posix(&self) -> bool {
         self.flavor == Flavor::Posix
@@ -448,7 +453,7 @@ fn list(bytes: ByteSet) -> String {
 pub fn check(path: &Path, request: Request, options: Options) -> Result<()> {
     let image = check_locks(path, request, options)?;
     if options.refuse_unlocked_openers {
-        crate::openers::refuse(&[(path, image.fd(), image.file_id())])?;
+        crate::openers::refuse(&[(path, &image)])?;
     }
     Ok(())
 }
