@@ -50,7 +50,7 @@ pub enum Error {
         /// The file (with a chain: the member) that is open.
         path: PathBuf,
         /// The process and descriptor that has it open.
-        opener: holders::Holder,
+        opener: Box<holders::Holder>,
     },
     /// A system call failed; `what` says what was being done.
     #[error("{what}: {errno}")]

@@ -49,7 +49,7 @@ pub(crate) fn refuse(files: &[(&Path, &Image)]) -> Result<()> {
         if let Some(opener) = found.into_iter().find(|h| h.no_locks) {
             return Err(Error::Opened {
                 path: path.to_path_buf(),
-                opener,
+                opener: Box::new(opener),
             });
         }
     }

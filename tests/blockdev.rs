@@ -475,7 +475,7 @@ fn other_devices_and_own_descriptors_are_never_openers() {
     let (dev, other) = (&devs.devs[0], &devs.devs[1]);
     assert_ne!(dev.rdev(), other.rdev());
     let dir = TempDir::new("blockdev-other-node");
-    let node = second_node(&dir, &dev);
+    let node = second_node(&dir, dev);
     let qemu = QemuIo::start(other.path(), true);
 
     // A QEMU on another block device is nobody's opener here.
