@@ -186,9 +186,10 @@ pub struct Holder {
 /// uses it ([`Holder::node`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Node {
-    /// The node as the process opened it (the link `/proc/PID/fd/FD`), a
-    /// path in that process's mount namespace: for a container, a name in
-    /// its own `/dev`. Empty if unreadable.
+    /// The node as the kernel names the descriptor (the link
+    /// `/proc/PID/fd/FD`): for a process in another mount namespace (a
+    /// container's own `/dev`), a name there that may not exist here.
+    /// Empty if unreadable.
     pub path: PathBuf,
     /// The node's `stat` identity.
     pub id: FileId,
