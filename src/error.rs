@@ -270,3 +270,70 @@ pub(crate) fn open_mode(a: crate::fdinfo::Access) -> &'static str {
         _ => "read-only",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fdinfo::Access;
+    use crate::holders::{FileId, Holder, Node};
+    use crate::protocol::Held;
+
+    fn opener(node: Option<Node>) -> Error {
+        Error::Opened {
+            path: PathBuf::from("/dev/xvdb"),
+            opener: Box::new(Holder {
+                pid: 4410,
+                fd: 9,
+                name: "qemu-system-x86".into(),
+                held: Held::default(),
+                access: Access {
+                    read: true,
+                    write: true,
+                },
+                no_locks: true,
+                node,
+            }),
+        }
+    }
+
+    #[test]
+    fn an_opener_through_another_node_is_named_with_its_node_and_bytes() {
+        let mut held = Held::default();
+        held.add_range(0, Some(0));
+        held.add_range(100, Some(101));
+        held.add_range(104, Some(104));
+        let node = |path: &str, held| Node {
+            path: PathBuf::from(path),
+            id: FileId { dev: 6, ino: 93 },
+            held,
+        };
+        let e = opener(Some(node("/dev/loop0", held)));
+        assert_eq!(e.errno(), libc::EBUSY);
+        assert!(
+            e.to_string().starts_with(
+                "'/dev/xvdb' is open read-write through '/dev/loop0' by qemu-system-x86 \
+                 (pid 4410, fd 9), whose locks this node does not see (it holds bytes 0, \
+                 100, 101, 104/204 there): the same block device through another device node"
+            ),
+            "{e}"
+        );
+        let mut one = Held::default();
+        one.add_range(100, Some(100));
+        let e = opener(Some(node("", one))).to_string();
+        assert!(
+            e.contains("through another node by qemu-system-x86")
+                && e.contains("(it holds byte 100 there)"),
+            "{e}"
+        );
+        let e = opener(Some(node("/dev/loop0", Held::default()))).to_string();
+        assert!(e.contains("(it holds none there either)"), "{e}");
+        // The same inode: the message of an unlocked opener, as before.
+        let e = opener(None).to_string();
+        assert!(
+            e.starts_with(
+                "'/dev/xvdb' is open read-write by qemu-system-x86 (pid 4410, fd 9) without locks"
+            ),
+            "{e}"
+        );
+    }
+}

@@ -37,9 +37,12 @@ pub struct Options {
     /// Also refuse, with `EBUSY` ([`Error::Opened`]), while another process
     /// has the image open and holds none of its bytes
     /// (`FPL_FLAG_NO_UNLOCKED_OPENERS`): QEMU with `locking=off`, an
-    /// incoming migration's destination. The locks are taken (prepared)
-    /// first, then one walk of `/proc` looks for openers (see the private
-    /// module `openers` for what it cannot see).
+    /// incoming migration's destination. For a block device, also while a
+    /// process uses the device through another device node (a container's
+    /// `/dev`), whose locks this node never sees ([`crate::Holder::node`]).
+    /// The locks are taken (prepared) first, then one walk of `/proc` looks
+    /// for openers (see the private module `openers` for what it cannot
+    /// see).
     pub refuse_unlocked_openers: bool,
 }
 

@@ -21,7 +21,7 @@ use common::cabi::{c_path, message, name, new_error};
 use common::TempDir;
 use fpl::ffi::*;
 use fpl::query::{query_many_with, query_with, Inspect};
-use fpl::{Error, Holder, Lock, Mode, Options, Perm, PermSet, Request};
+use fpl::{ChainLock, Error, Holder, Lock, Mode, Options, Perm, PermSet, Request};
 
 fn req(mode: Mode) -> Request {
     Request::new(mode.perm(), mode.shared())
@@ -168,8 +168,13 @@ struct QemuIo(Child);
 
 impl QemuIo {
     fn start(node: &Path, locking: bool) -> QemuIo {
+        QemuIo::start_as("raw", node, locking)
+    }
+
+    /// With the image format `format` on the device (raw, qcow2).
+    fn start_as(format: &str, node: &Path, locking: bool) -> QemuIo {
         let mut opts = format!(
-            "driver=raw,file.driver=host_device,file.filename={}",
+            "driver={format},file.driver=host_device,file.filename={}",
             node.display()
         );
         if !locking {
@@ -502,5 +507,52 @@ fn other_devices_and_own_descriptors_are_never_openers() {
         .release()
         .expect("release");
     lock.release().expect("release");
+    drop(qemu);
+}
+
+#[test]
+fn a_chain_on_a_block_device_is_refused_beside_a_qemu_on_another_node() {
+    // A qcow2 written straight onto the device (as on an LVM volume).
+    let dev = Devices::new("blockdev-chain", 1);
+    let out = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(dev.path())
+        .arg("8M")
+        .output()
+        .expect("qemu-img runs (QEMU 10 comes with this machine: qemu-utils)");
+    assert!(
+        out.status.success(),
+        "qemu-img create on {:?}: {}",
+        dev.path(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dir = TempDir::new("blockdev-chain-node");
+    let node = second_node(&dir, &dev);
+    let qemu = QemuIo::start_as("qcow2", dev.path(), true);
+    // On its own node, QEMU's qcow2 bytes; through the other, nothing.
+    let on_dev = fpl::query(dev.path(), false).expect("query");
+    assert_eq!(
+        on_dev.held.unshared.bits(),
+        FPL_PERM_WRITE | FPL_PERM_RESIZE
+    );
+    assert!(fpl::query(&node, false).expect("query").held.is_empty());
+
+    let err = ChainLock::acquire(&node, req(Mode::Read), refuse()).expect_err("refused");
+    assert_eq!(err.errno(), libc::EBUSY);
+    assert!(
+        matches!(&err, Error::Opened { opener, path }
+            if opener.pid == qemu.pid() && path == &node
+                && opener.node.as_ref().is_some_and(|n| n.held.unshared.bits()
+                    == FPL_PERM_WRITE | FPL_PERM_RESIZE)),
+        "{err:?}"
+    );
+    assert_eq!(ours(&node), 0, "nothing held after the refusal");
+    let err = ChainLock::check(&node, req(Mode::Read), refuse()).expect_err("check");
+    assert_eq!(err.errno(), libc::EBUSY);
+    // The protocol alone grants it: the hazard.
+    ChainLock::acquire(&node, req(Mode::Read), Options::default())
+        .expect("the protocol alone")
+        .release()
+        .expect("release");
     drop(qemu);
 }
