@@ -180,9 +180,34 @@ impl QemuIo {
         if !locking {
             opts.push_str(",file.locking=off");
         }
-        let child = Command::new("qemu-io")
-            .arg("--image-opts")
-            .arg(&opts)
+        let mut cmd = Command::new("qemu-io");
+        cmd.arg("--image-opts").arg(&opts);
+        QemuIo::ready(cmd, node)
+    }
+
+    /// As a container runtime would run it: in a mount namespace of its
+    /// own, where a tmpfs over `dev_dir` (invisible from here) holds a node
+    /// `xvdb` of `dev`'s block device, made with mknod, which QEMU locks.
+    fn start_in_mount_namespace(dev: &LoopDev, dev_dir: &Path) -> QemuIo {
+        let rdev = dev.rdev() as libc::dev_t;
+        let script = format!(
+            "mount -t tmpfs fpl-dev \"$1\" && mknod \"$1/xvdb\" b {} {} && \
+             exec qemu-io --image-opts \"driver=raw,file.driver=host_device,file.filename=$1/xvdb\"",
+            libc::major(rdev),
+            libc::minor(rdev)
+        );
+        let mut cmd = Command::new(tool("unshare"));
+        cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
+            .arg(script)
+            .arg("sh")
+            .arg(dev_dir);
+        QemuIo::ready(cmd, dev.path())
+    }
+
+    /// Runs `cmd` (qemu-io, or what execs it), reading commands from a pipe;
+    /// ready once a query with openers of `watch` lists it.
+    fn ready(mut cmd: Command, watch: &Path) -> QemuIo {
+        let child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -191,16 +216,16 @@ impl QemuIo {
         let mut q = QemuIo(child);
         let pid = q.pid();
         let deadline = Instant::now() + Duration::from_secs(20);
-        while !query_with(node, openers())
+        while !query_with(watch, openers())
             .expect("query")
             .holders
             .iter()
             .any(|h| h.pid == pid)
         {
             if let Ok(Some(st)) = q.0.try_wait() {
-                panic!("qemu-io {opts} exited ({st})");
+                panic!("{cmd:?} exited ({st})");
             }
-            assert!(Instant::now() < deadline, "qemu-io never opened {node:?}");
+            assert!(Instant::now() < deadline, "{cmd:?} never opened {watch:?}");
             std::thread::sleep(Duration::from_millis(20));
         }
         q
@@ -470,6 +495,45 @@ fn a_qemu_in_a_containers_node_is_seen_from_the_hosts_node() {
         err.to_string()
             .contains(&format!("through '{}' by qemu-io", node.display())),
         "{err}"
+    );
+    drop(qemu);
+}
+
+#[test]
+fn a_qemu_in_another_mount_namespace_is_seen_through_its_own_dev() {
+    // Closer to a container: QEMU's node lives on a tmpfs mounted in its
+    // own mount namespace, which this process cannot reach at all.
+    let dev = Devices::new("blockdev-ns", 1);
+    let dir = TempDir::new("blockdev-ns-dev");
+    let qemu = QemuIo::start_in_mount_namespace(&dev, dir.path());
+
+    assert!(fpl::query(dev.path(), true).expect("query").held.is_empty());
+    let seen = query_with(dev.path(), openers()).expect("query");
+    let found = of(qemu.pid(), &seen.holders);
+    assert_eq!(found.len(), 1, "{seen:?}");
+    assert!(found[0].no_locks, "{seen:?}");
+    let through = found[0].node.as_ref().expect("through another node");
+    assert_eq!(through.held.perm, read_write(), "{seen:?}");
+    // The kernel's name for it, which does not exist in this namespace.
+    assert_eq!(through.path, dir.path().join("xvdb"));
+    assert!(
+        !through.path.exists(),
+        "{:?} is not visible here",
+        through.path
+    );
+
+    let err = Lock::acquire(dev.path(), req(Mode::Read), refuse()).expect_err("refused");
+    assert_eq!(err.errno(), libc::EBUSY);
+    assert!(
+        matches!(&err, Error::Opened { opener, .. } if opener.pid == qemu.pid()),
+        "{err:?}"
+    );
+    assert_eq!(ours(dev.path()), 0);
+    let (_, hs) = c_query(dev.path());
+    assert_eq!(hs.len(), 1);
+    assert_eq!(
+        hs[0].flags,
+        FPL_HOLDER_NO_LOCKS | FPL_HOLDER_OTHER_NODE | FPL_HOLDER_NODE_LOCKS
     );
     drop(qemu);
 }
