@@ -42,8 +42,9 @@ pub struct AccessArgs {
     /// Also refuse while another process has the image (with --chain: any
     /// of its files) open without holding any of its locks: QEMU with
     /// locking=off, or an incoming migration's destination before it
-    /// takes over. QEMU's protocol cannot see them; fpl looks in /proc
-    /// once its own locks are taken. A refusal like a conflict.
+    /// takes over. QEMU's protocol cannot see them: fpl looks in /proc
+    /// after taking (for check: testing) the locks. Refused like a
+    /// conflict (check: exit status 1, hold: 75).
     #[arg(long)]
     pub no_unlocked_openers: bool,
 

@@ -51,7 +51,9 @@ though QEMU's protocol sees nothing (`fpl check` and `fpl hold` grant it
 unless given --no-unlocked-openers). Openers are found in the same walk of
 /proc as holders, among the processes fpl may inspect (run as root to see
 every one); --no-holders looks for neither, and its `free` only says that
-no byte is held. Control characters in process names and paths are shown escaped
+no byte is held.
+
+Control characters in process names and paths are shown escaped
 (`\\x1b`, `\\t`, `\\u{9b}`, and `\\\\` for a backslash); --json gives them exactly.
 
 Exit status: 0 if every image could be inspected, 2 otherwise (or if the
