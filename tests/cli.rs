@@ -2744,3 +2744,61 @@ fn hold_wait_waits_for_an_opener_to_go_then_holds() {
     assert_eq!(hold.wait().code(), Some(0));
     assert!(proc_locks(&image).is_empty());
 }
+
+#[test]
+fn status_lists_holders_and_openers_of_one_image_apart() {
+    let dir = TempDir::new("status-both");
+    let image = dir.raw("both.raw");
+    let opener = qemu_io_unlocked(&image, false);
+    let fd = open_fd(opener.pid(), &image).expect("open");
+    // A QEMU that locks, beside it: the locks do not see the opener.
+    let holder = qemu_io_holding(&image);
+
+    let out = expect_status(&fpl(&["status", s(&image)]), 0);
+    let lines: Vec<&str> = out.lines().collect();
+    let opener_line = format!(
+        "{}: open read-write by qemu-io (pid {}, fd {fd}) without locks",
+        s(&image),
+        opener.pid()
+    );
+    assert!(lines.contains(&opener_line.as_str()), "{out}");
+    let held_lines = lines
+        .iter()
+        .filter(|l| {
+            l.starts_with(&format!(
+                "{}: in use by qemu-io (pid {}, fd ",
+                s(&image),
+                holder.pid()
+            ))
+        })
+        .count();
+    assert!(held_lines >= 1, "{out}");
+    // The opener line, the note, the holder's lines: nothing else, and in
+    // particular no bytes "held by a process fpl cannot see".
+    assert_eq!(lines.len(), held_lines + 2, "{out}");
+    assert!(
+        lines.contains(&format!("{}: {OPENER_NOTE}", s(&image)).as_str()),
+        "{out}"
+    );
+
+    // With --no-unlocked-openers, read-shared (which the holder allows)
+    // is refused for the opener alone.
+    expect_status(&fpl(&["check", "--mode", "read-shared", s(&image)]), 0);
+    let out = expect_status(
+        &fpl(&[
+            "check",
+            "--no-unlocked-openers",
+            "--mode",
+            "read-shared",
+            s(&image),
+        ]),
+        1,
+    );
+    assert!(
+        out.contains(&format!(
+            "by qemu-io (pid {}, fd {fd}) without locks",
+            opener.pid()
+        )),
+        "{out}"
+    );
+}
