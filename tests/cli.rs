@@ -2802,3 +2802,42 @@ fn status_lists_holders_and_openers_of_one_image_apart() {
         "{out}"
     );
 }
+
+#[test]
+fn hold_wait_says_again_when_a_holder_leaves_an_opener_in_its_place() {
+    let dir = TempDir::new("hold-wait-handover");
+    let image = dir.raw("a.raw");
+    let mut opener = qemu_io_unlocked(&image, false);
+    let fd = open_fd(opener.pid(), &image).expect("open");
+    let mut holder = qemu_io_holding(&image);
+    let mut hold = Running::spawn(
+        Command::new(FPL)
+            .args(["hold", "--wait", "600", "--no-unlocked-openers"])
+            .args(["--mode", "write", s(&image), "--", "true"])
+            .stderr(Stdio::piped()),
+    );
+    let mut stderr = hold.stderr_lines();
+    let first = stderr.find("waiting");
+    assert!(
+        first.starts_with(&format!("fpl: {}: in use (", s(&image)))
+            && first.ends_with(&format!("held by qemu-io (pid {})); waiting", holder.pid())),
+        "{first}"
+    );
+    // The holder goes; the opener is still there: a second line says so.
+    holder.close_stdin();
+    assert_eq!(holder.wait().code(), Some(0));
+    let second = stderr.find("waiting");
+    assert_eq!(
+        second,
+        format!(
+            "fpl: {}: open read-write by qemu-io (pid {}, fd {fd}) without locks; waiting",
+            s(&image),
+            opener.pid()
+        )
+    );
+    assert!(hold.child.try_wait().expect("waitpid works").is_none());
+    opener.close_stdin();
+    assert_eq!(opener.wait().code(), Some(0));
+    assert_eq!(hold.wait().code(), Some(0));
+    assert!(stderr.seen.is_empty(), "{:?}", stderr.seen);
+}

@@ -218,16 +218,18 @@ fn acquire_waiting(args: &HoldArgs) -> Result<Vec<(PathBuf, Taken)>, u8> {
 }
 
 /// What keeps `path` from being held, as a key that stays the same over
-/// retries while the reason does: the file and QEMU's message for a
-/// conflict, the file and the process for an opener. Costs no walk of /proc.
+/// retries while the reason does: the image, the file of its chain and
+/// QEMU's message for a conflict, the image, the file and the process for
+/// an opener. Costs no walk of /proc.
 fn waiting_reason(path: &Path, e: &Error) -> String {
     match e {
         Error::Opened { path: file, opener } => {
-            format!("opened {} {} {}", file.display(), opener.pid, opener.fd)
+            format!("opened {:?} {:?} {} {}", path, file, opener.pid, opener.fd)
         }
         _ => format!(
-            "conflict {} {}",
-            report::member(path, e).unwrap_or_default(),
+            "conflict {:?} {:?} {}",
+            path,
+            report::member(path, e),
             e.conflict().map(|c| c.qemu_message()).unwrap_or_default()
         ),
     }
