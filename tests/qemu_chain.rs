@@ -1,0 +1,669 @@
+//! Chains against real QEMU, in both directions: QEMU 10.0 (qemu-io,
+//! qemu-img, qemu-nbd, qemu-storage-daemon from the machine) and QEMU 7.2
+//! (the same plus qemu-system-x86_64, unpacked by scripts/fetch-qemu-7.2).
+//!
+//! - Every QEMU holder of CHAINS.md §1-2, on a chain with a raw base, one
+//!   with a qcow2 base and an image with an external data file, seen member
+//!   by member: `fpl::query` gives the bytes CHAINS.md measured and names the
+//!   QEMU process.
+//!
+//! The images are named relative to the test's folder, which is the working
+//! directory of the test and of every QEMU process, as a user would type
+//! them: a relative data file name resolves against the working directory
+//! (CHAINS.md §2), and QEMU's hint names the member as it opened it.
+
+mod common;
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use common::TempDir;
+use fpl::chain::{self, Member};
+use fpl::{Mode, Request};
+
+// ---- QEMU versions and tools -------------------------------------------
+
+/// The tests change the working directory: one at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// A test's folder, made the working directory while the test runs.
+struct Scene {
+    _serial: MutexGuard<'static, ()>,
+    dir: TempDir,
+}
+
+impl Scene {
+    fn new(tag: &str) -> Scene {
+        let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        let dir = TempDir::new(tag);
+        std::env::set_current_dir(dir.path())
+            .unwrap_or_else(|e| panic!("cd {:?}: {e}", dir.path()));
+        Scene {
+            _serial: serial,
+            dir,
+        }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Scene {
+    fn drop(&mut self) {
+        // Leave the folder before TempDir removes it.
+        let _ = std::env::set_current_dir(std::env::temp_dir());
+    }
+}
+
+/// One QEMU version: the folder of its binaries.
+#[derive(Clone)]
+struct Qemu {
+    version: String,
+    bin: PathBuf,
+}
+
+impl Qemu {
+    /// The path of a tool; fails the test saying what to install.
+    fn tool(&self, name: &str) -> PathBuf {
+        let p = self.bin.join(name);
+        assert!(
+            p.exists(),
+            "{name} of QEMU {} is missing (looked for {p:?}): QEMU 10.0's qemu-img, qemu-io, \
+             qemu-nbd and qemu-storage-daemon come preinstalled in /usr/bin (qemu-utils 10.0.2; \
+             never apt-get install a QEMU package, it replaces them); QEMU 7.2 with \
+             qemu-system-x86_64 is unpacked by scripts/fetch-qemu-7.2 (needs root)",
+            self.version
+        );
+        p
+    }
+
+    fn cmd(&self, tool: &str) -> Command {
+        let mut c = Command::new(self.tool(tool));
+        c.stdin(Stdio::null());
+        c
+    }
+
+    fn has_vm(&self) -> bool {
+        self.version == "7.2"
+    }
+}
+
+/// QEMU 10.0 and 7.2; fails saying what to install when one is missing.
+fn qemus() -> Vec<Qemu> {
+    let all: Vec<Qemu> = common::qemu_dirs()
+        .split(':')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(v, d)| Qemu {
+            version: v.to_owned(),
+            bin: PathBuf::from(d),
+        })
+        .collect();
+    let versions: Vec<&str> = all.iter().map(|q| q.version.as_str()).collect();
+    assert_eq!(versions, ["10.0", "7.2"], "both QEMU versions are needed");
+    all
+}
+
+fn qemu72() -> Qemu {
+    qemus()
+        .into_iter()
+        .find(Qemu::has_vm)
+        .expect("QEMU 7.2 (scripts/fetch-qemu-7.2)")
+}
+
+fn run(mut cmd: Command) -> Output {
+    let out = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    out
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn run_ok(cmd: Command) -> Output {
+    let what = format!("{cmd:?}");
+    let out = run(cmd);
+    assert!(out.status.success(), "{what} failed: {}", stderr(&out));
+    out
+}
+
+fn img(q: &Qemu, args: &[&str]) {
+    let mut c = q.cmd("qemu-img");
+    c.args(args);
+    run_ok(c);
+}
+
+// ---- processes -----------------------------------------------------------
+
+/// A QEMU process, killed and reaped however the test ends. Its stdin is a
+/// pipe (qemu-io waits on it), its stdout and stderr go to a log file.
+struct Proc {
+    child: Child,
+    log: PathBuf,
+    what: String,
+}
+
+static LOGS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+impl Proc {
+    fn start(q: &Qemu, tool: &str, args: &[String]) -> Proc {
+        let n = LOGS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let log = std::env::current_dir()
+            .expect("a working directory")
+            .join(format!("proc-{n}.log"));
+        let out = File::create(&log).expect("log file");
+        let err = out.try_clone().expect("log file");
+        let mut cmd = Command::new(q.tool(tool));
+        cmd.args(args)
+            .stdin(Stdio::piped())
+            .stdout(out)
+            .stderr(err);
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+        Proc {
+            child,
+            log,
+            what: format!("QEMU {} {tool} {}", q.version, args.join(" ")),
+        }
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Panics (with its log) if the process has exited.
+    fn assert_running(&mut self) {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            panic!("{} exited ({status}):\n{}", self.what, self.log());
+        }
+    }
+
+    /// Waits (at most 30 s) for the process to exit by itself.
+    fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not exit:\n{}",
+                self.what,
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// ---- bytes ---------------------------------------------------------------
+
+/// Every byte the protocol knows: libvirt's 0, 100-104, 200-204.
+const ALL_BYTES: [u32; 11] = [0, 100, 101, 102, 103, 104, 200, 201, 202, 203, 204];
+
+/// CHAINS.md's notation.
+const R: &[u32] = &[100];
+const RP: &[u32] = &[100, 201, 203];
+const RWX: &[u32] = &[100, 101, 103, 201, 203];
+const NONE: &[u32] = &[];
+/// A data file under a user that shares write: it never shares resize.
+const DATA_W: &[u32] = &[100, 101, 103, 203];
+/// A data file under `qemu-io -r`.
+const DATA_R: &[u32] = &[100, 203];
+
+fn bytes_of(held: fpl::Held) -> Vec<u32> {
+    ALL_BYTES
+        .into_iter()
+        .filter(|&b| held.covers(b))
+        .collect()
+}
+
+/// The bytes anybody holds on `path`.
+fn held(path: &str) -> Vec<u32> {
+    let status = fpl::query(Path::new(path), false).unwrap_or_else(|e| panic!("query {path}: {e}"));
+    bytes_of(status.held)
+}
+
+/// Waits (at most 30 s) until each file holds exactly its bytes; fails
+/// with the whole table (and the process's log) otherwise.
+fn wait_bytes(p: &mut Proc, want: &[(&str, &[u32])]) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let now: Vec<Vec<u32>> = want.iter().map(|(f, _)| held(f)).collect();
+        if want.iter().zip(&now).all(|((_, w), n)| *w == n.as_slice()) {
+            return;
+        }
+        if let Ok(Some(status)) = p.child.try_wait() {
+            panic!(
+                "{} exited ({status}) with the bytes at {now:?}, not {want:?}:\n{}",
+                p.what,
+                p.log()
+            );
+        }
+        if Instant::now() > deadline {
+            let table: Vec<String> = want
+                .iter()
+                .zip(&now)
+                .map(|((f, w), n)| format!("{f}: held {n:?}, CHAINS.md {w:?}"))
+                .collect();
+            panic!("{}:\n{}\nlog:\n{}", p.what, table.join("\n"), p.log());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+// ---- the chains ----------------------------------------------------------
+
+/// The three shapes of CHAINS.md §1-2.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    /// base.raw <- mid.qcow2 <- top.qcow2
+    RawBase,
+    /// base.qcow2 <- mid2.qcow2 <- top2.qcow2
+    Qcow2Base,
+    /// x.qcow2 with the external data file d.raw (data_file_raw=on)
+    DataFile,
+}
+
+const SHAPES: [Shape; 3] = [Shape::RawBase, Shape::Qcow2Base, Shape::DataFile];
+
+impl Shape {
+    /// The files, in fpl::chain::resolve's order (QEMU's opening order).
+    fn members(self) -> &'static [&'static str] {
+        match self {
+            Shape::RawBase => &["top.qcow2", "mid.qcow2", "base.raw"],
+            Shape::Qcow2Base => &["top2.qcow2", "mid2.qcow2", "base.qcow2"],
+            Shape::DataFile => &["x.qcow2", "d.raw"],
+        }
+    }
+
+    fn top(self) -> &'static str {
+        self.members()[0]
+    }
+}
+
+/// Creates every shape in the working directory with QEMU `q`'s qemu-img.
+fn create_chains(q: &Qemu) {
+    img(q, &["create", "-q", "-f", "raw", "base.raw", "64M"]);
+    img(
+        q,
+        &[
+            "create", "-q", "-f", "qcow2", "-b", "base.raw", "-F", "raw", "mid.qcow2",
+        ],
+    );
+    img(
+        q,
+        &[
+            "create", "-q", "-f", "qcow2", "-b", "mid.qcow2", "-F", "qcow2", "top.qcow2",
+        ],
+    );
+    img(q, &["create", "-q", "-f", "qcow2", "base.qcow2", "64M"]);
+    img(
+        q,
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            "base.qcow2",
+            "-F",
+            "qcow2",
+            "mid2.qcow2",
+        ],
+    );
+    img(
+        q,
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            "mid2.qcow2",
+            "-F",
+            "qcow2",
+            "top2.qcow2",
+        ],
+    );
+    img(
+        q,
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            "data_file=d.raw,data_file_raw=on",
+            "x.qcow2",
+            "64M",
+        ],
+    );
+}
+
+fn req(mode: Mode) -> Request {
+    Request::new(mode.perm(), mode.shared())
+}
+
+/// fpl::chain::resolve's members of a shape, checked against its files.
+fn resolve(shape: Shape) -> Vec<Member> {
+    let members = chain::resolve(Path::new(shape.top()), req(Mode::Write))
+        .unwrap_or_else(|e| panic!("resolve {}: {e}", shape.top()));
+    let paths: Vec<String> = members
+        .iter()
+        .map(|m| m.path.to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(paths, shape.members(), "the members of {shape:?}");
+    members
+}
+
+// ---- QEMU's holders (CHAINS.md §1-2) -------------------------------------
+
+/// A QEMU process that uses an image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Holder {
+    /// `qemu-io -f qcow2 TOP` (read-write)
+    QemuIo,
+    /// `qemu-io -r -f qcow2 TOP`
+    QemuIoReadOnly,
+    /// `qemu-io -U -r -f qcow2 TOP` (force-share)
+    QemuIoForceShare,
+    /// `qemu-nbd -f qcow2 TOP` (read-write export)
+    Nbd,
+    /// `qemu-nbd -r -f qcow2 TOP`
+    NbdReadOnly,
+    /// qemu-storage-daemon, a qcow2 node exported writable over NBD
+    StorageDaemonExport,
+    /// qemu-storage-daemon, a qcow2 `--blockdev` node nobody uses
+    StorageDaemonNode,
+    /// VM, `-drive file=TOP,if=virtio`
+    VmDrive,
+    /// VM, a libvirt-style `-blockdev` chain (backing nodes read-only) and a
+    /// virtio-blk device
+    VmBlockdev,
+    /// VM, `-drive ...,readonly=on`
+    VmReadOnly,
+    /// VM, virtio-blk with `share-rw=on`
+    VmShareRw,
+    /// VM, `-drive if=none` with no device
+    VmNoDevice,
+}
+
+const HOLDERS: [Holder; 12] = [
+    Holder::QemuIo,
+    Holder::QemuIoReadOnly,
+    Holder::QemuIoForceShare,
+    Holder::Nbd,
+    Holder::NbdReadOnly,
+    Holder::StorageDaemonExport,
+    Holder::StorageDaemonNode,
+    Holder::VmDrive,
+    Holder::VmBlockdev,
+    Holder::VmReadOnly,
+    Holder::VmShareRw,
+    Holder::VmNoDevice,
+];
+
+/// The common arguments of a paused VM with no guest.
+fn vm_args() -> Vec<String> {
+    [
+        "-machine",
+        "q35,accel=tcg",
+        "-nodefaults",
+        "-display",
+        "none",
+        "-S",
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
+/// The `-blockdev` options of a libvirt-style chain for `shape`: a file
+/// and a format node per image, backing layers read-only, the top
+/// writable, named `fmt0` (the top), `fmt1`, ...
+fn blockdev_chain(shape: Shape) -> Vec<String> {
+    let layers: Vec<(&str, &str)> = match shape {
+        Shape::RawBase => vec![
+            ("top.qcow2", "qcow2"),
+            ("mid.qcow2", "qcow2"),
+            ("base.raw", "raw"),
+        ],
+        Shape::Qcow2Base => vec![
+            ("top2.qcow2", "qcow2"),
+            ("mid2.qcow2", "qcow2"),
+            ("base.qcow2", "qcow2"),
+        ],
+        // The data file is opened by the qcow2 driver from the header.
+        Shape::DataFile => vec![("x.qcow2", "qcow2")],
+    };
+    let mut args = Vec::new();
+    for (i, (file, format)) in layers.iter().enumerate().rev() {
+        let ro = if i == 0 { "" } else { ",read-only=on" };
+        args.push("-blockdev".to_owned());
+        args.push(format!("driver=file,node-name=file{i},filename={file}{ro}"));
+        // A qcow2 layer names its backing node; the base has none.
+        let backing = match layers.get(i + 1) {
+            Some(_) => format!(",backing=fmt{}", i + 1),
+            None => String::new(),
+        };
+        args.push("-blockdev".to_owned());
+        args.push(format!(
+            "driver={format},node-name=fmt{i},file=file{i}{ro}{backing}"
+        ));
+    }
+    args
+}
+
+impl Holder {
+    fn is_vm(self) -> bool {
+        matches!(
+            self,
+            Holder::VmDrive
+                | Holder::VmBlockdev
+                | Holder::VmReadOnly
+                | Holder::VmShareRw
+                | Holder::VmNoDevice
+        )
+    }
+
+    /// The tool and its arguments, holding `shape`'s top; `sock` for NBD.
+    fn command(self, shape: Shape, sock: &str) -> (&'static str, Vec<String>) {
+        let top = shape.top();
+        let s = |v: &[&str]| v.iter().map(|x| (*x).to_owned()).collect::<Vec<_>>();
+        match self {
+            Holder::QemuIo => ("qemu-io", s(&["-f", "qcow2", top])),
+            Holder::QemuIoReadOnly => ("qemu-io", s(&["-r", "-f", "qcow2", top])),
+            Holder::QemuIoForceShare => ("qemu-io", s(&["-U", "-r", "-f", "qcow2", top])),
+            Holder::Nbd => ("qemu-nbd", s(&["-k", sock, "-f", "qcow2", top])),
+            Holder::NbdReadOnly => ("qemu-nbd", s(&["-r", "-k", sock, "-f", "qcow2", top])),
+            Holder::StorageDaemonExport | Holder::StorageDaemonNode => {
+                let mut a = s(&[
+                    "--blockdev",
+                    &format!("driver=file,node-name=f0,filename={top}"),
+                    "--blockdev",
+                    "driver=qcow2,node-name=q0,file=f0",
+                ]);
+                if self == Holder::StorageDaemonExport {
+                    a.extend(s(&[
+                        "--nbd-server",
+                        &format!("addr.type=unix,addr.path={sock}"),
+                        "--export",
+                        "type=nbd,id=e0,node-name=q0,writable=on",
+                    ]));
+                }
+                ("qemu-storage-daemon", a)
+            }
+            Holder::VmDrive => {
+                let mut a = vm_args();
+                a.extend(s(&["-drive", &format!("file={top},if=virtio,format=qcow2")]));
+                ("qemu-system-x86_64", a)
+            }
+            Holder::VmReadOnly => {
+                let mut a = vm_args();
+                a.extend(s(&[
+                    "-drive",
+                    &format!("file={top},if=virtio,format=qcow2,readonly=on"),
+                ]));
+                ("qemu-system-x86_64", a)
+            }
+            Holder::VmShareRw => {
+                let mut a = vm_args();
+                a.extend(s(&[
+                    "-drive",
+                    &format!("file={top},if=none,id=d0,format=qcow2"),
+                    "-device",
+                    "virtio-blk-pci,drive=d0,share-rw=on",
+                ]));
+                ("qemu-system-x86_64", a)
+            }
+            Holder::VmNoDevice => {
+                let mut a = vm_args();
+                a.extend(s(&["-drive", &format!("file={top},if=none,id=d0,format=qcow2")]));
+                ("qemu-system-x86_64", a)
+            }
+            Holder::VmBlockdev => {
+                let mut a = vm_args();
+                a.extend(blockdev_chain(shape));
+                a.extend(s(&["-device", "virtio-blk-pci,drive=fmt0"]));
+                ("qemu-system-x86_64", a)
+            }
+        }
+    }
+
+    /// `/proc/PID/comm` of the tool (15 characters at most).
+    fn comm(self) -> &'static str {
+        match self {
+            Holder::QemuIo | Holder::QemuIoReadOnly | Holder::QemuIoForceShare => "qemu-io",
+            Holder::Nbd | Holder::NbdReadOnly => "qemu-nbd",
+            Holder::StorageDaemonExport | Holder::StorageDaemonNode => "qemu-storage-da",
+            _ => "qemu-system-x86",
+        }
+    }
+
+    /// The bytes CHAINS.md §1-2 measured on each member, in resolve order
+    /// (where this test measured otherwise, QEMU's answer, and a note).
+    fn chains_md(self, shape: Shape) -> Vec<&'static [u32]> {
+        use Holder::*;
+        use Shape::*;
+        match (self, shape) {
+            // Users that share write: a raw base is a pass-through (R); a
+            // data file never shares resize but passes write sharing through.
+            (QemuIo | Nbd | StorageDaemonExport | VmShareRw | VmNoDevice, RawBase) => {
+                vec![RWX, RP, R]
+            }
+            (QemuIo | Nbd | StorageDaemonExport | VmShareRw | VmNoDevice, Qcow2Base) => {
+                vec![RWX, RP, RP]
+            }
+            (QemuIo | Nbd | StorageDaemonExport, DataFile) => vec![RWX, DATA_W],
+            // Not in CHAINS.md §2: measured here. With no device the drive
+            // does not use write yet, and its data file follows: read only.
+            (VmShareRw, DataFile) => vec![RWX, DATA_W],
+            (VmNoDevice, DataFile) => vec![RWX, DATA_R],
+            // A VM's virtio disk does not share write: RP on every backing file.
+            (VmDrive | VmBlockdev, RawBase | Qcow2Base) => vec![RWX, RP, RP],
+            (VmDrive | VmBlockdev, DataFile) => vec![RWX, RWX],
+            (VmReadOnly, RawBase | Qcow2Base) => vec![RP, RP, RP],
+            (VmReadOnly, DataFile) => vec![RP, RP],
+            // qemu-io -r (qemu-nbd -r alike): a raw base gets R.
+            (QemuIoReadOnly | NbdReadOnly, RawBase) => vec![RP, RP, R],
+            (QemuIoReadOnly | NbdReadOnly, Qcow2Base) => vec![RP, RP, RP],
+            (QemuIoReadOnly | NbdReadOnly, DataFile) => vec![RP, DATA_R],
+            (QemuIoForceShare, RawBase | Qcow2Base) => vec![R, R, R],
+            // Not in CHAINS.md §2: measured here.
+            (QemuIoForceShare, DataFile) => vec![R, R],
+            // A node nobody uses: its raw base is open with no lock.
+            (StorageDaemonNode, RawBase) => vec![RWX, RP, NONE],
+            (StorageDaemonNode, Qcow2Base) => vec![RWX, RP, RP],
+            // Not in CHAINS.md §2: measured here.
+            // Its data file, used by nobody, still never shares resize.
+            (StorageDaemonNode, DataFile) => vec![RWX, &[203]],
+        }
+    }
+}
+
+/// Starts `holder` on `shape` with QEMU `q` and waits until it holds the
+/// bytes of CHAINS.md on every member.
+fn start_holder(q: &Qemu, holder: Holder, shape: Shape) -> Proc {
+    // qemu-nbd wants an absolute socket path.
+    let sock = std::env::current_dir().expect("a working directory").join(format!(
+        "nbd-{}.sock",
+        LOGS.load(std::sync::atomic::Ordering::Relaxed)
+    ));
+    let (tool, args) = holder.command(shape, &sock.to_string_lossy());
+    let mut p = Proc::start(q, tool, &args);
+    let want: Vec<(&str, &[u32])> = shape
+        .members()
+        .iter()
+        .copied()
+        .zip(holder.chains_md(shape))
+        .collect();
+    wait_bytes(&mut p, &want);
+    p
+}
+
+// ---- item 3: QEMU holds, fpl::query sees every member ---------------------
+
+/// For each member of the chain: exactly CHAINS.md's bytes, and the QEMU
+/// process named (one holder: its pid, its name, the same bytes).
+fn assert_query_names(p: &Proc, holder: Holder, shape: Shape, members: &[Member]) {
+    let want = holder.chains_md(shape);
+    for (m, want) in members.iter().zip(want) {
+        let status = fpl::query(&m.path, true).unwrap_or_else(|e| panic!("query {:?}: {e}", m.path));
+        let what = format!("{} on {:?} ({holder:?})", p.what, m.path);
+        assert_eq!(bytes_of(status.held), want, "{what}");
+        assert!(!status.holders_partial, "{what}: holders partial");
+        if want.is_empty() {
+            assert_eq!(status.holders, [], "{what}");
+            continue;
+        }
+        assert_eq!(status.holders.len(), 1, "{what}: {:?}", status.holders);
+        let h = &status.holders[0];
+        assert_eq!(h.pid, p.pid(), "{what}: {h:?}");
+        assert_eq!(h.name, holder.comm(), "{what}: {h:?}");
+        assert_eq!(bytes_of(h.held), want, "{what}: {h:?}");
+    }
+}
+
+#[test]
+fn every_qemu_holder_is_seen_member_by_member() {
+    let scene = Scene::new("qchain-query");
+    for q in qemus() {
+        let dir = scene.path().join(&q.version);
+        std::fs::create_dir(&dir).expect("mkdir");
+        std::env::set_current_dir(&dir).expect("cd");
+        create_chains(&q);
+        for shape in SHAPES {
+            let members = resolve(shape);
+            for holder in HOLDERS {
+                if holder.is_vm() && !q.has_vm() {
+                    continue;
+                }
+                let p = start_holder(&q, holder, shape);
+                assert_query_names(&p, holder, shape, &members);
+                drop(p);
+                for f in shape.members() {
+                    assert_eq!(held(f), NONE, "{f} after {holder:?} exited");
+                }
+            }
+        }
+    }
+}
