@@ -5,7 +5,7 @@
 #   make install DESTDIR=/tmp/stage PREFIX=/usr
 #   sudo make uninstall
 #
-# Installs lib/libfpl.so.$(VERSION) with its libfpl.so.0 (SONAME) and
+# Installs lib/libfpl.so.$(VERSION) with its libfpl.so.1 (SONAME) and
 # libfpl.so links, lib/libfpl.a, include/fpl.h, lib/pkgconfig/fpl.pc and,
 # when it was built, bin/fpl. `install` uses what `make` built and never
 # builds: as root, cargo would want a toolchain root may not have and would
@@ -25,7 +25,7 @@ CARGO_FLAGS ?=
 CARGO_TARGET_DIR ?= target
 BUILD := $(CARGO_TARGET_DIR)/release
 
-# The [package] version of Cargo.toml, e.g. 0.1.0; the SONAME carries its major.
+# The [package] version of Cargo.toml, e.g. 1.0.0; the SONAME carries its major.
 VERSION := $(shell awk -F'"' '/^\[/ { pkg = ($$0 == "[package]") } pkg && /^version *=/ { print $$2; exit }' Cargo.toml)
 MAJOR := $(firstword $(subst ., ,$(VERSION)))
 SONAME := libfpl.so.$(MAJOR)
@@ -41,7 +41,7 @@ LIBS_PRIVATE ?= -lutil -lrt -lpthread -lm -ldl -lc
 
 INSTALL ?= install
 # Refreshes the loader's cache after a real (not staged) install as root,
-# so that programs find libfpl.so.0 in a new LIBDIR; LDCONFIG=true skips it.
+# so that programs find libfpl.so.1 in a new LIBDIR; LDCONFIG=true skips it.
 LDCONFIG ?= ldconfig
 RUN_LDCONFIG = @if [ -z "$(DESTDIR)" ] && [ "$$(id -u)" = 0 ] && command -v $(LDCONFIG) >/dev/null; then \
 	  echo $(LDCONFIG); $(LDCONFIG); \

@@ -1,6 +1,21 @@
 //! Generates include/fpl.h with cbindgen (into OUT_DIR, copied over the
-//! committed header only when its content changed), sets the SONAME and
-//! puts the `libfpl.so.0` name beside the built library.
+//! committed header only when its content changed), sets the SONAME, puts
+//! the `libfpl.so.1` name beside the built library, and versions its
+//! symbols (`LIBFPL_1.0`).
+//!
+//! Symbol versions: rustc links a cdylib with a version script of its own
+//! that has no version node (`{ global: fpl_...; local: *; };`), and GNU
+//! ld lets that anonymous script win over a second one, so a plain
+//! `--version-script` is silently ignored. `.symver` directives in the
+//! code would reach the staticlib and rlib too and break every shared
+//! object a user links them into ("version node not found"). So only the
+//! cdylib's link goes through a two-line `ld` in OUT_DIR, found by the
+//! compiler driver through `-B` (with `-fuse-ld=bfd`: rustc's default
+//! rust-lld treats the two scripts the same way), which swaps rustc's script for
+//! abi/libfpl.map (the same exports, under version nodes) and runs the
+//! real linker. Where that cannot be set up (no `cc`, a driver that
+//! does not name its linker `ld`), the library is built without versions
+//! and a warning says so; CI's .ci/check-exports fails on that.
 
 use std::env;
 use std::fs;
@@ -21,6 +36,22 @@ fn main() {
 
     let soname = format!("libfpl.so.{major}");
     println!("cargo:rustc-cdylib-link-arg=-Wl,-soname,{soname}");
+    println!("cargo:rerun-if-changed=abi/libfpl.map");
+    println!("cargo:rerun-if-env-changed=CC");
+    if env::var("CARGO_CFG_TARGET_OS").as_deref() == Ok("linux") {
+        match versioning_linker(&out_dir, &crate_dir.join("abi/libfpl.map")) {
+            Ok(dir) => {
+                // GNU ld (bfd), not the rust-lld rustc picks by default:
+                // the driver then looks for `ld.bfd` along -B, finding the
+                // wrapper before anything else of that name.
+                println!("cargo:rustc-cdylib-link-arg=-fuse-ld=bfd");
+                println!("cargo:rustc-cdylib-link-arg=-B{}/", dir.display());
+            }
+            Err(why) => println!(
+                "cargo:warning=libfpl.so is built without symbol versions: {why}"
+            ),
+        }
+    }
 
     let mut config = cbindgen::Config::from_file(crate_dir.join("cbindgen.toml"))
         .expect("cbindgen.toml is readable and valid");
@@ -52,6 +83,52 @@ fn main() {
     if let Some(profile_dir) = out_dir.ancestors().nth(3) {
         link_soname(profile_dir, &soname);
     }
+}
+
+/// Writes OUT_DIR/ld/ld: the real linker, with rustc's version script
+/// replaced by `map`. Returns the folder to pass with `-B`.
+fn versioning_linker(out_dir: &Path, map: &Path) -> Result<PathBuf, String> {
+    use std::os::unix::fs::PermissionsExt;
+    use std::process::Command;
+
+    if !map.is_file() {
+        return Err(format!("{} is missing", map.display()));
+    }
+    let cc = env::var("CC").unwrap_or_else(|_| "cc".to_owned());
+    let out = Command::new(&cc)
+        .arg("-print-prog-name=ld.bfd")
+        .output()
+        .map_err(|e| format!("cannot run {cc}: {e}"))?;
+    let named = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let real = if named.starts_with('/') {
+        PathBuf::from(&named)
+    } else {
+        env::split_paths(&env::var_os("PATH").unwrap_or_default())
+            .map(|d| d.join(&named))
+            .find(|p| p.is_file())
+            .ok_or_else(|| format!("{cc} names its linker '{named}', which is not on PATH"))?
+    };
+    let dir = out_dir.join("ld");
+    fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let quote = |p: &Path| format!("'{}'", p.display().to_string().replace('\'', "'\\''"));
+    let script = format!(
+        "#!/bin/sh\n\
+         # Written by libfpl's build.rs: links libfpl.so with its version nodes.\n\
+         for a do shift; case $a in --version-script=*) set -- \"$@\" --version-script={map};; \
+         *) set -- \"$@\" \"$a\";; esac; done\n\
+         exec {real} \"$@\"\n",
+        map = quote(map),
+        real = quote(&real),
+    );
+    for name in ["ld.bfd", "ld"] {
+        let wrapper = dir.join(name);
+        if fs::read_to_string(&wrapper).ok().as_deref() != Some(script.as_str()) {
+            fs::write(&wrapper, &script).map_err(|e| e.to_string())?;
+            fs::set_permissions(&wrapper, fs::Permissions::from_mode(0o755))
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    Ok(dir)
 }
 
 fn link_soname(dir: &Path, soname: &str) {

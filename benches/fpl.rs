@@ -800,22 +800,11 @@ fn bulk(b: &mut Bench) {
         .collect();
     let ptrs: Vec<*const libc::c_char> = c_paths.iter().map(|c| c.as_ptr()).collect();
     let mut statuses: Vec<fpl::ffi::fpl_status> = (0..images)
-        .map(|_| fpl::ffi::fpl_status {
-            perm: 0,
-            unshared: 0,
-            flags: 0,
-            n_holders: 0,
-        })
+        .map(|_| fpl::ffi::fpl_status::default())
         .collect();
     let mut results = vec![0i32; images];
     let mut hs: Vec<fpl::ffi::fpl_holder> = (0..held * 2)
-        .map(|_| fpl::ffi::fpl_holder {
-            pid: 0,
-            fd: 0,
-            perm: 0,
-            unshared: 0,
-            name: [0; fpl::ffi::FPL_NAME_SIZE],
-        })
+        .map(|_| fpl::ffi::fpl_holder::default())
         .collect();
     let mut total = 0usize;
     let start = Instant::now();

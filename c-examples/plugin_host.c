@@ -1,7 +1,7 @@
 /* plugin_host.c: use libfpl as an optional plugin, loaded with dlopen.
  *
  * A program that must run where libfpl is not installed resolves it at run
- * time: dlopen("libfpl.so.0") (the SONAME, so any compatible 0.x library
+ * time: dlopen("libfpl.so.1") (the SONAME, so any compatible 1.x library
  * will do), dlsym for each function, dlclose when done. Each cycle here
  * loads the library, locks, inspects and releases an image it made, and
  * unloads it again; under valgrind every cycle must be clean.
@@ -40,7 +40,7 @@ struct fpl_api {
      *(void **)&(api)->name = dlsym((handle), #name), (api)->name != NULL)
 
 static void *load(struct fpl_api *api) {
-    void *handle = dlopen("libfpl.so.0", RTLD_NOW | RTLD_LOCAL);
+    void *handle = dlopen("libfpl.so.1", RTLD_NOW | RTLD_LOCAL);
     if (!handle) {
         fprintf(stderr, "%s\n", dlerror());
         return NULL;
@@ -50,7 +50,7 @@ static void *load(struct fpl_api *api) {
         RESOLVE(api, handle, fpl_release) && RESOLVE(api, handle, fpl_check) &&
         RESOLVE(api, handle, fpl_query) && RESOLVE(api, handle, fpl_query_many))
         return handle;
-    fprintf(stderr, "libfpl.so.0 lacks a function: %s\n", dlerror());
+    fprintf(stderr, "libfpl.so.1 lacks a function: %s\n", dlerror());
     dlclose(handle);
     return NULL;
 }
@@ -136,8 +136,8 @@ int main(int argc, char **argv) {
         done += !failed;
     }
     /* Was the library really unloaded by the last dlclose? */
-    void *still = dlopen("libfpl.so.0", RTLD_NOW | RTLD_NOLOAD);
-    printf("%ld of %ld cycles passed; libfpl.so.0 %s after dlclose\n", done, cycles,
+    void *still = dlopen("libfpl.so.1", RTLD_NOW | RTLD_NOLOAD);
+    printf("%ld of %ld cycles passed; libfpl.so.1 %s after dlclose\n", done, cycles,
            still ? "still loaded" : "unloaded");
     if (still) dlclose(still);
 

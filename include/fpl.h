@@ -13,10 +13,10 @@
 #include <stdbool.h>
 
 /** Version of this header; fpl_version() gives the loaded library's. */
-#define FPL_VERSION_MAJOR 0
-#define FPL_VERSION_MINOR 1
+#define FPL_VERSION_MAJOR 1
+#define FPL_VERSION_MINOR 0
 #define FPL_VERSION_PATCH 0
-#define FPL_VERSION_STRING "0.1.0"
+#define FPL_VERSION_STRING "1.0.0"
 
 
 /**
@@ -77,6 +77,15 @@
 #define FPL_FLAG_NO_HOLDER_LOOKUP 16
 
 /**
+ * Flag for fpl_acquire, fpl_check, fpl_update and fpl_chain: act on every
+ * file of the image as QEMU opens it (the image, its qcow2 data file, its
+ * backing chain and their data files), each with the bytes its role gets
+ * (see fpl_chain), all or nothing. Refused by fpl_acquire_fd (-EINVAL):
+ * backing names resolve against the image's path.
+ */
+#define FPL_FLAG_CHAIN 4
+
+/**
  * Flag for fpl_query: also find the processes holding the bytes.
  */
 #define FPL_QUERY_HOLDERS 1
@@ -99,6 +108,61 @@
  * listed) does not set it. Never makes a query fail.
  */
 #define FPL_STATUS_HOLDERS_PARTIAL 4
+
+/**
+ * fpl_holder.access: the descriptor was opened for reading.
+ */
+#define FPL_ACCESS_READ 1
+
+/**
+ * fpl_holder.access: the descriptor was opened for writing.
+ */
+#define FPL_ACCESS_WRITE 2
+
+/**
+ * fpl_holder.flags: an opener, holding none of the image's bytes (listed
+ * by a later version's FPL_QUERY_OPENERS; never set in 1.0).
+ */
+#define FPL_HOLDER_NO_LOCKS 1
+
+/**
+ * fpl_holder.flags: named because it has the image open while its bytes
+ * are held, on a file system that keeps its locks out of /proc (FUSE);
+ * never set in 1.0.
+ */
+#define FPL_HOLDER_INFERRED 2
+
+/**
+ * fpl_member.role: the image named by the caller.
+ */
+#define FPL_ROLE_IMAGE 0
+
+/**
+ * fpl_member.role: a backing file (depth 1 or more).
+ */
+#define FPL_ROLE_BACKING 1
+
+/**
+ * fpl_member.role: a qcow2 member's external data file.
+ */
+#define FPL_ROLE_DATA_FILE 2
+
+/**
+ * fpl_member.format: raw, a pass-through (data files are always raw).
+ */
+#define FPL_FORMAT_RAW 0
+
+/**
+ * fpl_member.format: qcow2.
+ */
+#define FPL_FORMAT_QCOW2 1
+
+/**
+ * fpl_member.format: reached through a protocol (`nbd:`, `nbd+unix://`,
+ * ...): listed, never opened, locked or followed, as QEMU's client locks
+ * nothing there.
+ */
+#define FPL_FORMAT_REMOTE 2
 
 /**
  * Preset read-shared (perm): read, sharing everything, like `qemu-img -U`.
@@ -151,6 +215,12 @@
 #define FPL_NAME_SIZE 64
 
 /**
+ * Size of fpl_member.path, NUL included: a member whose path does not fit
+ * fails fpl_chain with -ENAMETOOLONG.
+ */
+#define FPL_PATH_SIZE 4096
+
+/**
  * An opaque handle: one set of held bytes on one image, with its own
  * close-on-exec descriptor. Created by fpl_acquire or fpl_acquire_fd, freed
  * by fpl_release. Not thread-safe: use a handle from one thread at a time
@@ -168,6 +238,13 @@ typedef struct fpl_lock fpl_lock;
 /**
  * What went wrong. The caller owns it; libfpl writes it on every call that
  * takes it (zeroed on success), so it is safe from any thread.
+ *
+ * Extensibility (every structure of this header): libfpl only writes
+ * these structures, never reads them, and each ends in `reserved` words
+ * that it writes as zero. A later 1.x version gives reserved words a
+ * meaning in which 0 keeps 1.0's behaviour, so programs built against
+ * 1.0 keep working unchanged, and sources that never name `reserved`
+ * compile unchanged. Callers need not initialise anything.
  */
 typedef struct fpl_error {
   /**
@@ -198,6 +275,10 @@ typedef struct fpl_error {
    * `Is another process using the image [PATH]?`. Cut at 255 bytes.
    */
   char message[FPL_MESSAGE_SIZE];
+  /**
+   * Written as zero; for later versions.
+   */
+  uint32_t reserved[8];
 } fpl_error;
 
 /**
@@ -222,6 +303,10 @@ typedef struct fpl_status {
    * cannot see (another host, PID namespace or user), never "free".
    */
   uint32_t n_holders;
+  /**
+   * Written as zero; for later versions.
+   */
+  uint32_t reserved[4];
 } fpl_status;
 
 /**
@@ -249,7 +334,62 @@ typedef struct fpl_holder {
    * Process name (`/proc/PID/comm`), NUL-terminated, "" if unknown.
    */
   char name[FPL_NAME_SIZE];
+  /**
+   * How the descriptor was opened (fdinfo's flags): FPL_ACCESS_* bits,
+   * 0 if unknown.
+   */
+  uint32_t access;
+  /**
+   * FPL_HOLDER_* bits.
+   */
+  uint32_t flags;
+  /**
+   * Written as zero; for later versions.
+   */
+  uint32_t reserved[6];
 } fpl_holder;
+
+/**
+ * One file of an image, as fpl_chain lists it.
+ */
+typedef struct fpl_member {
+  /**
+   * FPL_ROLE_*.
+   */
+  uint32_t role;
+  /**
+   * FPL_FORMAT_*.
+   */
+  uint32_t format;
+  /**
+   * 0: the image and its data file; 1: its backing file and that file's
+   * data file; ...
+   */
+  uint32_t depth;
+  /**
+   * What FPL_FLAG_CHAIN takes on this member for the (perm, shared)
+   * passed in: QEMU's derivation (a qcow2 member never shares write or
+   * resize; a raw backing file shares them when the request shares write;
+   * a data file never shares resize and follows the request's write; a
+   * request sharing everything gives every member consistent read only).
+   */
+  uint32_t perm;
+  /**
+   * The bits this member shares.
+   */
+  uint32_t shared;
+  /**
+   * As QEMU opens it, NUL-terminated bytes: a relative backing name joined
+   * to the directory of the overlay's path as given (symlinks are not
+   * resolved); a relative data file name relative to the working
+   * directory, as QEMU does; a remote member's name as written.
+   */
+  char path[FPL_PATH_SIZE];
+  /**
+   * Written as zero; for later versions.
+   */
+  uint32_t reserved[8];
+} fpl_member;
 
 #ifdef __cplusplus
 extern "C" {
@@ -429,7 +569,67 @@ int fpl_query_many(const char *const *paths,
                    struct fpl_error *err);
 
 /**
- * The version of the loaded library, e.g. "0.1.0": a static string, never
+ * The files of the image at PATH in the order QEMU opens them: the image,
+ * its data file, its backing file, that file's data file, and so on,
+ * reading only their headers (raw and qcow2 v2/v3: one or two pread(2)s of
+ * at most 64 KiB each, one file open at a time); takes no lock. Each
+ * member gets what fpl_acquire with FPL_FLAG_CHAIN would take on it for
+ * (PERM, SHARED) under FLAGS (FPL_FLAG_EXACT: QEMU's bytes exactly; the
+ * other lock flags are accepted and change nothing here). A file that
+ * appears twice (a data file shared by two levels) is listed once, with
+ * both uses' needs together.
+ *
+ * Up to CAP members are written to MEMBERS (NULL when CAP is 0) and
+ * *N_MEMBERS counts all of them, so a caller whose CAP was too small can
+ * tell and call again. A chain has at most 402 members (the image, 200
+ * backing files, a data file for each qcow2 level, one remote member).
+ *
+ * Returns 0, or the error of the member that stops the resolution, in
+ * QEMU's wording (each level adds `Could not open backing file: `):
+ * `-ENOENT` 'Could not open backing file: Could not open 'sub/gone.raw':
+ * No such file or directory', `-EACCES`, `-EISDIR`; `-EINVAL` for a FIFO,
+ * character device or socket (never opened for I/O, so never a hang), a
+ * malformed qcow2 header (naming the field) or an unknown protocol;
+ * `-ENOTSUP` for a format whose backing files libfpl does not follow
+ * (vmdk, qed, vhdx, ...: naming it), a qcow2 version or incompatible
+ * feature QEMU refuses, or a `json:` name that is not one local file;
+ * `-ELOOP` for a loop or more than 200 backing files; `-ENAMETOOLONG`
+ * for a member's path longer than FPL_PATH_SIZE - 1 bytes; `-EINVAL` for
+ * NULL PATH or N_MEMBERS, NULL MEMBERS with CAP > 0, or unknown bits.
+ *
+ * # Safety
+ * PATH: NULL or NUL-terminated. MEMBERS: NULL or CAP writable elements.
+ * N_MEMBERS, ERR: NULL or writable. Any thread.
+ */
+int fpl_chain(const char *path,
+              uint32_t perm,
+              uint32_t shared,
+              uint32_t flags,
+              struct fpl_member *members,
+              size_t cap,
+              size_t *n_members,
+              struct fpl_error *err);
+
+/**
+ * Are all the bytes LOCK took (with FPL_FLAG_CHAIN: on every member) still
+ * held on the file? Tested from a new open file description of the same
+ * inode, so it sees what other processes see: one F_OFD_GETLK per run of
+ * bytes. 0 = yes (held, as far as the file system shows: another process
+ * holding the same byte would hide a loss); `-ENOLCK` = lost (a file
+ * system that dropped them: a GlusterFS brick restart, an NFS lease that
+ * expired), with 'lost the lock on [PATH]: byte N is no longer held' in
+ * ERR. Changes nothing. `-ENOTSUP` for a lock that fell back to POSIX
+ * locks (FPL_FLAG_ALLOW_POSIX: its own process cannot see them), `-EINVAL`
+ * for NULL LOCK.
+ *
+ * # Safety
+ * LOCK: NULL or a live handle, not released during the call (another
+ * thread may verify it at the same time). ERR: NULL or writable.
+ */
+int fpl_verify(const struct fpl_lock *lock, struct fpl_error *err);
+
+/**
+ * The version of the loaded library, e.g. "1.0.0": a static string, never
  * NULL, never to be freed. Compare with FPL_VERSION_STRING to detect a
  * header / library mismatch.
  */

@@ -30,6 +30,16 @@ pub enum Error {
         /// The whole message.
         message: String,
     },
+    /// Bytes a handle took are no longer held on the file (`-ENOLCK`): the
+    /// file system dropped them (a GlusterFS brick restart, an NFS lease
+    /// that expired). Found by [`crate::Lock::verify`].
+    #[error("lost the lock on [{}]: byte {byte} is no longer held", path.to_string_lossy())]
+    Lost {
+        /// The file whose byte is gone.
+        path: PathBuf,
+        /// The first byte found missing.
+        byte: u32,
+    },
     /// A system call failed; `what` says what was being done.
     #[error("{what}: {errno}")]
     Os {
@@ -73,6 +83,7 @@ impl Error {
         match self {
             Error::Conflict(_) => libc::EAGAIN,
             Error::Invalid(_) => libc::EINVAL,
+            Error::Lost { .. } => libc::ENOLCK,
             Error::Os { errno, .. } | Error::Chain { errno, .. } => *errno as i32,
         }
     }

@@ -112,6 +112,45 @@ pub fn lock_lines(fdinfo: &str) -> impl Iterator<Item = LockLine> + '_ {
         .filter_map(parse_lock_line)
 }
 
+/// How a descriptor was opened, from the `flags:` line of its fdinfo
+/// (octal open flags; the low two bits are the access mode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
+pub struct Access {
+    /// Opened for reading (`O_RDONLY` or `O_RDWR`).
+    pub read: bool,
+    /// Opened for writing (`O_WRONLY` or `O_RDWR`).
+    pub write: bool,
+}
+
+impl Access {
+    /// As `FPL_ACCESS_*` bits: read 0x01, write 0x02.
+    pub const fn bits(self) -> u32 {
+        (self.read as u32) | ((self.write as u32) << 1)
+    }
+}
+
+/// The access mode of an fdinfo file; `None` without a readable `flags:`
+/// line (an `O_PATH` descriptor reports mode 0, read, like `O_RDONLY`).
+pub fn access(fdinfo: &str) -> Option<Access> {
+    let flags = fdinfo.lines().find_map(|l| l.strip_prefix("flags:"))?;
+    let flags = u32::from_str_radix(flags.trim(), 8).ok()?;
+    Some(match flags & 0o3 {
+        0 => Access {
+            read: true,
+            write: false,
+        },
+        1 => Access {
+            read: false,
+            write: true,
+        },
+        2 => Access {
+            read: true,
+            write: true,
+        },
+        _ => Access::default(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -136,6 +175,17 @@ mod tests {
         assert_eq!(lines[2].pid, 4410);
         assert_eq!(lines[2].last, None);
         assert!(lines[2].covers(u64::MAX));
+        assert_eq!(access(text).map(Access::bits), Some(0x01));
+    }
+
+    #[test]
+    fn access_modes_come_from_the_flags_line() {
+        assert_eq!(access("flags:\t0100002\n").map(Access::bits), Some(0x03));
+        assert_eq!(access("pos:\t0\nflags:\t02000001\n").map(Access::bits), Some(0x02));
+        assert_eq!(access("flags:\t0100000\n").map(Access::bits), Some(0x01));
+        assert_eq!(access("flags:\t03\n").map(Access::bits), Some(0));
+        assert_eq!(access("flags:\tzz\n"), None);
+        assert_eq!(access("pos:\t0\n"), None);
     }
 
     #[test]

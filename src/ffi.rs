@@ -17,6 +17,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::ptr;
 
+use crate::chain::{self, Format, Role};
+use crate::chain_lock::ChainLock;
 use crate::error::Error;
 use crate::lock::{self, Lock, Options};
 use crate::panic;
@@ -60,6 +62,13 @@ pub const FPL_FLAG_ALLOW_POSIX: u32 = 0x02;
 /// image.
 pub const FPL_FLAG_NO_HOLDER_LOOKUP: u32 = 0x10;
 
+/// Flag for fpl_acquire, fpl_check, fpl_update and fpl_chain: act on every
+/// file of the image as QEMU opens it (the image, its qcow2 data file, its
+/// backing chain and their data files), each with the bytes its role gets
+/// (see fpl_chain), all or nothing. Refused by fpl_acquire_fd (-EINVAL):
+/// backing names resolve against the image's path.
+pub const FPL_FLAG_CHAIN: u32 = 0x04;
+
 /// Flag for fpl_query: also find the processes holding the bytes.
 pub const FPL_QUERY_HOLDERS: u32 = 0x01;
 
@@ -73,6 +82,33 @@ pub const FPL_STATUS_LIBVIRT: u32 = 0x02;
 /// cannot be inspected but cannot matter (every held byte has a holder
 /// listed) does not set it. Never makes a query fail.
 pub const FPL_STATUS_HOLDERS_PARTIAL: u32 = 0x04;
+
+/// fpl_holder.access: the descriptor was opened for reading.
+pub const FPL_ACCESS_READ: u32 = 0x01;
+/// fpl_holder.access: the descriptor was opened for writing.
+pub const FPL_ACCESS_WRITE: u32 = 0x02;
+/// fpl_holder.flags: an opener, holding none of the image's bytes (listed
+/// by a later version's FPL_QUERY_OPENERS; never set in 1.0).
+pub const FPL_HOLDER_NO_LOCKS: u32 = 0x01;
+/// fpl_holder.flags: named because it has the image open while its bytes
+/// are held, on a file system that keeps its locks out of /proc (FUSE);
+/// never set in 1.0.
+pub const FPL_HOLDER_INFERRED: u32 = 0x02;
+
+/// fpl_member.role: the image named by the caller.
+pub const FPL_ROLE_IMAGE: u32 = 0;
+/// fpl_member.role: a backing file (depth 1 or more).
+pub const FPL_ROLE_BACKING: u32 = 1;
+/// fpl_member.role: a qcow2 member's external data file.
+pub const FPL_ROLE_DATA_FILE: u32 = 2;
+/// fpl_member.format: raw, a pass-through (data files are always raw).
+pub const FPL_FORMAT_RAW: u32 = 0;
+/// fpl_member.format: qcow2.
+pub const FPL_FORMAT_QCOW2: u32 = 1;
+/// fpl_member.format: reached through a protocol (`nbd:`, `nbd+unix://`,
+/// ...): listed, never opened, locked or followed, as QEMU's client locks
+/// nothing there.
+pub const FPL_FORMAT_REMOTE: u32 = 2;
 
 /// Preset read-shared (perm): read, sharing everything, like `qemu-img -U`.
 pub const FPL_MODE_READ_SHARED_PERM: u32 = FPL_PERM_CONSISTENT_READ;
@@ -96,6 +132,9 @@ pub const FPL_MODE_EXCLUSIVE_SHARE: u32 = 0;
 pub const FPL_MESSAGE_SIZE: usize = 256;
 /// Size of fpl_holder.name, NUL included.
 pub const FPL_NAME_SIZE: usize = 64;
+/// Size of fpl_member.path, NUL included: a member whose path does not fit
+/// fails fpl_chain with -ENAMETOOLONG.
+pub const FPL_PATH_SIZE: usize = 4096;
 
 /// An opaque handle: one set of held bytes on one image, with its own
 /// close-on-exec descriptor. Created by fpl_acquire or fpl_acquire_fd, freed
@@ -114,6 +153,13 @@ pub struct fpl_lock {
 
 /// What went wrong. The caller owns it; libfpl writes it on every call that
 /// takes it (zeroed on success), so it is safe from any thread.
+///
+/// Extensibility (every structure of this header): libfpl only writes
+/// these structures, never reads them, and each ends in `reserved` words
+/// that it writes as zero. A later 1.x version gives reserved words a
+/// meaning in which 0 keeps 1.0's behaviour, so programs built against
+/// 1.0 keep working unchanged, and sources that never name `reserved`
+/// compile unchanged. Callers need not initialise anything.
 #[repr(C)]
 pub struct fpl_error {
     /// The same negative errno as the return value; 0 on success.
@@ -134,6 +180,8 @@ pub struct fpl_error {
     /// when known (` (held by qemu-io, pid 4410)`), then a newline and
     /// `Is another process using the image [PATH]?`. Cut at 255 bytes.
     pub message: [c_char; FPL_MESSAGE_SIZE],
+    /// Written as zero; for later versions.
+    pub reserved: [u32; 8],
 }
 
 /// Which bytes of an image are held, by anybody.
@@ -149,6 +197,8 @@ pub struct fpl_status {
     /// passed in. Bits set with no holder found means a holder this process
     /// cannot see (another host, PID namespace or user), never "free".
     pub n_holders: u32,
+    /// Written as zero; for later versions.
+    pub reserved: [u32; 4],
 }
 
 /// One process descriptor holding bytes of the image.
@@ -165,7 +215,56 @@ pub struct fpl_holder {
     pub unshared: u32,
     /// Process name (`/proc/PID/comm`), NUL-terminated, "" if unknown.
     pub name: [c_char; FPL_NAME_SIZE],
+    /// How the descriptor was opened (fdinfo's flags): FPL_ACCESS_* bits,
+    /// 0 if unknown.
+    pub access: u32,
+    /// FPL_HOLDER_* bits.
+    pub flags: u32,
+    /// Written as zero; for later versions.
+    pub reserved: [u32; 6],
 }
+
+/// One file of an image, as fpl_chain lists it.
+#[repr(C)]
+pub struct fpl_member {
+    /// FPL_ROLE_*.
+    pub role: u32,
+    /// FPL_FORMAT_*.
+    pub format: u32,
+    /// 0: the image and its data file; 1: its backing file and that file's
+    /// data file; ...
+    pub depth: u32,
+    /// What FPL_FLAG_CHAIN takes on this member for the (perm, shared)
+    /// passed in: QEMU's derivation (a qcow2 member never shares write or
+    /// resize; a raw backing file shares them when the request shares write;
+    /// a data file never shares resize and follows the request's write; a
+    /// request sharing everything gives every member consistent read only).
+    pub perm: u32,
+    /// The bits this member shares.
+    pub shared: u32,
+    /// As QEMU opens it, NUL-terminated bytes: a relative backing name joined
+    /// to the directory of the overlay's path as given (symlinks are not
+    /// resolved); a relative data file name relative to the working
+    /// directory, as QEMU does; a remote member's name as written.
+    pub path: [c_char; FPL_PATH_SIZE],
+    /// Written as zero; for later versions.
+    pub reserved: [u32; 8],
+}
+
+// Zeroed values, for Rust callers of this module (C callers need not
+// initialise anything: libfpl only writes these structures).
+macro_rules! zeroed_default {
+    ($($t:ty),*) => {$(
+        impl Default for $t {
+            fn default() -> Self {
+                // SAFETY: a plain repr(C) struct of integers and arrays of
+                // them, for which all-zero bytes are a valid value.
+                unsafe { std::mem::zeroed() }
+            }
+        }
+    )*};
+}
+zeroed_default!(fpl_error, fpl_status, fpl_holder, fpl_member);
 
 /// Runs the body behind the panic boundary and reports into `err`.
 macro_rules! boundary {
@@ -190,6 +289,7 @@ fn report(err: *mut fpl_error, outcome: Result<(), Error>) -> c_int {
         err.byte = 0;
         err.holder_pid = -1;
         err.message = [0; FPL_MESSAGE_SIZE];
+        err.reserved = [0; 8];
         match &outcome {
             Ok(()) => err.holder_pid = 0,
             Err(e) => {
@@ -237,12 +337,20 @@ unsafe fn path_arg<'a>(path: *const c_char) -> Result<&'a Path, Error> {
     Ok(Path::new(OsStr::from_bytes(bytes)))
 }
 
-fn request(perm: u32, shared: u32, flags: u32) -> Result<(Request, Options), Error> {
-    let known = FPL_FLAG_EXACT | FPL_FLAG_ALLOW_POSIX | FPL_FLAG_NO_HOLDER_LOOKUP;
+/// A request from C: (perm, shared, flags) validated.
+struct Args {
+    request: Request,
+    options: Options,
+    /// FPL_FLAG_CHAIN.
+    chain: bool,
+}
+
+fn request(perm: u32, shared: u32, flags: u32) -> Result<Args, Error> {
+    let known = FPL_FLAG_EXACT | FPL_FLAG_ALLOW_POSIX | FPL_FLAG_CHAIN | FPL_FLAG_NO_HOLDER_LOOKUP;
     if flags & !known != 0 {
         return Err(Error::invalid(format!(
-            "invalid flags 0x{flags:x}: only FPL_FLAG_EXACT, FPL_FLAG_ALLOW_POSIX and \
-             FPL_FLAG_NO_HOLDER_LOOKUP exist"
+            "invalid flags 0x{flags:x}: only FPL_FLAG_EXACT, FPL_FLAG_ALLOW_POSIX, \
+             FPL_FLAG_CHAIN and FPL_FLAG_NO_HOLDER_LOOKUP exist"
         )));
     }
     let perm = PermSet::try_from(perm)?;
@@ -260,7 +368,11 @@ fn request(perm: u32, shared: u32, flags: u32) -> Result<(Request, Options), Err
         allow_posix: flags & FPL_FLAG_ALLOW_POSIX != 0,
         skip_holder_lookup: flags & FPL_FLAG_NO_HOLDER_LOOKUP != 0,
     };
-    Ok((req, options))
+    Ok(Args {
+        request: req,
+        options,
+        chain: flags & FPL_FLAG_CHAIN != 0,
+    })
 }
 
 /// Validates a query's flags and holder buffer; whether holders are wanted.
@@ -292,6 +404,7 @@ fn status_out(found: &query::Status) -> fpl_status {
         unshared: found.held.unshared.bits(),
         flags,
         n_holders: u32::try_from(found.holders.len()).unwrap_or(u32::MAX),
+        reserved: [0; 4],
     }
 }
 
@@ -302,20 +415,52 @@ fn holder_out(h: &crate::holders::Holder) -> fpl_holder {
         perm: h.held.perm.bits(),
         unshared: h.held.unshared.bits(),
         name: [0; FPL_NAME_SIZE],
+        access: h.access.bits(),
+        flags: 0,
+        reserved: [0; 6],
     };
     copy_text(&mut out.name, h.name.as_bytes());
     out
 }
 
-fn into_handle(lock: Lock) -> *mut fpl_lock {
-    Box::into_raw(Box::new(lock)).cast()
+/// What an `fpl_lock` points at: one file's locks, or a whole image's.
+enum Handle {
+    File(Lock),
+    Chain(ChainLock),
+}
+
+impl Handle {
+    fn release(self) -> Result<(), Error> {
+        match self {
+            Handle::File(l) => l.release(),
+            Handle::Chain(c) => c.release(),
+        }
+    }
+
+    fn verify(&self) -> Result<(), Error> {
+        match self {
+            Handle::File(l) => l.verify(),
+            Handle::Chain(c) => c.verify(),
+        }
+    }
+}
+
+fn into_handle(handle: Handle) -> *mut fpl_lock {
+    Box::into_raw(Box::new(handle)).cast()
 }
 
 /// # Safety
 /// `lock` must be NULL or a handle from fpl_acquire/fpl_acquire_fd not yet released.
-unsafe fn handle_mut<'a>(lock: *mut fpl_lock) -> Result<&'a mut Lock, Error> {
-    // SAFETY: the handle points at a Lock boxed by into_handle (contract).
-    unsafe { lock.cast::<Lock>().as_mut() }.ok_or_else(|| Error::invalid("lock is NULL"))
+unsafe fn handle_mut<'a>(lock: *mut fpl_lock) -> Result<&'a mut Handle, Error> {
+    // SAFETY: the handle points at a Handle boxed by into_handle (contract).
+    unsafe { lock.cast::<Handle>().as_mut() }.ok_or_else(|| Error::invalid("lock is NULL"))
+}
+
+/// # Safety
+/// As [`handle_mut`], read only.
+unsafe fn handle_ref<'a>(lock: *const fpl_lock) -> Result<&'a Handle, Error> {
+    // SAFETY: the handle points at a Handle boxed by into_handle (contract).
+    unsafe { lock.cast::<Handle>().as_ref() }.ok_or_else(|| Error::invalid("lock is NULL"))
 }
 
 /// Opens PATH and takes the locks for (PERM, SHARED): lock, test, roll back
@@ -353,10 +498,14 @@ pub unsafe extern "C" fn fpl_acquire(
         if out.is_null() {
             return Err(Error::invalid("out is NULL"));
         }
-        let (req, options) = request(perm, shared, flags)?;
-        let lock = Lock::acquire(path, req, options)?;
+        let args = request(perm, shared, flags)?;
+        let handle = if args.chain {
+            Handle::Chain(ChainLock::acquire(path, args.request, args.options)?)
+        } else {
+            Handle::File(Lock::acquire(path, args.request, args.options)?)
+        };
         // SAFETY: OUT is non-NULL and writable (contract).
-        unsafe { out.write(into_handle(lock)) };
+        unsafe { out.write(into_handle(handle)) };
         Ok(())
     })
 }
@@ -393,13 +542,19 @@ pub unsafe extern "C" fn fpl_acquire_fd(
         if out.is_null() {
             return Err(Error::invalid("out is NULL"));
         }
-        let (req, options) = request(perm, shared, flags)?;
+        let args = request(perm, shared, flags)?;
+        if args.chain {
+            return Err(Error::invalid(
+                "FPL_FLAG_CHAIN needs the image's path (backing file names resolve \
+                 against it): use fpl_acquire",
+            ));
+        }
         // SAFETY: the descriptor is only passed to fcntl(2) within this
         // call; a closed one makes it fail with EBADF.
         let fd = unsafe { BorrowedFd::borrow_raw(fd) };
-        let lock = Lock::acquire_fd(fd, req, options)?;
+        let lock = Lock::acquire_fd(fd, args.request, args.options)?;
         // SAFETY: OUT is non-NULL and writable (contract).
-        unsafe { out.write(into_handle(lock)) };
+        unsafe { out.write(into_handle(Handle::File(lock))) };
         Ok(())
     })
 }
@@ -433,9 +588,18 @@ pub unsafe extern "C" fn fpl_update(
 ) -> c_int {
     boundary!(err, {
         // SAFETY: contract above.
-        let lock = unsafe { handle_mut(lock) }?;
-        let (req, options) = request(perm, shared, flags)?;
-        lock.update_with(req, options)
+        let handle = unsafe { handle_mut(lock) }?;
+        let args = request(perm, shared, flags)?;
+        match (handle, args.chain) {
+            (Handle::File(l), false) => l.update_with(args.request, args.options),
+            (Handle::Chain(c), true) => c.update_with(args.request, args.options),
+            (Handle::File(_), true) => Err(Error::invalid(
+                "FPL_FLAG_CHAIN is set, but the lock was acquired without it",
+            )),
+            (Handle::Chain(_), false) => Err(Error::invalid(
+                "the lock was acquired with FPL_FLAG_CHAIN: pass it to fpl_update too",
+            )),
+        }
     })
 }
 
@@ -460,8 +624,8 @@ pub unsafe extern "C" fn fpl_release(lock: *mut fpl_lock) -> c_int {
         return 0;
     }
     // SAFETY: a live handle made by into_handle (contract); ownership comes back.
-    let lock = unsafe { Box::from_raw(lock.cast::<Lock>()) };
-    boundary!(ptr::null_mut(), lock.release())
+    let handle = unsafe { Box::from_raw(lock.cast::<Handle>()) };
+    boundary!(ptr::null_mut(), handle.release())
 }
 
 /// Would fpl_acquire(PATH, PERM, SHARED, FLAGS) succeed right now? Takes no
@@ -483,8 +647,12 @@ pub unsafe extern "C" fn fpl_check(
     boundary!(err, {
         // SAFETY: contract above.
         let path = unsafe { path_arg(path) }?;
-        let (req, options) = request(perm, shared, flags)?;
-        lock::check(path, req, options)
+        let args = request(perm, shared, flags)?;
+        if args.chain {
+            ChainLock::check(path, args.request, args.options)
+        } else {
+            lock::check(path, args.request, args.options)
+        }
     })
 }
 
@@ -625,7 +793,133 @@ pub unsafe extern "C" fn fpl_query_many(
     })
 }
 
-/// The version of the loaded library, e.g. "0.1.0": a static string, never
+/// The files of the image at PATH in the order QEMU opens them: the image,
+/// its data file, its backing file, that file's data file, and so on,
+/// reading only their headers (raw and qcow2 v2/v3: one or two pread(2)s of
+/// at most 64 KiB each, one file open at a time); takes no lock. Each
+/// member gets what fpl_acquire with FPL_FLAG_CHAIN would take on it for
+/// (PERM, SHARED) under FLAGS (FPL_FLAG_EXACT: QEMU's bytes exactly; the
+/// other lock flags are accepted and change nothing here). A file that
+/// appears twice (a data file shared by two levels) is listed once, with
+/// both uses' needs together.
+///
+/// Up to CAP members are written to MEMBERS (NULL when CAP is 0) and
+/// *N_MEMBERS counts all of them, so a caller whose CAP was too small can
+/// tell and call again. A chain has at most 402 members (the image, 200
+/// backing files, a data file for each qcow2 level, one remote member).
+///
+/// Returns 0, or the error of the member that stops the resolution, in
+/// QEMU's wording (each level adds `Could not open backing file: `):
+/// `-ENOENT` 'Could not open backing file: Could not open 'sub/gone.raw':
+/// No such file or directory', `-EACCES`, `-EISDIR`; `-EINVAL` for a FIFO,
+/// character device or socket (never opened for I/O, so never a hang), a
+/// malformed qcow2 header (naming the field) or an unknown protocol;
+/// `-ENOTSUP` for a format whose backing files libfpl does not follow
+/// (vmdk, qed, vhdx, ...: naming it), a qcow2 version or incompatible
+/// feature QEMU refuses, or a `json:` name that is not one local file;
+/// `-ELOOP` for a loop or more than 200 backing files; `-ENAMETOOLONG`
+/// for a member's path longer than FPL_PATH_SIZE - 1 bytes; `-EINVAL` for
+/// NULL PATH or N_MEMBERS, NULL MEMBERS with CAP > 0, or unknown bits.
+///
+/// # Safety
+/// PATH: NULL or NUL-terminated. MEMBERS: NULL or CAP writable elements.
+/// N_MEMBERS, ERR: NULL or writable. Any thread.
+#[no_mangle]
+pub unsafe extern "C" fn fpl_chain(
+    path: *const c_char,
+    perm: u32,
+    shared: u32,
+    flags: u32,
+    members: *mut fpl_member,
+    cap: usize,
+    n_members: *mut usize,
+    err: *mut fpl_error,
+) -> c_int {
+    boundary!(err, {
+        // SAFETY: contract above.
+        let path = unsafe { path_arg(path) }?;
+        if n_members.is_null() {
+            return Err(Error::invalid("n_members is NULL"));
+        }
+        if members.is_null() && cap > 0 {
+            return Err(Error::invalid("members is NULL but cap is not 0"));
+        }
+        let args = request(perm, shared, flags)?;
+        let found = chain::resolve(path, args.request)?;
+        let mut out = Vec::with_capacity(found.len().min(cap));
+        for m in &found {
+            let bytes = m.path.as_os_str().as_bytes();
+            if bytes.len() >= FPL_PATH_SIZE {
+                return Err(Error::os(
+                    nix::errno::Errno::ENAMETOOLONG,
+                    format!(
+                        "member '{}' of the image has a path of {} bytes: more than \
+                         FPL_PATH_SIZE holds",
+                        m.path.to_string_lossy(),
+                        bytes.len()
+                    ),
+                ));
+            }
+            if out.len() < cap {
+                out.push(member_out(m));
+            }
+        }
+        for (i, m) in out.into_iter().enumerate() {
+            // SAFETY: i < cap, and MEMBERS has CAP writable elements (contract).
+            unsafe { members.add(i).write(*m) };
+        }
+        // SAFETY: non-NULL and writable (contract).
+        unsafe { n_members.write(found.len()) };
+        Ok(())
+    })
+}
+
+fn member_out(m: &chain::Member) -> Box<fpl_member> {
+    let mut out = Box::new(fpl_member {
+        role: match m.role {
+            Role::Image => FPL_ROLE_IMAGE,
+            Role::Backing => FPL_ROLE_BACKING,
+            Role::DataFile => FPL_ROLE_DATA_FILE,
+        },
+        format: match m.format {
+            Format::Raw => FPL_FORMAT_RAW,
+            Format::Qcow2 => FPL_FORMAT_QCOW2,
+            Format::Remote => FPL_FORMAT_REMOTE,
+        },
+        depth: m.depth,
+        perm: m.request.perm.bits(),
+        shared: m.request.shared.bits(),
+        path: [0; FPL_PATH_SIZE],
+        reserved: [0; 8],
+    });
+    copy_text(&mut out.path, m.path.as_os_str().as_bytes());
+    out
+}
+
+/// Are all the bytes LOCK took (with FPL_FLAG_CHAIN: on every member) still
+/// held on the file? Tested from a new open file description of the same
+/// inode, so it sees what other processes see: one F_OFD_GETLK per run of
+/// bytes. 0 = yes (held, as far as the file system shows: another process
+/// holding the same byte would hide a loss); `-ENOLCK` = lost (a file
+/// system that dropped them: a GlusterFS brick restart, an NFS lease that
+/// expired), with 'lost the lock on [PATH]: byte N is no longer held' in
+/// ERR. Changes nothing. `-ENOTSUP` for a lock that fell back to POSIX
+/// locks (FPL_FLAG_ALLOW_POSIX: its own process cannot see them), `-EINVAL`
+/// for NULL LOCK.
+///
+/// # Safety
+/// LOCK: NULL or a live handle, not released during the call (another
+/// thread may verify it at the same time). ERR: NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn fpl_verify(lock: *const fpl_lock, err: *mut fpl_error) -> c_int {
+    boundary!(err, {
+        // SAFETY: contract above.
+        let handle = unsafe { handle_ref(lock) }?;
+        handle.verify()
+    })
+}
+
+/// The version of the loaded library, e.g. "1.0.0": a static string, never
 /// NULL, never to be freed. Compare with FPL_VERSION_STRING to detect a
 /// header / library mismatch.
 #[no_mangle]

@@ -23,7 +23,7 @@ use nix::fcntl::{AtFlags, OFlag};
 use nix::sys::stat::{fstatat, Mode};
 
 use crate::error::HolderId;
-use crate::fdinfo::{lock_lines, LockClass};
+use crate::fdinfo::{self, lock_lines, Access, LockClass};
 use crate::protocol::Held;
 
 /// The identity `stat` gives an inode: what `/proc/PID/fd` entries are
@@ -145,6 +145,9 @@ pub struct Holder {
     pub name: String,
     /// The bytes this descriptor holds.
     pub held: Held,
+    /// How the descriptor was opened (`FPL_ACCESS_*`); both false when
+    /// fdinfo did not say.
+    pub access: Access,
 }
 
 /// What one walk of `/proc` found.
@@ -513,6 +516,7 @@ fn scan_process(
             fd,
             name,
             held,
+            access: fdinfo::access(&info).unwrap_or_default(),
         });
     }
     if refused {

@@ -97,6 +97,28 @@ impl Image {
         Image::checked(dup, None)
     }
 
+    /// A new open file description of the same inode (read-only,
+    /// close-on-exec), through `/proc/self/fd`: what it sees of the locks
+    /// is what another process sees, this image's own included.
+    pub fn reopen(&self) -> Result<Image> {
+        let link = format!("/proc/self/fd/{}", self.fd().as_raw_fd());
+        let flags = OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOCTTY | OFlag::O_NONBLOCK;
+        let name = self.display_path();
+        let shown = name
+            .as_deref()
+            .map_or_else(|| "the image".to_owned(), |p| format!("'{}'", p.to_string_lossy()));
+        let fd = retry(|| open(link.as_str(), flags, Mode::empty()))
+            .map_err(|e| Error::os(e, format!("cannot open {shown} again")))?;
+        let image = Image::checked(fd, self.path.clone())?;
+        if image.file_id() != self.file_id() {
+            return Err(Error::os(
+                Errno::ESTALE,
+                format!("{shown} opened again is another file"),
+            ));
+        }
+        Ok(image)
+    }
+
     /// The Image owns `fd` before anything can fail, so that every way out
     /// closes it through [`closing::close`].
     fn checked(fd: OwnedFd, path: Option<PathBuf>) -> Result<Image> {

@@ -28,6 +28,7 @@
 #![deny(missing_docs)]
 
 pub mod chain;
+pub mod chain_lock;
 mod closing;
 pub mod error;
 pub mod fcntl;
@@ -43,6 +44,7 @@ pub mod protocol;
 pub mod qcow2;
 pub mod query;
 
+pub use chain_lock::ChainLock;
 pub use error::{Conflict, ConflictKind, Error, HolderId, Result};
 pub use holders::{FileId, Holder};
 pub use lock::{check, Lock, Options};

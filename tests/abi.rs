@@ -1,5 +1,5 @@
 //! The ABI guard: abi/fpl.abi records what programs linked against
-//! libfpl.so.0 rely on (every function with its signature, the structures'
+//! libfpl.so.1 rely on (every function with its signature, the structures'
 //! fields, the constants). Removing or changing any of it without bumping
 //! the SONAME (Cargo.toml's major version) fails here, and so does an
 //! addition not yet recorded. `FPL_ABI_BLESS=1 cargo test --test abi`
@@ -232,8 +232,17 @@ const HEADER_NOTE: &str = "\
 # symbols the built library exports. Programs linked against the SONAME
 # below rely on every line: removing or changing one needs a new SONAME
 # (bump Cargo.toml's major version). Additions are recorded with
-# `FPL_ABI_BLESS=1 cargo test --test abi`.
+# `FPL_ABI_BLESS=1 cargo test --test abi`; a SONAME bump also needs
+# `FPL_ABI_REASON=\"why\"`, kept below as a `# bump:` line.
 ";
+
+/// The `# bump:` lines of a recorded file: why each SONAME changed.
+fn bumps(text: &str) -> Vec<String> {
+    text.lines()
+        .filter(|l| l.starts_with("# bump: "))
+        .map(str::to_owned)
+        .collect()
+}
 
 fn read_recorded(text: &str) -> (String, Vec<String>) {
     let mut soname = String::new();
@@ -325,8 +334,23 @@ fn recorded_abi_is_intact() {
         );
     }
     if bless {
+        let mut history = bumps(&text);
+        if bumped && !recorded_soname.is_empty() {
+            let reason = std::env::var("FPL_ABI_REASON").unwrap_or_default();
+            assert!(
+                !reason.trim().is_empty(),
+                "the SONAME changes from {recorded_soname} to {soname}: say why in \
+                 FPL_ABI_REASON=\"...\" (kept in {ABI_FILE})"
+            );
+            history.push(format!("# bump: {recorded_soname} -> {soname}: {}", reason.trim()));
+        }
+        let mut rendered = render(&soname, &current);
+        if !history.is_empty() {
+            let at = rendered.find("soname ").unwrap_or(0);
+            rendered.insert_str(at, &format!("{}\n", history.join("\n")));
+        }
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(&path, render(&soname, &current)).unwrap();
+        std::fs::write(&path, rendered).unwrap();
         println!("recorded {ABI_FILE} for {soname}");
         return;
     }
@@ -349,7 +373,7 @@ fn recorded_abi_is_intact() {
 #[test]
 fn guard_catches_breaks() {
     let original = header();
-    let (_, recorded) = read_recorded(&render("libfpl.so.0", &parse_header(&original)));
+    let (_, recorded) = read_recorded(&render("libfpl.so.1", &parse_header(&original)));
     assert_eq!(
         compare(&recorded, &parse_header(&original)),
         Drift::default()
@@ -418,6 +442,19 @@ fn library_exports_the_recorded_functions() {
             let (_, kind, name) = (f.next()?, f.next()?, f.next()?);
             (kind == "T").then_some(name)
         })
+        .collect();
+    // Every function is exported under a version node (abi/libfpl.map).
+    let unversioned: Vec<&&str> = exported
+        .iter()
+        .filter(|n| !n.contains("@@LIBFPL_"))
+        .collect();
+    assert!(
+        unversioned.is_empty(),
+        "exported without a LIBFPL_ version node: {unversioned:?}"
+    );
+    let mut exported: Vec<&str> = exported
+        .iter()
+        .map(|n| n.split('@').next().unwrap_or(n))
         .collect();
     exported.sort_unstable();
     let text = std::fs::read_to_string(root().join(ABI_FILE)).expect("abi/fpl.abi is committed");

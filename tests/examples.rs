@@ -210,7 +210,7 @@ fn plugin_host_loads_uses_and_unloads_libfpl_1000_times() {
         .env("LD_LIBRARY_PATH", libfpl_dir()));
     assert_eq!(
         stdout(&out),
-        "1000 of 1000 cycles passed; libfpl.so.0 unloaded after dlclose\n"
+        "1000 of 1000 cycles passed; libfpl.so.1 unloaded after dlclose\n"
     );
 
     // Without the library it says so and fails.
@@ -219,7 +219,7 @@ fn plugin_host_loads_uses_and_unloads_libfpl_1000_times() {
         .output()
         .unwrap();
     assert!(!missing.status.success());
-    assert!(stderr(&missing).contains("libfpl.so.0: cannot open shared object file"));
+    assert!(stderr(&missing).contains("libfpl.so.1: cannot open shared object file"));
 }
 
 /// Cycles under valgrind: the 1,000 the issue asks for. Each dlopen makes
@@ -265,7 +265,7 @@ fn plugin_host_is_clean_under_valgrind() {
     );
     assert_eq!(
         stdout(&out),
-        format!("{cycles} of {cycles} cycles passed; libfpl.so.0 unloaded after dlclose\n")
+        format!("{cycles} of {cycles} cycles passed; libfpl.so.1 unloaded after dlclose\n")
     );
     assert!(
         report.contains("ERROR SUMMARY: 0 errors from 0 contexts"),

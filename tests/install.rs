@@ -81,11 +81,11 @@ fn destdir_install_builds_c_and_cxx_programs_with_pkg_config() {
     assert!(real.is_file() && !real.is_symlink(), "{real:?}");
     assert_eq!(real.metadata().unwrap().mode() & 0o777, 0o755);
     assert_eq!(
-        link_target(&lib.join("libfpl.so.0")),
+        link_target(&lib.join("libfpl.so.1")),
         format!("libfpl.so.{version}")
     );
-    assert_eq!(link_target(&lib.join("libfpl.so")), "libfpl.so.0");
-    assert!(readelf_dynamic(&real).contains("Library soname: [libfpl.so.0]"));
+    assert_eq!(link_target(&lib.join("libfpl.so")), "libfpl.so.1");
+    assert!(readelf_dynamic(&real).contains("Library soname: [libfpl.so.1]"));
     assert_eq!(
         std::fs::read(lib.join("libfpl.a")).unwrap(),
         std::fs::read(built.join("libfpl.a")).unwrap()
@@ -138,7 +138,7 @@ fn destdir_install_builds_c_and_cxx_programs_with_pkg_config() {
         &flags,
         &[],
     );
-    assert!(readelf_dynamic(&holders).contains("Shared library: [libfpl.so.0]"));
+    assert!(readelf_dynamic(&holders).contains("Shared library: [libfpl.so.1]"));
     let qemu = QemuIo::hold(&image, false);
     let out = run(Command::new(&holders)
         .arg(&image)
@@ -259,7 +259,7 @@ fn prefix_install_and_uninstall() {
         PathBuf::from("include/fpl.h"),
         PathBuf::from("lib/libfpl.a"),
         PathBuf::from("lib/libfpl.so"),
-        PathBuf::from("lib/libfpl.so.0"),
+        PathBuf::from("lib/libfpl.so.1"),
         PathBuf::from(format!("lib/libfpl.so.{version}")),
         PathBuf::from("lib/pkgconfig/fpl.pc"),
     ];

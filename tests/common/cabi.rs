@@ -13,13 +13,7 @@ pub fn c_path(p: &Path) -> CString {
 
 /// An fpl_error to pass in.
 pub fn new_error() -> fpl_error {
-    fpl_error {
-        code: 0,
-        perm: 0,
-        byte: 0,
-        holder_pid: 0,
-        message: [0; FPL_MESSAGE_SIZE],
-    }
+    fpl_error::default()
 }
 
 /// The error's message.
@@ -42,21 +36,8 @@ pub fn name(h: &fpl_holder) -> String {
 /// code, the status, the holders written, the error.
 pub fn c_query(image: &Path) -> (i32, fpl_status, Vec<fpl_holder>, fpl_error) {
     let path = c_path(image);
-    let mut status = fpl_status {
-        perm: 0,
-        unshared: 0,
-        flags: 0,
-        n_holders: 0,
-    };
-    let mut holders: Vec<fpl_holder> = (0..8)
-        .map(|_| fpl_holder {
-            pid: 0,
-            fd: 0,
-            perm: 0,
-            unshared: 0,
-            name: [0; FPL_NAME_SIZE],
-        })
-        .collect();
+    let mut status = fpl_status::default();
+    let mut holders: Vec<fpl_holder> = (0..8).map(|_| fpl_holder::default()).collect();
     let mut err = new_error();
     // SAFETY: valid pointers; holders has 8 elements.
     let rc = unsafe {

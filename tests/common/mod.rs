@@ -15,7 +15,7 @@ pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// A folder holding a freshly built `libfpl.so` (and `libfpl.so.0`).
+/// A folder holding a freshly built `libfpl.so` (and `libfpl.so.1`).
 ///
 /// `cargo test` does not build the cdylib, so build it here, with the same
 /// cargo, into a target folder of its own (no lock shared with the running
@@ -39,8 +39,8 @@ pub fn libfpl_dir() -> PathBuf {
         let dir = target.join("debug");
         assert!(dir.join("libfpl.so").exists(), "no libfpl.so in {dir:?}");
         assert!(
-            dir.join("libfpl.so.0").exists(),
-            "no libfpl.so.0 link in {dir:?}"
+            dir.join("libfpl.so.1").exists(),
+            "no libfpl.so.1 link in {dir:?}"
         );
         dir
     })
@@ -68,7 +68,7 @@ pub fn compile(sources: &[&Path], out: &Path, cxx: bool, extra: &[&str]) -> Path
         .arg(&lib)
         .arg(format!("-Wl,-rpath,{}", lib.display()))
         // DT_RPATH, not RUNPATH: `cargo test` sets LD_LIBRARY_PATH to
-        // target/debug, where a libfpl.so.0 of an earlier `cargo build` may
+        // target/debug, where a libfpl.so.1 of an earlier `cargo build` may
         // lie, and LD_LIBRARY_PATH would win over RUNPATH.
         .arg("-Wl,--disable-new-dtags")
         .arg("-lfpl")

@@ -1,0 +1,241 @@
+//! Locks on a whole image: every file of it as QEMU opens it
+//! ([`crate::chain`] says which files, with which request), each locked by
+//! the per-file algorithm of [`crate::lock`], all or nothing.
+//!
+//! Acquire locks the members one after another, in the order QEMU opens
+//! them; a conflict on any member releases the ones already taken, so the
+//! caller is left holding nothing, and reports that member's conflict
+//! (`Is another process using the image [base.raw]?`), with the holder
+//! looked up once everything is rolled back. Update is QEMU's graph-wide
+//! reopen: prepare every member (the union of old and new bytes held, the
+//! new request tested), then commit all, or abort all on the first
+//! conflict, so a refused update leaves every member as it was.
+//!
+//! The chain is resolved from the headers before anything is locked, then
+//! resolved again once everything is held: a header rewritten in between
+//! (a rebase, a commit that finished) shows as another chain, and the
+//! locks are taken again on the new one (a few times at most).
+
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+
+use crate::chain::{self, Member};
+use crate::error::{Error, Result};
+use crate::lock::{self, Lock, Options, Prepared};
+use crate::protocol::Request;
+
+/// How many times acquire resolves and locks a chain that keeps changing
+/// under it before giving up with `EAGAIN`.
+const ATTEMPTS: usize = 3;
+
+/// Held locks on every local member of an image. Remote members (`nbd:`,
+/// ...) are listed but hold nothing: QEMU's client locks nothing there.
+/// Dropping it releases everything, as [`ChainLock::release`] does.
+#[derive(Debug)]
+pub struct ChainLock {
+    /// The image's path as the caller gave it.
+    path: PathBuf,
+    members: Vec<Member>,
+    /// One per member, `None` for a remote one.
+    locks: Vec<Option<Lock>>,
+    request: Request,
+    options: Options,
+}
+
+impl ChainLock {
+    /// Resolves the image at `path` and locks each member with its derived
+    /// request, all or nothing. Errors: a resolution error of
+    /// [`chain::resolve`], or the first member's conflict or OS error, with
+    /// nothing held.
+    pub fn acquire(path: &Path, request: Request, options: Options) -> Result<ChainLock> {
+        let quiet = Options {
+            skip_holder_lookup: true,
+            ..options
+        };
+        for _ in 0..ATTEMPTS {
+            let members = chain::resolve(path, request)?;
+            let mut locks = Vec::with_capacity(members.len());
+            for m in &members {
+                let taken = match m.file {
+                    None => None,
+                    Some(_) => match Lock::acquire(&m.path, m.request, quiet) {
+                        Ok(lock) => Some(lock),
+                        Err(mut e) => {
+                            // Every member taken so far is released first.
+                            if let Err(r) = release_all(&mut locks) {
+                                return Err(rollback_failed(e, r));
+                            }
+                            if !options.skip_holder_lookup {
+                                e.look_up_holder();
+                            }
+                            return Err(e);
+                        }
+                    },
+                };
+                locks.push(taken);
+            }
+            let same_files = members
+                .iter()
+                .zip(&locks)
+                .all(|(m, l)| l.as_ref().map(Lock::file_id) == m.file);
+            // With everything held, the headers that named these files can
+            // only change under a request that shares write on them.
+            if same_files && chain::resolve(path, request).ok().as_ref() == Some(&members) {
+                return Ok(ChainLock {
+                    path: path.to_path_buf(),
+                    members,
+                    locks,
+                    request,
+                    options,
+                });
+            }
+            release_all(&mut locks)?;
+        }
+        Err(Error::os(
+            Errno::EAGAIN,
+            format!(
+                "the backing chain of '{}' kept changing while it was being locked: try again",
+                path.to_string_lossy()
+            ),
+        ))
+    }
+
+    /// Would [`ChainLock::acquire`] succeed now? Takes no lock: each local
+    /// member is checked with its derived request ([`lock::check`]); the
+    /// first refusal is the answer.
+    pub fn check(path: &Path, request: Request, options: Options) -> Result<()> {
+        let quiet = Options {
+            skip_holder_lookup: true,
+            ..options
+        };
+        for m in chain::resolve(path, request)? {
+            if m.file.is_some() {
+                if let Err(mut e) = lock::check(&m.path, m.request, quiet) {
+                    if !options.skip_holder_lookup {
+                        e.look_up_holder();
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Changes every member to what `request` derives for it, all or
+    /// nothing. The members stay those resolved at acquire. Fails with
+    /// `EPERM` in a forked child, like [`Lock::update`].
+    pub fn update(&mut self, request: Request) -> Result<()> {
+        self.update_with(request, self.options)
+    }
+
+    /// [`ChainLock::update`] with other options for this change.
+    pub fn update_with(&mut self, request: Request, options: Options) -> Result<()> {
+        let quiet = Options {
+            skip_holder_lookup: true,
+            ..options
+        };
+        // Resolving again derives each member's request in the one place
+        // that knows every use of a file that appears twice.
+        let again = chain::resolve(&self.path, request)?;
+        let same = again.len() == self.members.len()
+            && again
+                .iter()
+                .zip(&self.members)
+                .all(|(a, m)| (a.file, &a.path, a.role) == (m.file, &m.path, m.role));
+        if !same {
+            return Err(Error::os(
+                Errno::ESTALE,
+                format!(
+                    "the backing chain of '{}' changed since it was locked (its headers \
+                     name other files now): release it and acquire again",
+                    self.path.to_string_lossy()
+                ),
+            ));
+        }
+        let wanted: Vec<Request> = again.iter().map(|m| m.request).collect();
+        let mut prepared: Vec<(usize, Prepared)> = Vec::new();
+        for (i, lock) in self.locks.iter_mut().enumerate() {
+            let Some(lock) = lock else { continue };
+            match lock.prepare(wanted[i], quiet) {
+                Ok(p) => prepared.push((i, p)),
+                Err(mut e) => {
+                    let mut undo = Ok(());
+                    for (j, p) in prepared.into_iter().rev() {
+                        if let Some(l) = self.locks[j].as_mut() {
+                            undo = undo.and(l.abort(p));
+                        }
+                    }
+                    if let Err(u) = undo {
+                        return Err(rollback_failed(e, u));
+                    }
+                    if !options.skip_holder_lookup {
+                        e.look_up_holder();
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        let mut result = Ok(());
+        for (i, p) in prepared {
+            if let Some(l) = self.locks[i].as_mut() {
+                result = result.and(l.commit(p));
+            }
+        }
+        for (m, r) in self.members.iter_mut().zip(wanted) {
+            m.request = r;
+        }
+        self.request = request;
+        result
+    }
+
+    /// The members, in the order QEMU opens them, each with the request
+    /// held on it.
+    pub fn members(&self) -> &[Member] {
+        &self.members
+    }
+
+    /// The request the image was locked (or last updated) with.
+    pub fn request(&self) -> Request {
+        self.request
+    }
+
+    /// The per-file locks, one per member (`None` for a remote one).
+    pub fn locks(&self) -> impl Iterator<Item = Option<&Lock>> {
+        self.locks.iter().map(Option::as_ref)
+    }
+
+    /// Are all the bytes still held, on every member? [`Lock::verify`] for
+    /// each, in order; the first loss is the answer (`ENOLCK`).
+    pub fn verify(&self) -> Result<()> {
+        self.locks.iter().flatten().try_for_each(Lock::verify)
+    }
+
+    /// Releases every member ([`Lock::release`] each, all of them even if
+    /// one fails); the first failure is returned.
+    pub fn release(mut self) -> Result<()> {
+        release_all(&mut self.locks)
+    }
+}
+
+/// A refusal whose rollback failed too: the rollback's errno, both messages.
+fn rollback_failed(refusal: Error, rollback: Error) -> Error {
+    Error::os(
+        Errno::from_raw(rollback.errno()),
+        format!("{refusal}\nand rolling the other members back failed: {rollback}"),
+    )
+}
+
+/// Releases every lock, the last taken first; the first failure is kept.
+fn release_all(locks: &mut Vec<Option<Lock>>) -> Result<()> {
+    let mut result = Ok(());
+    while let Some(lock) = locks.pop() {
+        if let Some(lock) = lock {
+            let outcome = lock.release();
+            if result.is_ok() {
+                result = outcome;
+            }
+        }
+    }
+    result
+}
