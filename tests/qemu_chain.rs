@@ -667,3 +667,275 @@ fn every_qemu_holder_is_seen_member_by_member() {
         }
     }
 }
+
+// ---- the protocol's prediction, written from PROTOCOL.md and CHAINS.md ----
+// (independent of libfpl: the strict rules of PROTOCOL.md §4, and the
+// request each member gets for a preset, from CHAINS.md §1's rules)
+
+const CR: u32 = 0x1;
+const W: u32 = 0x2;
+const WU: u32 = 0x4;
+const RS: u32 = 0x8;
+
+/// What a preset takes on a member: (perm, shared). The image and its data
+/// file get the preset; a backing file only reads and shares read (the
+/// presets share neither write nor resize), except read-shared, QEMU's
+/// force-share, which is the same on every member.
+fn member_request(mode: Mode, backing: bool) -> (u32, u32) {
+    match (mode, backing) {
+        (Mode::ReadShared, _) => (CR, CR | W | WU | RS),
+        (Mode::Read, _) | (_, true) => (CR, CR),
+        (Mode::Write, false) => (CR | W | RS, CR),
+        (Mode::Exclusive, false) => (CR | W | RS, 0),
+    }
+}
+
+/// The bytes a strict request locks, and the bytes it tests in QEMU's
+/// order, each with the permission its message names.
+fn strict_plan(perm: u32, shared: u32) -> (Vec<u32>, Vec<(u32, u32)>) {
+    let mut usebits = perm;
+    let mut refuse = !shared & 0xf;
+    if usebits & (WU | RS) != 0 {
+        usebits |= W;
+    }
+    usebits &= !WU;
+    if refuse & (W | WU) != 0 {
+        refuse |= W | RS;
+    }
+    refuse &= !WU;
+    let mut lock = Vec::new();
+    for i in 0..4 {
+        if usebits & (1 << i) != 0 {
+            lock.push(100 + i);
+        }
+    }
+    for i in 0..4 {
+        if refuse & (1 << i) != 0 {
+            lock.push(200 + i);
+        }
+    }
+    if refuse & W != 0 {
+        lock.push(202);
+    }
+    lock.sort_unstable();
+    let mut tests = Vec::new();
+    for i in 0..4 {
+        if usebits & (1 << i) != 0 {
+            tests.push((200 + i, 1 << i));
+            if i == 1 {
+                tests.push((202, W));
+            }
+        }
+    }
+    for i in 0..4 {
+        if refuse & (1 << i) != 0 {
+            tests.push((100 + i, 1 << i));
+            if i == 1 {
+                tests.push((102, W));
+            }
+        }
+    }
+    (lock, tests)
+}
+
+fn perm_name(bit: u32) -> &'static str {
+    match bit {
+        CR => "consistent read",
+        W => "write",
+        WU => "write unchanged",
+        _ => "resize",
+    }
+}
+
+/// A predicted refusal: the member, the byte, QEMU's first line.
+#[derive(Debug, PartialEq, Eq)]
+struct Refusal {
+    member: String,
+    byte: u32,
+    message: String,
+}
+
+/// What a preset on the chain meets, given what others hold on each member
+/// (in resolve order; member 0 is the image, a data file is at depth 0).
+fn predict(mode: Mode, members: &[Member], others: &[Vec<u32>]) -> Option<Refusal> {
+    for (m, held) in members.iter().zip(others) {
+        let (perm, shared) = member_request(mode, m.depth > 0);
+        for (byte, bit) in strict_plan(perm, shared).1 {
+            if held.contains(&byte) {
+                let message = if byte < 200 {
+                    format!("Failed to get shared \"{}\" lock", perm_name(bit))
+                } else {
+                    format!("Failed to get \"{}\" lock", perm_name(bit))
+                };
+                return Some(Refusal {
+                    member: m.path.to_string_lossy().into_owned(),
+                    byte,
+                    message,
+                });
+            }
+        }
+    }
+    None
+}
+
+fn union(a: &[u32], b: &[u32]) -> Vec<u32> {
+    let mut v: Vec<u32> = a.iter().chain(b).copied().collect();
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+/// The refusal libfpl reported, in the prediction's terms, checking that
+/// it names the QEMU holder and QEMU's hint.
+fn refusal(e: &fpl::Error, holder: Option<(i32, &str)>, what: &str) -> Refusal {
+    let c = e
+        .conflict()
+        .unwrap_or_else(|| panic!("{what}: not a conflict: {e}"));
+    let member = c
+        .path
+        .as_ref()
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    assert_eq!(
+        c.hint(),
+        format!("Is another process using the image [{member}]?"),
+        "{what}"
+    );
+    if let Some((pid, name)) = holder {
+        let h = c
+            .holder
+            .as_ref()
+            .unwrap_or_else(|| panic!("{what}: no holder named: {e}"));
+        assert_eq!((h.pid, h.name.as_str()), (pid, name), "{what}: {e}");
+        assert!(
+            e.to_string()
+                .contains(&format!("(held by {name}, pid {pid})")),
+            "{what}: {e}"
+        );
+    }
+    Refusal {
+        member,
+        byte: c.byte,
+        message: c.qemu_message(),
+    }
+}
+
+/// QEMU's own stand-in for a preset on the chain: a second qemu-io that
+/// opens the image with the equivalent options and quits. Exclusive has
+/// none (no QEMU user refuses to share consistent read from the command
+/// line).
+fn qemu_equivalent(mode: Mode) -> Option<&'static [&'static str]> {
+    match mode {
+        Mode::ReadShared => Some(&["-U", "-r"]),
+        Mode::Read => Some(&["-r"]),
+        Mode::Write => Some(&[]),
+        Mode::Exclusive => None,
+    }
+}
+
+/// Runs QEMU's stand-in for `mode` on `top`: None if it opened the chain,
+/// else its error output.
+fn qemu_tries(q: &Qemu, mode: Mode, top: &str) -> Option<Option<String>> {
+    let opts = qemu_equivalent(mode)?;
+    let mut c = q.cmd("qemu-io");
+    c.args(opts).args(["-f", "qcow2", "-c", "quit", top]);
+    let out = run(c);
+    Some((!out.status.success()).then(|| stderr(&out)))
+}
+
+/// Every preset against `p`, which holds `shape` as CHAINS.md says:
+/// check and acquire give the predicted outcome, naming the member and the
+/// QEMU process; what acquire took (or rolled back) shows on every member;
+/// and QEMU's own stand-in is admitted or refused alike, with the same
+/// message and member.
+fn assert_presets(q: &Qemu, p: &mut Proc, holder: Holder, shape: Shape, members: &[Member]) {
+    let qemu_held: Vec<Vec<u32>> = holder
+        .chains_md(shape)
+        .into_iter()
+        .map(<[u32]>::to_vec)
+        .collect();
+    for mode in Mode::ALL {
+        let what = format!("{} {:?}: {} on {}", q.version, holder, mode.name(), shape.top());
+        let want = predict(mode, members, &qemu_held);
+        let named = Some((p.pid(), holder.comm()));
+        let top = Path::new(shape.top());
+
+        let checked = fpl::ChainLock::check(top, req(mode), fpl::Options::default());
+        let got = checked.as_ref().err().map(|e| refusal(e, named, &what));
+        assert_eq!(got, want, "{what}: ChainLock::check");
+
+        match fpl::ChainLock::acquire(top, req(mode), fpl::Options::default()) {
+            Ok(lock) => {
+                assert_eq!(want, None, "{what}: acquire admitted");
+                for (m, theirs) in members.iter().zip(&qemu_held) {
+                    let (perm, shared) = member_request(mode, m.depth > 0);
+                    let ours = strict_plan(perm, shared).0;
+                    let path = m.path.to_string_lossy();
+                    assert_eq!(held(&path), union(theirs, &ours), "{what}: {path} held");
+                }
+                lock.release().unwrap_or_else(|e| panic!("{what}: release: {e}"));
+            }
+            Err(e) => {
+                assert_eq!(Some(refusal(&e, named, &what)), want, "{what}: acquire");
+            }
+        }
+        // Rolled back or released: QEMU's bytes only, on every member.
+        for (m, theirs) in members.iter().zip(&qemu_held) {
+            let path = m.path.to_string_lossy();
+            assert_eq!(&held(&path), theirs, "{what}: {path} afterwards");
+        }
+
+        println!(
+            "{what}: {}",
+            want.as_ref().map_or("admitted".to_owned(), |r| format!(
+                "{} on {} (byte {})",
+                r.message, r.member, r.byte
+            ))
+        );
+        // QEMU itself, where it has a stand-in.
+        if let Some(refused) = qemu_tries(q, mode, shape.top()) {
+            match (&want, refused) {
+                (None, None) => {}
+                (Some(r), Some(err)) => {
+                    assert!(err.contains(&r.message), "{what}: QEMU said {err}");
+                    let hint = format!("Is another process using the image [{}]?", r.member);
+                    assert!(err.contains(&hint), "{what}: QEMU said {err}");
+                }
+                (want, got) => panic!("{what}: libfpl {want:?}, QEMU's stand-in {got:?}"),
+            }
+        }
+        p.assert_running();
+    }
+}
+
+#[test]
+fn every_preset_against_every_qemu_holder() {
+    let scene = Scene::new("qchain-presets");
+    for q in qemus() {
+        let dir = scene.path().join(&q.version);
+        std::fs::create_dir(&dir).expect("mkdir");
+        std::env::set_current_dir(&dir).expect("cd");
+        create_chains(&q);
+        for shape in SHAPES {
+            let members = resolve(shape);
+            // Nobody holds anything: every preset is admitted, by libfpl
+            // and by QEMU's stand-ins.
+            let free = vec![Vec::new(); members.len()];
+            for mode in Mode::ALL {
+                assert_eq!(predict(mode, &members, &free), None);
+                fpl::ChainLock::check(Path::new(shape.top()), req(mode), fpl::Options::default())
+                    .unwrap_or_else(|e| panic!("{} on a free {shape:?}: {e}", mode.name()));
+                if let Some(refused) = qemu_tries(&q, mode, shape.top()) {
+                    assert_eq!(refused, None, "{} stand-in on a free {shape:?}", mode.name());
+                }
+            }
+            for holder in HOLDERS {
+                if holder.is_vm() && !q.has_vm() {
+                    continue;
+                }
+                let mut p = start_holder(&q, holder, shape);
+                assert_presets(&q, &mut p, holder, shape, &members);
+            }
+        }
+    }
+}
