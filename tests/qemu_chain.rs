@@ -161,10 +161,7 @@ impl Proc {
         let out = File::create(&log).expect("log file");
         let err = out.try_clone().expect("log file");
         let mut cmd = Command::new(q.tool(tool));
-        cmd.args(args)
-            .stdin(Stdio::piped())
-            .stdout(out)
-            .stderr(err);
+        cmd.args(args).stdin(Stdio::piped()).stdout(out).stderr(err);
         let child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
@@ -231,10 +228,7 @@ const DATA_W: &[u32] = &[100, 101, 103, 203];
 const DATA_R: &[u32] = &[100, 203];
 
 fn bytes_of(held: fpl::Held) -> Vec<u32> {
-    ALL_BYTES
-        .into_iter()
-        .filter(|&b| held.covers(b))
-        .collect()
+    ALL_BYTES.into_iter().filter(|&b| held.covers(b)).collect()
 }
 
 /// The bytes anybody holds on `path`.
@@ -307,13 +301,29 @@ fn create_chains(q: &Qemu) {
     img(
         q,
         &[
-            "create", "-q", "-f", "qcow2", "-b", "base.raw", "-F", "raw", "mid.qcow2",
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            "base.raw",
+            "-F",
+            "raw",
+            "mid.qcow2",
         ],
     );
     img(
         q,
         &[
-            "create", "-q", "-f", "qcow2", "-b", "mid.qcow2", "-F", "qcow2", "top.qcow2",
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            "mid.qcow2",
+            "-F",
+            "qcow2",
+            "top.qcow2",
         ],
     );
     img(q, &["create", "-q", "-f", "qcow2", "base.qcow2", "64M"]);
@@ -438,8 +448,8 @@ fn vm_args() -> Vec<String> {
 }
 
 /// The `-blockdev` options of a libvirt-style chain for `shape`: a file
-/// and a format node per image, backing layers read-only, the top
-/// writable, named `fmt0` (the top), `fmt1`, ...
+/// node (auto-read-only) and a format node per image, backing format
+/// nodes read-only, the top writable, named `fmt0` (the top), `fmt1`, ...
 fn blockdev_chain(shape: Shape) -> Vec<String> {
     let layers: Vec<(&str, &str)> = match shape {
         Shape::RawBase => vec![
@@ -457,9 +467,13 @@ fn blockdev_chain(shape: Shape) -> Vec<String> {
     };
     let mut args = Vec::new();
     for (i, (file, format)) in layers.iter().enumerate().rev() {
+        // As libvirt does: storage nodes auto-read-only (so that a job can
+        // reopen them read-write), backing format nodes read-only.
         let ro = if i == 0 { "" } else { ",read-only=on" };
         args.push("-blockdev".to_owned());
-        args.push(format!("driver=file,node-name=file{i},filename={file}{ro}"));
+        args.push(format!(
+            "driver=file,node-name=file{i},filename={file},auto-read-only=on"
+        ));
         // A qcow2 layer names its backing node; the base has none.
         let backing = match layers.get(i + 1) {
             Some(_) => format!(",backing=fmt{}", i + 1),
@@ -514,7 +528,10 @@ impl Holder {
             }
             Holder::VmDrive => {
                 let mut a = vm_args();
-                a.extend(s(&["-drive", &format!("file={top},if=virtio,format=qcow2")]));
+                a.extend(s(&[
+                    "-drive",
+                    &format!("file={top},if=virtio,format=qcow2"),
+                ]));
                 ("qemu-system-x86_64", a)
             }
             Holder::VmReadOnly => {
@@ -537,7 +554,10 @@ impl Holder {
             }
             Holder::VmNoDevice => {
                 let mut a = vm_args();
-                a.extend(s(&["-drive", &format!("file={top},if=none,id=d0,format=qcow2")]));
+                a.extend(s(&[
+                    "-drive",
+                    &format!("file={top},if=none,id=d0,format=qcow2"),
+                ]));
                 ("qemu-system-x86_64", a)
             }
             Holder::VmBlockdev => {
@@ -604,10 +624,12 @@ impl Holder {
 /// bytes of CHAINS.md on every member.
 fn start_holder(q: &Qemu, holder: Holder, shape: Shape) -> Proc {
     // qemu-nbd wants an absolute socket path.
-    let sock = std::env::current_dir().expect("a working directory").join(format!(
-        "nbd-{}.sock",
-        LOGS.load(std::sync::atomic::Ordering::Relaxed)
-    ));
+    let sock = std::env::current_dir()
+        .expect("a working directory")
+        .join(format!(
+            "nbd-{}.sock",
+            LOGS.load(std::sync::atomic::Ordering::Relaxed)
+        ));
     let (tool, args) = holder.command(shape, &sock.to_string_lossy());
     let mut p = Proc::start(q, tool, &args);
     let want: Vec<(&str, &[u32])> = shape
@@ -627,7 +649,8 @@ fn start_holder(q: &Qemu, holder: Holder, shape: Shape) -> Proc {
 fn assert_query_names(p: &Proc, holder: Holder, shape: Shape, members: &[Member]) {
     let want = holder.chains_md(shape);
     for (m, want) in members.iter().zip(want) {
-        let status = fpl::query(&m.path, true).unwrap_or_else(|e| panic!("query {:?}: {e}", m.path));
+        let status =
+            fpl::query(&m.path, true).unwrap_or_else(|e| panic!("query {:?}: {e}", m.path));
         let what = format!("{} on {:?} ({holder:?})", p.what, m.path);
         assert_eq!(bytes_of(status.held), want, "{what}");
         assert!(!status.holders_partial, "{what}: holders partial");
@@ -855,7 +878,13 @@ fn assert_presets(q: &Qemu, p: &mut Proc, holder: Holder, shape: Shape, members:
         .map(<[u32]>::to_vec)
         .collect();
     for mode in Mode::ALL {
-        let what = format!("{} {:?}: {} on {}", q.version, holder, mode.name(), shape.top());
+        let what = format!(
+            "{} {:?}: {} on {}",
+            q.version,
+            holder,
+            mode.name(),
+            shape.top()
+        );
         let want = predict(mode, members, &qemu_held);
         let named = Some((p.pid(), holder.comm()));
         let top = Path::new(shape.top());
@@ -873,7 +902,8 @@ fn assert_presets(q: &Qemu, p: &mut Proc, holder: Holder, shape: Shape, members:
                     let path = m.path.to_string_lossy();
                     assert_eq!(held(&path), union(theirs, &ours), "{what}: {path} held");
                 }
-                lock.release().unwrap_or_else(|e| panic!("{what}: release: {e}"));
+                lock.release()
+                    .unwrap_or_else(|e| panic!("{what}: release: {e}"));
             }
             Err(e) => {
                 assert_eq!(Some(refusal(&e, named, &what)), want, "{what}: acquire");
@@ -926,7 +956,12 @@ fn every_preset_against_every_qemu_holder() {
                 fpl::ChainLock::check(Path::new(shape.top()), req(mode), fpl::Options::default())
                     .unwrap_or_else(|e| panic!("{} on a free {shape:?}: {e}", mode.name()));
                 if let Some(refused) = qemu_tries(&q, mode, shape.top()) {
-                    assert_eq!(refused, None, "{} stand-in on a free {shape:?}", mode.name());
+                    assert_eq!(
+                        refused,
+                        None,
+                        "{} stand-in on a free {shape:?}",
+                        mode.name()
+                    );
                 }
             }
             for holder in HOLDERS {
@@ -938,4 +973,664 @@ fn every_preset_against_every_qemu_holder() {
             }
         }
     }
+}
+
+// ---- items 1 and the README's table: libfpl holds a chain, QEMU acts -----
+
+const WRITE_LOCK: &str = "Failed to get \"write\" lock";
+const SHARED_WRITE_LOCK: &str = "Failed to get shared \"write\" lock";
+const CONSISTENT_READ_LOCK: &str = "Failed to get \"consistent read\" lock";
+const SHARED_CONSISTENT_READ_LOCK: &str = "Failed to get shared \"consistent read\" lock";
+
+/// What QEMU should meet: admitted, or refused on a member with a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Want {
+    Ok,
+    No(&'static str, &'static str),
+}
+
+/// Locks libfpl holds on a chain, through the Rust API or the C ABI
+/// (`fpl_acquire` with `FPL_FLAG_CHAIN`); released on drop.
+enum ChainHeld {
+    Rust(Option<fpl::ChainLock>),
+    C(*mut fpl::ffi::fpl_lock),
+}
+
+impl ChainHeld {
+    fn take(image: &str, mode: Mode, c_abi: bool) -> ChainHeld {
+        if !c_abi {
+            return ChainHeld::Rust(Some(
+                fpl::ChainLock::acquire(Path::new(image), req(mode), fpl::Options::default())
+                    .unwrap_or_else(|e| panic!("ChainLock {} on {image}: {e}", mode.name())),
+            ));
+        }
+        let path = common::cabi::c_path(Path::new(image));
+        let mut lock = std::ptr::null_mut();
+        let mut err = common::cabi::new_error();
+        // SAFETY: valid pointers for the call.
+        let rc = unsafe {
+            fpl::ffi::fpl_acquire(
+                path.as_ptr(),
+                mode.perm().bits(),
+                mode.shared().bits(),
+                fpl::ffi::FPL_FLAG_CHAIN,
+                &mut lock,
+                &mut err,
+            )
+        };
+        assert_eq!(
+            rc,
+            0,
+            "fpl_acquire(FPL_FLAG_CHAIN) {} on {image}: {}",
+            mode.name(),
+            common::cabi::message(&err)
+        );
+        ChainHeld::C(lock)
+    }
+
+    /// Releases the locks, asserting that releasing worked.
+    fn release(mut self) {
+        match &mut self {
+            ChainHeld::Rust(lock) => {
+                if let Some(lock) = lock.take() {
+                    lock.release()
+                        .unwrap_or_else(|e| panic!("ChainLock::release: {e}"));
+                }
+            }
+            // Drop releases it (and asserts).
+            ChainHeld::C(_) => {}
+        }
+    }
+}
+
+impl Drop for ChainHeld {
+    fn drop(&mut self) {
+        if let ChainHeld::C(lock) = *self {
+            // SAFETY: a live handle from fpl_acquire, released once.
+            let rc = unsafe { fpl::ffi::fpl_release(lock) };
+            assert_eq!(rc, 0, "fpl_release");
+        }
+    }
+}
+
+/// Who holds what in a column of the table: a chain lock of `mode` on
+/// `image`, through the C ABI or not.
+struct Column {
+    image: &'static str,
+    mode: Mode,
+    c_abi: bool,
+}
+
+const COLUMNS: [Column; 6] = [
+    Column {
+        image: "top.qcow2",
+        mode: Mode::ReadShared,
+        c_abi: false,
+    },
+    Column {
+        image: "top.qcow2",
+        mode: Mode::Read,
+        c_abi: false,
+    },
+    Column {
+        image: "top.qcow2",
+        mode: Mode::Read,
+        c_abi: true,
+    },
+    Column {
+        image: "top.qcow2",
+        mode: Mode::Write,
+        c_abi: false,
+    },
+    Column {
+        image: "top.qcow2",
+        mode: Mode::Exclusive,
+        c_abi: false,
+    },
+    Column {
+        image: "mid.qcow2",
+        mode: Mode::Read,
+        c_abi: false,
+    },
+];
+
+/// A QEMU command run against the chain base.raw <- mid.qcow2 <- top.qcow2,
+/// and what it meets under each column.
+struct Act {
+    tool: &'static str,
+    args: &'static [&'static str],
+    want: [Want; 6],
+}
+
+fn acts() -> Vec<Act> {
+    use Want::{No, Ok};
+    let base_w = No("base.raw", WRITE_LOCK);
+    let mid_w = No("mid.qcow2", WRITE_LOCK);
+    let top_w = No("top.qcow2", WRITE_LOCK);
+    let top_sw = No("top.qcow2", SHARED_WRITE_LOCK);
+    let top_cr = No("top.qcow2", CONSISTENT_READ_LOCK);
+    // Committing through mid into base makes mid refuse to share
+    // consistent read (CHAINS.md §1): even read-shared's byte 100 stops it.
+    let mid_scr = No("mid.qcow2", SHARED_CONSISTENT_READ_LOCK);
+    vec![
+        Act {
+            tool: "qemu-io",
+            args: &["-f", "raw", "-c", "write 0 512", "base.raw"],
+            want: [Ok, base_w, base_w, base_w, base_w, base_w],
+        },
+        Act {
+            tool: "qemu-io",
+            args: &["-f", "qcow2", "-c", "write 0 512", "mid.qcow2"],
+            want: [Ok, mid_w, mid_w, mid_w, mid_w, mid_w],
+        },
+        Act {
+            tool: "qemu-io",
+            args: &["-f", "qcow2", "-c", "write 0 512", "top.qcow2"],
+            want: [Ok, top_w, top_w, top_w, top_cr, Ok],
+        },
+        Act {
+            tool: "qemu-io",
+            args: &["-r", "-f", "qcow2", "-c", "read 0 512", "top.qcow2"],
+            want: [Ok, Ok, Ok, top_sw, top_cr, Ok],
+        },
+        Act {
+            tool: "qemu-io",
+            args: &["-U", "-r", "-f", "qcow2", "-c", "read 0 512", "top.qcow2"],
+            want: [Ok, Ok, Ok, Ok, top_cr, Ok],
+        },
+        Act {
+            tool: "qemu-img",
+            args: &["commit", "top.qcow2"],
+            want: [Ok, top_w, top_w, top_w, top_cr, mid_w],
+        },
+        Act {
+            tool: "qemu-img",
+            args: &["commit", "-b", "base.raw", "top.qcow2"],
+            want: [mid_scr, top_w, top_w, top_w, top_cr, base_w],
+        },
+        Act {
+            tool: "qemu-img",
+            args: &["rebase", "-b", "other.raw", "-F", "raw", "top.qcow2"],
+            want: [Ok, top_w, top_w, top_w, top_cr, Ok],
+        },
+        Act {
+            tool: "qemu-img",
+            args: &[
+                "create",
+                "-q",
+                "-f",
+                "qcow2",
+                "-b",
+                "top.qcow2",
+                "-F",
+                "qcow2",
+                "new.qcow2",
+            ],
+            want: [Ok, Ok, Ok, Ok, Ok, Ok],
+        },
+        Act {
+            tool: "qemu-img",
+            args: &["check", "top.qcow2"],
+            want: [Ok, Ok, Ok, top_sw, top_cr, Ok],
+        },
+        Act {
+            tool: "qemu-img",
+            args: &["info", "top.qcow2"],
+            want: [Ok, Ok, Ok, top_sw, top_sw, Ok],
+        },
+    ]
+}
+
+/// A fresh chain (and other.raw, a new base for rebase), the last one
+/// removed first.
+fn fresh_chain(q: &Qemu) {
+    for f in [
+        "base.raw",
+        "mid.qcow2",
+        "top.qcow2",
+        "other.raw",
+        "new.qcow2",
+    ] {
+        let _ = std::fs::remove_file(f);
+    }
+    img(q, &["create", "-q", "-f", "raw", "base.raw", "64M"]);
+    img(
+        q,
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            "base.raw",
+            "-F",
+            "raw",
+            "mid.qcow2",
+        ],
+    );
+    img(
+        q,
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            "mid.qcow2",
+            "-F",
+            "qcow2",
+            "top.qcow2",
+        ],
+    );
+    img(q, &["create", "-q", "-f", "raw", "other.raw", "64M"]);
+}
+
+fn backing_files(top: &str) -> Vec<String> {
+    chain::resolve(Path::new(top), req(Mode::Read))
+        .unwrap_or_else(|e| panic!("resolve {top}: {e}"))
+        .iter()
+        .map(|m| m.path.to_string_lossy().into_owned())
+        .collect()
+}
+
+#[test]
+fn qemu_against_a_chain_libfpl_holds() {
+    let scene = Scene::new("qchain-acts");
+    let mut wrong = Vec::new();
+    for q in qemus() {
+        let dir = scene.path().join(&q.version);
+        std::fs::create_dir(&dir).expect("mkdir");
+        std::env::set_current_dir(&dir).expect("cd");
+        for act in acts() {
+            for (col, want) in COLUMNS.iter().zip(act.want) {
+                let what = format!(
+                    "QEMU {} `{} {}` under {} on the chain of {}{}",
+                    q.version,
+                    act.tool,
+                    act.args.join(" "),
+                    col.mode.name(),
+                    col.image,
+                    if col.c_abi { " (C ABI)" } else { "" }
+                );
+                fresh_chain(&q);
+                let chain_before = backing_files("top.qcow2");
+                let held = ChainHeld::take(col.image, col.mode, col.c_abi);
+                let mut c = q.cmd(act.tool);
+                c.args(act.args);
+                let out = run(c);
+                let err = stderr(&out);
+                let refused = |member: &str, message: &str| {
+                    !out.status.success()
+                        && err.contains(message)
+                        && err.contains(&format!("Is another process using the image [{member}]?"))
+                };
+                match want {
+                    Want::Ok if out.status.success() => {}
+                    Want::No(member, message) if refused(member, message) => {
+                        // Refused before it changed anything.
+                        assert_eq!(backing_files("top.qcow2"), chain_before, "{what}");
+                        // And admitted once libfpl lets go: the cell can fail.
+                        held.release();
+                        fresh_chain(&q);
+                        let mut c = q.cmd(act.tool);
+                        c.args(act.args);
+                        let out = run(c);
+                        assert!(
+                            out.status.success(),
+                            "{what}, after release: {}",
+                            stderr(&out)
+                        );
+                    }
+                    _ => wrong.push(format!(
+                        "{what}: want {want:?}, got {}: {err}",
+                        if out.status.success() {
+                            "admitted"
+                        } else {
+                            "refused"
+                        }
+                    )),
+                }
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+// ---- QMP -------------------------------------------------------------------
+
+/// A QMP connection to a VM.
+struct Qmp {
+    reader: std::io::BufReader<std::os::unix::net::UnixStream>,
+    writer: std::os::unix::net::UnixStream,
+    /// Events read while waiting for replies.
+    events: Vec<serde_json::Value>,
+}
+
+impl Qmp {
+    /// Connects to `sock` (retrying while `p` starts, at most 30 s) and
+    /// leaves capabilities negotiation mode.
+    fn connect(sock: &Path, p: &mut Proc) -> Qmp {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let stream = loop {
+            match std::os::unix::net::UnixStream::connect(sock) {
+                Ok(s) => break s,
+                Err(e) => {
+                    p.assert_running();
+                    assert!(Instant::now() < deadline, "QMP {sock:?}: {e}");
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        };
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("socket timeout");
+        let writer = stream.try_clone().expect("socket clone");
+        let mut qmp = Qmp {
+            reader: std::io::BufReader::new(stream),
+            writer,
+            events: Vec::new(),
+        };
+        let greeting = qmp.line();
+        assert!(greeting.get("QMP").is_some(), "QMP greeting: {greeting}");
+        qmp.execute("qmp_capabilities", serde_json::json!({}))
+            .unwrap_or_else(|e| panic!("qmp_capabilities: {e}"));
+        qmp
+    }
+
+    fn line(&mut self) -> serde_json::Value {
+        use std::io::BufRead;
+        let mut line = String::new();
+        match self.reader.read_line(&mut line) {
+            Ok(n) if n > 0 => {}
+            other => panic!("QMP: no answer ({other:?})"),
+        }
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("QMP sent {line:?}: {e}"))
+    }
+
+    /// Runs a command: its `return`, or its error's `desc`.
+    fn execute(
+        &mut self,
+        command: &str,
+        arguments: serde_json::Value,
+    ) -> Result<serde_json::Value, String> {
+        use std::io::Write;
+        let cmd = serde_json::json!({"execute": command, "arguments": arguments});
+        writeln!(self.writer, "{cmd}").expect("QMP write");
+        loop {
+            let v = self.line();
+            if let Some(r) = v.get("return") {
+                return Ok(r.clone());
+            }
+            if let Some(e) = v.get("error") {
+                return Err(e
+                    .get("desc")
+                    .and_then(|d| d.as_str())
+                    .unwrap_or_default()
+                    .to_owned());
+            }
+            self.events.push(v);
+        }
+    }
+
+    /// Waits (at most 30 s) for event `name` whose data has `id`.
+    fn event(&mut self, name: &str, id: &str) -> serde_json::Value {
+        let matches = |v: &serde_json::Value| {
+            v.get("event").and_then(|e| e.as_str()) == Some(name)
+                && v.pointer("/data/device").and_then(|d| d.as_str()) == Some(id)
+        };
+        if let Some(i) = self.events.iter().position(matches) {
+            return self.events.remove(i);
+        }
+        loop {
+            let v = self.line();
+            if matches(&v) {
+                return v;
+            }
+            self.events.push(v);
+        }
+    }
+}
+
+/// A paused 7.2 VM with `args` and a QMP socket.
+fn vm_with_qmp(q: &Qemu, args: Vec<String>) -> (Proc, Qmp) {
+    let n = LOGS.load(std::sync::atomic::Ordering::Relaxed);
+    let sock = std::env::current_dir()
+        .expect("a working directory")
+        .join(format!("qmp-{n}.sock"));
+    let mut a = vm_args();
+    a.extend(args);
+    a.push("-qmp".to_owned());
+    a.push(format!("unix:{},server=on,wait=off", sock.display()));
+    let mut p = Proc::start(q, "qemu-system-x86_64", &a);
+    let qmp = Qmp::connect(&sock, &mut p);
+    (p, qmp)
+}
+
+/// A paused 7.2 VM with `args` that must be refused: it exits, non-zero,
+/// saying `message` and naming `member`.
+fn assert_vm_refused(q: &Qemu, args: Vec<String>, member: &str, message: &str) {
+    let mut a = vm_args();
+    a.extend(args);
+    let mut p = Proc::start(q, "qemu-system-x86_64", &a);
+    let status = p.wait_exit();
+    let log = p.log();
+    assert!(!status.success(), "{}: started", p.what);
+    assert!(log.contains(message), "{}: {log}", p.what);
+    let hint = format!("Is another process using the image [{member}]?");
+    assert!(log.contains(&hint), "{}: {log}", p.what);
+}
+
+fn drive(image: &str) -> Vec<String> {
+    vec![
+        "-drive".to_owned(),
+        format!("file={image},if=virtio,format=qcow2"),
+    ]
+}
+
+fn blockdev_vm(shape: Shape) -> Vec<String> {
+    let mut a = blockdev_chain(shape);
+    a.push("-device".to_owned());
+    a.push("virtio-blk-pci,drive=fmt0".to_owned());
+    a
+}
+
+// ---- item 1: block-commit in a VM under an external chain read lock ---------
+
+#[test]
+fn block_commit_is_refused_under_a_chain_read_lock() {
+    let _scene = Scene::new("qchain-commit");
+    let q = qemu72();
+    fresh_chain(&q);
+    let (mut vm, mut qmp) = vm_with_qmp(&q, blockdev_vm(Shape::RawBase));
+    wait_bytes(
+        &mut vm,
+        &[("top.qcow2", RWX), ("mid.qcow2", RP), ("base.raw", RP)],
+    );
+
+    // The VM writes top: a read lock on the whole chain is refused there.
+    let e = fpl::ChainLock::acquire(
+        Path::new("top.qcow2"),
+        req(Mode::Read),
+        fpl::Options::default(),
+    )
+    .expect_err("read on a chain whose top a VM writes");
+    let r = refusal(&e, Some((vm.pid(), "qemu-system-x86")), "read on top.qcow2");
+    assert_eq!(
+        (r.member.as_str(), r.message.as_str()),
+        ("top.qcow2", SHARED_WRITE_LOCK)
+    );
+
+    let commit = serde_json::json!({"job-id": "c0", "device": "fmt0", "top-node": "fmt1", "base-node": "fmt2"});
+    let active = serde_json::json!({"job-id": "c1", "device": "fmt0", "base-node": "fmt2"});
+    let ours: &[u32] = &[100, 201, 202, 203];
+    // The VM only reads base, and mid: a backup tool can hold either chain
+    // stable after the VM started. On base.raw's chain (base alone), both
+    // commits need write on base: refused at once with QEMU's message. On
+    // mid.qcow2's chain, the intermediate commit's first test is mid's
+    // (committing mid away makes mid refuse to share consistent read, which
+    // libfpl uses there); the active commit tests base's write first.
+    for (image, intermediate, whole) in [
+        ("base.raw", WRITE_LOCK, WRITE_LOCK),
+        ("mid.qcow2", SHARED_CONSISTENT_READ_LOCK, WRITE_LOCK),
+    ] {
+        let lock =
+            fpl::ChainLock::acquire(Path::new(image), req(Mode::Read), fpl::Options::default())
+                .unwrap_or_else(|e| panic!("read on {image} beside the VM: {e}"));
+        let mid: &[u32] = if image == "mid.qcow2" { ours } else { RP };
+        let locked = [("top.qcow2", RWX), ("mid.qcow2", mid), ("base.raw", ours)];
+        for (f, want) in locked {
+            assert_eq!(held(f), want, "{f} under read on {image}");
+        }
+        let e = qmp
+            .execute("block-commit", commit.clone())
+            .expect_err("block-commit under libfpl's read lock");
+        assert_eq!(e, intermediate, "block-commit under read on {image}");
+        let e = qmp
+            .execute("block-commit", active.clone())
+            .expect_err("active block-commit under libfpl's read lock");
+        assert_eq!(e, whole, "active block-commit under read on {image}");
+        // No job ran; the graph and every byte are as they were.
+        let jobs = qmp
+            .execute("query-block-jobs", serde_json::json!({}))
+            .expect("query-block-jobs");
+        assert_eq!(jobs, serde_json::json!([]), "jobs under read on {image}");
+        for (f, want) in locked {
+            assert_eq!(
+                held(f),
+                want,
+                "{f} after the refused commits under read on {image}"
+            );
+        }
+        vm.assert_running();
+        lock.release().expect("release");
+    }
+
+    // Without libfpl's lock the same commit runs to completion.
+    qmp.execute("block-commit", commit)
+        .unwrap_or_else(|e| panic!("block-commit without libfpl's lock: {e}"));
+    let done = qmp.event("BLOCK_JOB_COMPLETED", "c0");
+    assert!(done.pointer("/data/error").is_none(), "{done}");
+}
+
+// ---- item 2: a VM against a chain libfpl writes; a sibling overlay --------
+
+#[test]
+fn a_vm_is_refused_a_chain_libfpl_writes_and_admitted_on_a_sibling() {
+    let _scene = Scene::new("qchain-vm");
+    let q = qemu72();
+    fresh_chain(&q);
+    // Siblings: another overlay on mid, and one on base.
+    img(
+        &q,
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            "mid.qcow2",
+            "-F",
+            "qcow2",
+            "sib.qcow2",
+        ],
+    );
+    img(
+        &q,
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            "base.raw",
+            "-F",
+            "raw",
+            "sib0.qcow2",
+        ],
+    );
+    let sib_admitted = |vm: &mut Proc, theirs: &[u32]| {
+        wait_bytes(
+            vm,
+            &[
+                ("sib.qcow2", RWX),
+                ("mid.qcow2", &union(RP, theirs)),
+                ("base.raw", &union(RP, theirs)),
+            ],
+        );
+    };
+
+    // QEMU's own answer: a VM on top refuses a second VM on top, with
+    // -drive or a -blockdev chain, and admits one on each sibling.
+    {
+        let mut first = Proc::start(
+            &q,
+            "qemu-system-x86_64",
+            &[vm_args(), drive("top.qcow2")].concat(),
+        );
+        wait_bytes(
+            &mut first,
+            &[("top.qcow2", RWX), ("mid.qcow2", RP), ("base.raw", RP)],
+        );
+        assert_vm_refused(&q, drive("top.qcow2"), "top.qcow2", WRITE_LOCK);
+        assert_vm_refused(&q, blockdev_vm(Shape::RawBase), "top.qcow2", WRITE_LOCK);
+        let mut sib = Proc::start(
+            &q,
+            "qemu-system-x86_64",
+            &[vm_args(), drive("sib.qcow2")].concat(),
+        );
+        sib_admitted(&mut sib, RP);
+        let mut sib0 = Proc::start(
+            &q,
+            "qemu-system-x86_64",
+            &[vm_args(), drive("sib0.qcow2")].concat(),
+        );
+        wait_bytes(&mut sib0, &[("sib0.qcow2", RWX), ("base.raw", RP)]);
+        first.assert_running();
+        sib.assert_running();
+    }
+
+    // libfpl writing the chain of top answers alike.
+    let lock = fpl::ChainLock::acquire(
+        Path::new("top.qcow2"),
+        req(Mode::Write),
+        fpl::Options::default(),
+    )
+    .unwrap_or_else(|e| panic!("write on top.qcow2: {e}"));
+    let ours_top: &[u32] = &[100, 101, 103, 201, 202, 203];
+    let ours: &[u32] = &[100, 201, 202, 203];
+    for (f, want) in [
+        ("top.qcow2", ours_top),
+        ("mid.qcow2", ours),
+        ("base.raw", ours),
+    ] {
+        assert_eq!(held(f), want, "{f}");
+    }
+    assert_vm_refused(&q, drive("top.qcow2"), "top.qcow2", WRITE_LOCK);
+    assert_vm_refused(&q, blockdev_vm(Shape::RawBase), "top.qcow2", WRITE_LOCK);
+    {
+        let mut sib = Proc::start(
+            &q,
+            "qemu-system-x86_64",
+            &[vm_args(), drive("sib.qcow2")].concat(),
+        );
+        sib_admitted(&mut sib, ours);
+        let mut sib0 = Proc::start(
+            &q,
+            "qemu-system-x86_64",
+            &[vm_args(), drive("sib0.qcow2")].concat(),
+        );
+        wait_bytes(&mut sib0, &[("sib0.qcow2", RWX), ("base.raw", ours)]);
+        sib.assert_running();
+    }
+    // Released: a VM on top starts (the refusal above can fail).
+    lock.release().expect("release");
+    let mut vm = Proc::start(
+        &q,
+        "qemu-system-x86_64",
+        &[vm_args(), drive("top.qcow2")].concat(),
+    );
+    wait_bytes(
+        &mut vm,
+        &[("top.qcow2", RWX), ("mid.qcow2", RP), ("base.raw", RP)],
+    );
 }
