@@ -1304,6 +1304,9 @@ struct Qmp {
     writer: std::os::unix::net::UnixStream,
     /// Events read while waiting for replies.
     events: Vec<serde_json::Value>,
+    /// The VM and its log, for messages.
+    what: String,
+    log: PathBuf,
 }
 
 impl Qmp {
@@ -1329,6 +1332,8 @@ impl Qmp {
             reader: std::io::BufReader::new(stream),
             writer,
             events: Vec::new(),
+            what: p.what.clone(),
+            log: p.log.clone(),
         };
         let greeting = qmp.line();
         assert!(greeting.get("QMP").is_some(), "QMP greeting: {greeting}");
@@ -1342,7 +1347,12 @@ impl Qmp {
         let mut line = String::new();
         match self.reader.read_line(&mut line) {
             Ok(n) if n > 0 => {}
-            other => panic!("QMP: no answer ({other:?})"),
+            other => {
+                // Most likely the VM exited: let it finish its message.
+                std::thread::sleep(Duration::from_millis(200));
+                let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+                panic!("{}: QMP closed ({other:?}):\n{log}", self.what)
+            }
         }
         serde_json::from_str(&line).unwrap_or_else(|e| panic!("QMP sent {line:?}: {e}"))
     }
@@ -1404,6 +1414,12 @@ fn vm_with_qmp(q: &Qemu, args: Vec<String>) -> (Proc, Qmp) {
     let mut p = Proc::start(q, "qemu-system-x86_64", &a);
     let qmp = Qmp::connect(&sock, &mut p);
     (p, qmp)
+}
+
+/// A paused 7.2 VM with `args` that must be admitted: it answers QMP
+/// (commands run once every drive is open).
+fn running_vm(q: &Qemu, args: Vec<String>) -> Proc {
+    vm_with_qmp(q, args).0
 }
 
 /// A paused 7.2 VM with `args` that must be refused: it exits, non-zero,
@@ -1562,28 +1578,16 @@ fn a_vm_is_refused_a_chain_libfpl_writes_and_admitted_on_a_sibling() {
     // QEMU's own answer: a VM on top refuses a second VM on top, with
     // -drive or a -blockdev chain, and admits one on each sibling.
     {
-        let mut first = Proc::start(
-            &q,
-            "qemu-system-x86_64",
-            &[vm_args(), drive("top.qcow2")].concat(),
-        );
+        let mut first = running_vm(&q, drive("top.qcow2"));
         wait_bytes(
             &mut first,
             &[("top.qcow2", RWX), ("mid.qcow2", RP), ("base.raw", RP)],
         );
         assert_vm_refused(&q, drive("top.qcow2"), "top.qcow2", WRITE_LOCK);
         assert_vm_refused(&q, blockdev_vm(Shape::RawBase), "top.qcow2", WRITE_LOCK);
-        let mut sib = Proc::start(
-            &q,
-            "qemu-system-x86_64",
-            &[vm_args(), drive("sib.qcow2")].concat(),
-        );
+        let mut sib = running_vm(&q, drive("sib.qcow2"));
         sib_admitted(&mut sib, RP);
-        let mut sib0 = Proc::start(
-            &q,
-            "qemu-system-x86_64",
-            &[vm_args(), drive("sib0.qcow2")].concat(),
-        );
+        let mut sib0 = running_vm(&q, drive("sib0.qcow2"));
         wait_bytes(&mut sib0, &[("sib0.qcow2", RWX), ("base.raw", RP)]);
         first.assert_running();
         sib.assert_running();
@@ -1608,29 +1612,239 @@ fn a_vm_is_refused_a_chain_libfpl_writes_and_admitted_on_a_sibling() {
     assert_vm_refused(&q, drive("top.qcow2"), "top.qcow2", WRITE_LOCK);
     assert_vm_refused(&q, blockdev_vm(Shape::RawBase), "top.qcow2", WRITE_LOCK);
     {
-        let mut sib = Proc::start(
-            &q,
-            "qemu-system-x86_64",
-            &[vm_args(), drive("sib.qcow2")].concat(),
-        );
+        let mut sib = running_vm(&q, drive("sib.qcow2"));
         sib_admitted(&mut sib, ours);
-        let mut sib0 = Proc::start(
-            &q,
-            "qemu-system-x86_64",
-            &[vm_args(), drive("sib0.qcow2")].concat(),
-        );
+        let mut sib0 = running_vm(&q, drive("sib0.qcow2"));
         wait_bytes(&mut sib0, &[("sib0.qcow2", RWX), ("base.raw", ours)]);
         sib.assert_running();
     }
     // Released: a VM on top starts (the refusal above can fail).
     lock.release().expect("release");
-    let mut vm = Proc::start(
-        &q,
-        "qemu-system-x86_64",
-        &[vm_args(), drive("top.qcow2")].concat(),
-    );
+    let mut vm = running_vm(&q, drive("top.qcow2"));
     wait_bytes(
         &mut vm,
         &[("top.qcow2", RWX), ("mid.qcow2", RP), ("base.raw", RP)],
     );
+}
+
+// ---- item 4, continued: QEMU holding a lower member ------------------------
+
+/// Starts a 7.2 VM with `args` and waits until it is either running
+/// (admitted: None) or has exited (refused: its log). Killed either way.
+/// Running means QMP answered a command: the greeting comes from the
+/// monitor's own thread at once, but commands run in the main loop, which
+/// starts once every drive is open. (Holding bytes proves nothing: QEMU
+/// locks before it tests, so a refused VM holds its bytes for a moment.)
+fn vm_outcome(q: &Qemu, args: Vec<String>) -> Option<String> {
+    use std::io::{BufRead, Write};
+    let n = LOGS.load(std::sync::atomic::Ordering::Relaxed);
+    let sock = std::env::current_dir()
+        .expect("a working directory")
+        .join(format!("probe-{n}.sock"));
+    let mut a = vm_args();
+    a.extend(args);
+    a.push("-qmp".to_owned());
+    a.push(format!("unix:{},server=on,wait=off", sock.display()));
+    let mut p = Proc::start(q, "qemu-system-x86_64", &a);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "{}: neither ran nor exited",
+            p.what
+        );
+        if let Ok(Some(_)) = p.child.try_wait() {
+            return Some(p.log());
+        }
+        let Ok(stream) = std::os::unix::net::UnixStream::connect(&sock) else {
+            std::thread::sleep(Duration::from_millis(20));
+            continue;
+        };
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("socket timeout");
+        let mut writer = stream.try_clone().expect("socket clone");
+        let mut reader = std::io::BufReader::new(stream);
+        let mut line = String::new();
+        let _ = reader.read_line(&mut line);
+        let _ = writeln!(writer, "{{\"execute\":\"qmp_capabilities\"}}");
+        line.clear();
+        let _ = reader.read_line(&mut line);
+        if line.contains("\"return\"") {
+            return None;
+        }
+        // Closed without a greeting: the VM is on its way out.
+        p.wait_exit();
+        return Some(p.log());
+    }
+}
+
+/// QEMU holding something below the image's top.
+struct Lower {
+    what: &'static str,
+    tool: &'static str,
+    args: &'static [&'static str],
+    /// The chain the presets are taken on.
+    shape: Shape,
+    /// What the holder holds on each member of `shape` (measured).
+    held: [&'static [u32]; 3],
+    /// qemu-io shares write on a raw backing file and a data file; libfpl's
+    /// presets (like a VM's disk) do not: where the holder writes such a
+    /// file, qemu-io's stand-ins are admitted and libfpl is refused.
+    tools_share_write: bool,
+}
+
+fn lowers() -> Vec<Lower> {
+    vec![
+        Lower {
+            what: "qemu-io writing base.raw",
+            tool: "qemu-io",
+            args: &["-f", "raw", "base.raw"],
+            shape: Shape::RawBase,
+            held: [NONE, NONE, &[100, 101]],
+            tools_share_write: true,
+        },
+        Lower {
+            what: "qemu-io writing mid.qcow2",
+            tool: "qemu-io",
+            args: &["-f", "qcow2", "mid.qcow2"],
+            shape: Shape::RawBase,
+            held: [NONE, RWX, R],
+            tools_share_write: false,
+        },
+        Lower {
+            what: "qemu-io -r reading mid.qcow2",
+            tool: "qemu-io",
+            args: &["-r", "-f", "qcow2", "mid.qcow2"],
+            shape: Shape::RawBase,
+            held: [NONE, RP, R],
+            tools_share_write: false,
+        },
+        Lower {
+            what: "a VM on a sibling overlay of mid.qcow2",
+            tool: "qemu-system-x86_64",
+            args: &[
+                "-machine",
+                "q35,accel=tcg",
+                "-nodefaults",
+                "-display",
+                "none",
+                "-S",
+                "-drive",
+                "file=sib.qcow2,if=virtio,format=qcow2",
+            ],
+            shape: Shape::RawBase,
+            held: [NONE, RP, RP],
+            tools_share_write: false,
+        },
+        Lower {
+            what: "qemu-io writing the data file d.raw",
+            tool: "qemu-io",
+            args: &["-f", "raw", "d.raw"],
+            shape: Shape::DataFile,
+            held: [NONE, &[100, 101], NONE],
+            tools_share_write: true,
+        },
+    ]
+}
+
+#[test]
+fn presets_against_qemu_on_lower_members() {
+    let _scene = Scene::new("qchain-lower");
+    let q = qemu72();
+    create_chains(&q);
+    img(
+        &q,
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            "mid.qcow2",
+            "-F",
+            "qcow2",
+            "sib.qcow2",
+        ],
+    );
+    for lower in lowers() {
+        let shape = lower.shape;
+        let members = resolve(shape);
+        let args: Vec<String> = lower.args.iter().map(|a| (*a).to_owned()).collect();
+        let mut p = Proc::start(&q, lower.tool, &args);
+        let comm = if lower.tool == "qemu-io" {
+            "qemu-io"
+        } else {
+            "qemu-system-x86"
+        };
+        let want_held: Vec<(&str, &[u32])> =
+            shape.members().iter().copied().zip(lower.held).collect();
+        wait_bytes(&mut p, &want_held);
+        let others: Vec<Vec<u32>> = lower.held[..members.len()]
+            .iter()
+            .map(|h| h.to_vec())
+            .collect();
+        let top = shape.top();
+        for mode in Mode::ALL {
+            let what = format!("{} under {}", mode.name(), lower.what);
+            let want = predict(mode, &members, &others);
+            let named = Some((p.pid(), comm));
+            let got = fpl::ChainLock::check(Path::new(top), req(mode), fpl::Options::default())
+                .err()
+                .map(|e| refusal(&e, named, &what));
+            assert_eq!(got, want, "{what}: check");
+            let got = fpl::ChainLock::acquire(Path::new(top), req(mode), fpl::Options::default())
+                .map(|l| l.release().expect("release"))
+                .err()
+                .map(|e| refusal(&e, named, &what));
+            assert_eq!(got, want, "{what}: acquire");
+            for (f, theirs) in &want_held {
+                assert_eq!(&held(f), theirs, "{what}: {f} afterwards");
+            }
+            println!(
+                "{what}: {}",
+                want.as_ref().map_or("admitted".to_owned(), |r| format!(
+                    "{} on {}",
+                    r.message, r.member
+                ))
+            );
+
+            // A VM's disk is the stand-in that protects like the presets.
+            let vm = match mode {
+                Mode::Read => Some(",readonly=on"),
+                Mode::Write => Some(""),
+                _ => None,
+            };
+            if let Some(opts) = vm {
+                let drive = vec![
+                    "-drive".to_owned(),
+                    format!("file={top},if=virtio,format=qcow2{opts}"),
+                ];
+                match (&want, vm_outcome(&q, drive)) {
+                    (None, None) => {}
+                    (Some(r), Some(log)) => {
+                        assert!(log.contains(&r.message), "{what}: the VM said {log}");
+                        let hint = format!("Is another process using the image [{}]?", r.member);
+                        assert!(log.contains(&hint), "{what}: the VM said {log}");
+                    }
+                    (want, got) => panic!("{what}: libfpl {want:?}, the VM {got:?}"),
+                }
+            }
+            // qemu-io's stand-ins agree, except where they share write.
+            if let Some(refused) = qemu_tries(&q, mode, top) {
+                let differs = lower.tools_share_write && matches!(mode, Mode::Read | Mode::Write);
+                match (&want, refused) {
+                    (None, None) => {}
+                    (Some(_), None) if differs => {}
+                    (Some(r), Some(err)) if !differs => {
+                        assert!(err.contains(&r.message), "{what}: qemu-io said {err}");
+                        let hint = format!("Is another process using the image [{}]?", r.member);
+                        assert!(err.contains(&hint), "{what}: qemu-io said {err}");
+                    }
+                    (want, got) => panic!("{what}: libfpl {want:?}, qemu-io {got:?}"),
+                }
+            }
+            p.assert_running();
+        }
+    }
 }
