@@ -47,9 +47,7 @@ fn main() {
                 println!("cargo:rustc-cdylib-link-arg=-fuse-ld=bfd");
                 println!("cargo:rustc-cdylib-link-arg=-B{}/", dir.display());
             }
-            Err(why) => println!(
-                "cargo:warning=libfpl.so is built without symbol versions: {why}"
-            ),
+            Err(why) => println!("cargo:warning=libfpl.so is built without symbol versions: {why}"),
         }
     }
 

@@ -181,7 +181,10 @@ mod tests {
     #[test]
     fn access_modes_come_from_the_flags_line() {
         assert_eq!(access("flags:\t0100002\n").map(Access::bits), Some(0x03));
-        assert_eq!(access("pos:\t0\nflags:\t02000001\n").map(Access::bits), Some(0x02));
+        assert_eq!(
+            access("pos:\t0\nflags:\t02000001\n").map(Access::bits),
+            Some(0x02)
+        );
         assert_eq!(access("flags:\t0100000\n").map(Access::bits), Some(0x01));
         assert_eq!(access("flags:\t03\n").map(Access::bits), Some(0));
         assert_eq!(access("flags:\tzz\n"), None);

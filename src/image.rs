@@ -104,9 +104,10 @@ impl Image {
         let link = format!("/proc/self/fd/{}", self.fd().as_raw_fd());
         let flags = OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOCTTY | OFlag::O_NONBLOCK;
         let name = self.display_path();
-        let shown = name
-            .as_deref()
-            .map_or_else(|| "the image".to_owned(), |p| format!("'{}'", p.to_string_lossy()));
+        let shown = name.as_deref().map_or_else(
+            || "the image".to_owned(),
+            |p| format!("'{}'", p.to_string_lossy()),
+        );
         let fd = retry(|| open(link.as_str(), flags, Mode::empty()))
             .map_err(|e| Error::os(e, format!("cannot open {shown} again")))?;
         let image = Image::checked(fd, self.path.clone())?;

@@ -342,7 +342,10 @@ fn recorded_abi_is_intact() {
                 "the SONAME changes from {recorded_soname} to {soname}: say why in \
                  FPL_ABI_REASON=\"...\" (kept in {ABI_FILE})"
             );
-            history.push(format!("# bump: {recorded_soname} -> {soname}: {}", reason.trim()));
+            history.push(format!(
+                "# bump: {recorded_soname} -> {soname}: {}",
+                reason.trim()
+            ));
         }
         let mut rendered = render(&soname, &current);
         if !history.is_empty() {
@@ -435,7 +438,7 @@ fn library_exports_the_recorded_functions() {
     let nm = stdout(&run(Command::new("nm")
         .args(["-D", "--defined-only"])
         .arg(&lib)));
-    let mut exported: Vec<&str> = nm
+    let exported: Vec<&str> = nm
         .lines()
         .filter_map(|l| {
             let mut f = l.split_whitespace();
