@@ -114,13 +114,44 @@ fn qemu72() -> Qemu {
         .expect("QEMU 7.2 (scripts/fetch-qemu-7.2)")
 }
 
+/// Runs a command to its end, killed (and the test failed) after 60 s.
 fn run(mut cmd: Command) -> Output {
-    let out = cmd
+    let what = format!("{cmd:?}");
+    let mut child = cmd
+        .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    out
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
+    let mut out = child.stdout.take().expect("piped");
+    let mut err = child.stderr.take().expect("piped");
+    let out = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut out, &mut v);
+        v
+    });
+    let err = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut err, &mut v);
+        v
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} did not finish within 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    Output {
+        status,
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
+    }
 }
 
 fn stderr(out: &Output) -> String {
@@ -569,6 +600,17 @@ impl Holder {
         }
     }
 
+    /// Whether the holder opens the image read-write.
+    fn writes(self) -> bool {
+        !matches!(
+            self,
+            Holder::QemuIoReadOnly
+                | Holder::QemuIoForceShare
+                | Holder::NbdReadOnly
+                | Holder::VmReadOnly
+        )
+    }
+
     /// `/proc/PID/comm` of the tool (15 characters at most).
     fn comm(self) -> &'static str {
         match self {
@@ -663,6 +705,18 @@ fn assert_query_names(p: &Proc, holder: Holder, shape: Shape, members: &[Member]
         assert_eq!(h.pid, p.pid(), "{what}: {h:?}");
         assert_eq!(h.name, holder.comm(), "{what}: {h:?}");
         assert_eq!(bytes_of(h.held), want, "{what}: {h:?}");
+        // From fdinfo's flags: QEMU opens the image and its data file
+        // read-write when it writes, backing files read-only. -drive gives
+        // its file nodes auto-read-only, which opens a file read-only while
+        // nobody uses write on it: the data file of a drive with no device
+        // (a qemu-storage-daemon node has no auto-read-only: read-write).
+        let idle_data = holder == Holder::VmNoDevice && m.role == chain::Role::DataFile;
+        let writes = m.depth == 0 && holder.writes() && !idle_data;
+        assert_eq!(
+            (h.access.read, h.access.write),
+            (true, writes),
+            "{what}: opened for"
+        );
     }
 }
 
