@@ -1902,3 +1902,209 @@ fn presets_against_qemu_on_lower_members() {
         }
     }
 }
+
+// ---- item 3, continued: short-lived qemu-img commands ----------------------
+
+/// The bytes a short-lived command holds, seen by slowing each of its
+/// `pread64`/`pwrite64` by 50 ms under strace (as CHAINS.md was measured)
+/// and watching every member meanwhile: the distinct states seen, each a
+/// list of (bytes, holders' names) per file.
+fn watch(q: &Qemu, args: &[&str], files: &[&str]) -> Vec<Vec<(Vec<u32>, Vec<String>)>> {
+    let strace = Path::new("/usr/bin/strace");
+    assert!(
+        strace.exists(),
+        "strace is missing: install it (apt-get install strace); the test slows short-lived \
+         qemu-img commands with it to watch their locks"
+    );
+    let mut cmd = Command::new(strace);
+    cmd.args([
+        "-f",
+        "-qq",
+        "-o",
+        "/dev/null",
+        "-e",
+        "trace=pread64,pwrite64",
+        "-e",
+        "inject=pread64,pwrite64:delay_enter=50000",
+    ])
+    .arg(q.tool("qemu-img"))
+    .args(args)
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped());
+    let child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    // Killed and reaped however the test ends.
+    let mut kids = common::Kids(vec![child]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut states: Vec<Vec<(Vec<u32>, Vec<String>)>> = Vec::new();
+    let status = loop {
+        let now: Vec<(Vec<u32>, Vec<String>)> = fpl::query::query_many(files, true)
+            .into_iter()
+            .map(|r| {
+                let s = r.expect("query");
+                let names = s.holders.iter().map(|h| h.name.clone()).collect();
+                (bytes_of(s.held), names)
+            })
+            .collect();
+        if states.last() != Some(&now) {
+            states.push(now);
+        }
+        if let Some(status) = kids.0[0].try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "qemu-img {} did not finish",
+            args.join(" ")
+        );
+    };
+    let mut err = String::new();
+    if let Some(mut e) = kids.0[0].stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut e, &mut err);
+    }
+    assert!(status.success(), "qemu-img {}: {err}", args.join(" "));
+    states
+}
+
+/// A qemu-img command and the bytes it holds on each member of a shape
+/// while it works.
+struct Short {
+    shape: Shape,
+    args: &'static [&'static str],
+    want: &'static [&'static [u32]],
+}
+
+fn shorts() -> Vec<Short> {
+    use Shape::*;
+    const INTO: &[u32] = &[100, 200, 201, 203];
+    vec![
+        Short {
+            shape: RawBase,
+            args: &["check", "top.qcow2"],
+            want: &[RP, RP, R],
+        },
+        Short {
+            shape: RawBase,
+            args: &["map", "top.qcow2"],
+            want: &[RP, RP, R],
+        },
+        Short {
+            shape: RawBase,
+            args: &["compare", "top.qcow2", "other.raw"],
+            want: &[RP, RP, R],
+        },
+        Short {
+            shape: RawBase,
+            args: &["convert", "-O", "raw", "top.qcow2", "out.raw"],
+            want: &[RP, RP, RP],
+        },
+        Short {
+            shape: RawBase,
+            args: &["info", "top.qcow2"],
+            want: &[&[201, 203], NONE, NONE],
+        },
+        Short {
+            shape: RawBase,
+            args: &["info", "-U", "top.qcow2"],
+            want: &[NONE, NONE, NONE],
+        },
+        Short {
+            shape: RawBase,
+            args: &[
+                "create",
+                "-q",
+                "-f",
+                "qcow2",
+                "-b",
+                "top.qcow2",
+                "-F",
+                "qcow2",
+                "ovl.qcow2",
+            ],
+            want: &[NONE, NONE, NONE],
+        },
+        // CHAINS.md §1's row is shifted by a column: measured, top RWX,
+        // mid 100,200,201,203, a raw base reopened read-write 101,203.
+        Short {
+            shape: RawBase,
+            args: &["commit", "-b", "base.raw", "top.qcow2"],
+            want: &[RWX, INTO, &[101, 203]],
+        },
+        Short {
+            shape: Qcow2Base,
+            args: &["check", "top2.qcow2"],
+            want: &[RP, RP, RP],
+        },
+        Short {
+            shape: Qcow2Base,
+            args: &["convert", "-O", "raw", "top2.qcow2", "out.raw"],
+            want: &[RP, RP, RP],
+        },
+        // A qcow2 base keeps the qcow2 rule when reopened read-write.
+        Short {
+            shape: Qcow2Base,
+            args: &["commit", "-b", "base.qcow2", "top2.qcow2"],
+            want: &[RWX, INTO, RWX],
+        },
+        Short {
+            shape: DataFile,
+            args: &["check", "x.qcow2"],
+            want: &[RP, DATA_R],
+        },
+        Short {
+            shape: DataFile,
+            args: &["convert", "-O", "raw", "x.qcow2", "out.raw"],
+            want: &[RP, RP],
+        },
+        Short {
+            shape: DataFile,
+            args: &["info", "x.qcow2"],
+            want: &[&[201, 203], NONE],
+        },
+    ]
+}
+
+#[test]
+fn short_lived_qemu_img_commands_are_seen_member_by_member() {
+    let scene = Scene::new("qchain-img");
+    for q in qemus() {
+        let dir = scene.path().join(&q.version);
+        std::fs::create_dir(&dir).expect("mkdir");
+        std::env::set_current_dir(&dir).expect("cd");
+        create_chains(&q);
+        img(&q, &["create", "-q", "-f", "raw", "other.raw", "64M"]);
+        for s in shorts() {
+            let files = s.shape.members();
+            let what = format!("QEMU {} qemu-img {}", q.version, s.args.join(" "));
+            let states = watch(&q, s.args, files);
+            let want: Vec<(Vec<u32>, Vec<String>)> = s
+                .want
+                .iter()
+                .map(|w| {
+                    let names = if w.is_empty() {
+                        vec![]
+                    } else {
+                        vec!["qemu-img".to_owned()]
+                    };
+                    (w.to_vec(), names)
+                })
+                .collect();
+            if s.want.iter().all(|w| w.is_empty()) {
+                // It never holds anything.
+                assert!(states.iter().all(|st| *st == want), "{what}: {states:?}");
+            } else {
+                assert!(
+                    states.contains(&want),
+                    "{what}: never held {want:?} on {files:?}; seen {states:?}"
+                );
+            }
+            for f in files {
+                assert_eq!(held(f), NONE, "{what}: {f} afterwards");
+            }
+            let _ = std::fs::remove_file("out.raw");
+            let _ = std::fs::remove_file("ovl.qcow2");
+        }
+    }
+}
