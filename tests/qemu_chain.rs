@@ -1564,6 +1564,11 @@ fn block_commit_is_refused_under_a_chain_read_lock() {
             .execute("query-block-jobs", serde_json::json!({}))
             .expect("query-block-jobs");
         assert_eq!(jobs, serde_json::json!([]), "jobs under read on {image}");
+        let ran = qmp.events.iter().find(|e| {
+            e.get("event").and_then(|v| v.as_str()) == Some("JOB_STATUS_CHANGE")
+                && e.pointer("/data/status").and_then(|v| v.as_str()) == Some("running")
+        });
+        assert_eq!(ran, None, "a job ran under read on {image}");
         for (f, want) in locked {
             assert_eq!(
                 held(f),
@@ -1580,6 +1585,15 @@ fn block_commit_is_refused_under_a_chain_read_lock() {
         .unwrap_or_else(|e| panic!("block-commit without libfpl's lock: {e}"));
     let done = qmp.event("BLOCK_JOB_COMPLETED", "c0");
     assert!(done.pointer("/data/error").is_none(), "{done}");
+    // This one did run (so the check for a running job above can fail).
+    assert!(
+        qmp.events.iter().any(|e| {
+            e.pointer("/data/id").and_then(|v| v.as_str()) == Some("c0")
+                && e.pointer("/data/status").and_then(|v| v.as_str()) == Some("running")
+        }),
+        "{:?}",
+        qmp.events
+    );
 }
 
 // ---- item 2: a VM against a chain libfpl writes; a sibling overlay --------
@@ -2106,5 +2120,73 @@ fn short_lived_qemu_img_commands_are_seen_member_by_member() {
             let _ = std::fs::remove_file("out.raw");
             let _ = std::fs::remove_file("ovl.qcow2");
         }
+    }
+}
+
+// ---- the data file: conflicts name it ---------------------------------------
+
+/// Runs `tool args` and checks the outcome: admitted, or refused with
+/// `message` naming `member`.
+fn assert_qemu(q: &Qemu, tool: &str, args: &[&str], want: Want, what: &str) {
+    let mut c = q.cmd(tool);
+    c.args(args);
+    let out = run(c);
+    let err = stderr(&out);
+    let what = format!("QEMU {} `{tool} {}` {what}", q.version, args.join(" "));
+    match want {
+        Want::Ok => assert!(out.status.success(), "{what}: refused: {err}"),
+        Want::No(member, message) => {
+            assert!(!out.status.success(), "{what}: admitted");
+            assert!(err.contains(message), "{what}: {err}");
+            let hint = format!("Is another process using the image [{member}]?");
+            assert!(err.contains(&hint), "{what}: {err}");
+        }
+    }
+}
+
+#[test]
+fn data_file_conflicts_name_the_data_file() {
+    let scene = Scene::new("qchain-data");
+    let write_d: &[&str] = &["-f", "raw", "-c", "write 0 512", "d.raw"];
+    let write_x: &[&str] = &["-f", "qcow2", "-c", "write 0 512", "x.qcow2"];
+    let read_x: &[&str] = &["-r", "-f", "qcow2", "-c", "read 0 512", "x.qcow2"];
+    for q in qemus() {
+        let dir = scene.path().join(&q.version);
+        std::fs::create_dir(&dir).expect("mkdir");
+        std::env::set_current_dir(&dir).expect("cd");
+        create_chains(&q);
+        // read on x.qcow2's chain holds the data file too.
+        let held_x = ChainHeld::take("x.qcow2", Mode::Read, false);
+        let under = "under read on x.qcow2's chain";
+        assert_qemu(&q, "qemu-io", write_d, Want::No("d.raw", WRITE_LOCK), under);
+        assert_qemu(
+            &q,
+            "qemu-io",
+            write_x,
+            Want::No("x.qcow2", WRITE_LOCK),
+            under,
+        );
+        assert_qemu(&q, "qemu-io", read_x, Want::Ok, under);
+        held_x.release();
+        // read on d.raw alone: writing x.qcow2 is refused on its data file.
+        let held_d = ChainHeld::take("d.raw", Mode::Read, false);
+        let under = "under read on d.raw";
+        assert_qemu(&q, "qemu-io", write_x, Want::No("d.raw", WRITE_LOCK), under);
+        assert_qemu(&q, "qemu-io", read_x, Want::Ok, under);
+        if q.has_vm() {
+            assert_vm_refused(&q, drive("x.qcow2"), "d.raw", WRITE_LOCK);
+        }
+        held_d.release();
+        // write on x.qcow2's chain: a VM on x is refused on x itself.
+        if q.has_vm() {
+            let held_w = ChainHeld::take("x.qcow2", Mode::Write, false);
+            assert_vm_refused(&q, drive("x.qcow2"), "x.qcow2", WRITE_LOCK);
+            held_w.release();
+            let mut vm = running_vm(&q, drive("x.qcow2"));
+            wait_bytes(&mut vm, &[("x.qcow2", RWX), ("d.raw", RWX)]);
+        }
+        // Released: every refused command runs.
+        assert_qemu(&q, "qemu-io", write_d, Want::Ok, "after release");
+        assert_qemu(&q, "qemu-io", write_x, Want::Ok, "after release");
     }
 }
