@@ -137,8 +137,9 @@ pub const FPL_NAME_SIZE: usize = 64;
 pub const FPL_PATH_SIZE: usize = 4096;
 
 /// An opaque handle: one set of held bytes on one image, with its own
-/// close-on-exec descriptor. Created by fpl_acquire or fpl_acquire_fd, freed
-/// by fpl_release. Not thread-safe: use a handle from one thread at a time
+/// close-on-exec descriptor (with FPL_FLAG_CHAIN: one per local member of
+/// the image). Created by fpl_acquire or fpl_acquire_fd, freed by
+/// fpl_release. Not thread-safe: use a handle from one thread at a time
 /// (it may be released on another thread than it was acquired on).
 ///
 /// Fork: a child inherits the handle's descriptor, which shares the
@@ -474,9 +475,18 @@ unsafe fn handle_ref<'a>(lock: *const fpl_lock) -> Result<&'a Handle, Error> {
 /// on the image: while it holds one, the descriptor is kept open, holding
 /// nothing, and closed by a later libfpl call once the process holds none.
 ///
+/// With FPL_FLAG_CHAIN, the whole image: its members are resolved from
+/// their headers (see fpl_chain) and each local member is locked, in the
+/// order QEMU opens them, with what fpl_chain lists for it; a conflict on
+/// any member releases the members already taken and is reported with that
+/// member's path (`Is another process using the image [base.raw]?`) and
+/// holder, with nothing held. The chain is resolved again once everything
+/// is held, and locked again if a header changed meanwhile (a rebase or
+/// commit that finished); after three tries, `-EAGAIN`.
+///
 /// Returns 0 and stores a new handle in *OUT; or `-EAGAIN` on a conflict
-/// (details in ERR, nothing held), `-EINVAL` for NULL PATH or OUT or unknown
-/// bits, `-EISDIR` for a directory, `-EINVAL` for anything but a regular
+/// (details in ERR, nothing held), a resolution error of fpl_chain with
+/// FPL_FLAG_CHAIN, `-EINVAL` for NULL PATH or OUT or unknown bits, `-EISDIR` for a directory, `-EINVAL` for anything but a regular
 /// file or block device, `-ENOLCK` without OFD locks (see
 /// FPL_FLAG_ALLOW_POSIX), or the error of open(2).
 ///
@@ -564,7 +574,13 @@ pub unsafe extern "C" fn fpl_acquire_fd(
 /// QEMU's prepare / commit / abort: lock the union of old and new bytes,
 /// test the new set, then drop what is no longer needed or what was just
 /// added. On a conflict the lock is left exactly as it was. A change that
-/// only loosens is never tested and never fails on a conflict.
+/// only loosens is never tested and never fails on a conflict. FLAGS has
+/// FPL_FLAG_CHAIN exactly when the handle was acquired with it (else
+/// `-EINVAL`); a chain handle is changed all or nothing: every member is
+/// prepared, then all are committed, or all aborted on the first conflict
+/// (the members stay those of the acquire: `-ESTALE` if a header now
+/// names other files, which a chain locked without sharing write cannot
+/// see happen).
 ///
 /// Returns 0, `-EAGAIN` on a conflict, `-EINVAL` for a NULL LOCK or unknown
 /// bits, `-EPERM` in another process than the one that acquired the lock (a
@@ -603,7 +619,9 @@ pub unsafe extern "C" fn fpl_update(
     })
 }
 
-/// Unlocks every byte the handle locked, closes its descriptor and frees it.
+/// Unlocks every byte the handle locked (with FPL_FLAG_CHAIN: on every
+/// member, all of them even if one fails), closes its descriptor and frees
+/// it.
 /// The bytes are always unlocked explicitly (one fcntl call for a handle of
 /// fpl_acquire, one per run of bytes for fpl_acquire_fd, whose description
 /// may hold other locks of the caller's that are never touched), so a child
@@ -630,7 +648,9 @@ pub unsafe extern "C" fn fpl_release(lock: *mut fpl_lock) -> c_int {
 
 /// Would fpl_acquire(PATH, PERM, SHARED, FLAGS) succeed right now? Takes no
 /// lock (the answer can change at once; acquire to be sure). Locks of this
-/// process's own handles count, as they would for fpl_acquire.
+/// process's own handles count, as they would for fpl_acquire. With
+/// FPL_FLAG_CHAIN, every local member is checked with its own request; the
+/// first refusal is the answer, naming that member.
 ///
 /// Returns 0 = yes, `-EAGAIN` = no (the conflict in ERR), or an error as fpl_acquire.
 ///
