@@ -1043,16 +1043,34 @@ enum Want {
     No(&'static str, &'static str),
 }
 
+/// How libfpl takes its locks in a column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum How {
+    /// `fpl::ChainLock`
+    Chain,
+    /// `fpl_acquire` with `FPL_FLAG_CHAIN`
+    CAbi,
+    /// `fpl::Lock` on the named file alone: what a chain lock adds.
+    FileOnly,
+}
+
 /// Locks libfpl holds on a chain, through the Rust API or the C ABI
-/// (`fpl_acquire` with `FPL_FLAG_CHAIN`); released on drop.
+/// (`fpl_acquire` with `FPL_FLAG_CHAIN`), or on one file; released on drop.
 enum ChainHeld {
     Rust(Option<fpl::ChainLock>),
     C(*mut fpl::ffi::fpl_lock),
+    File(Option<fpl::Lock>),
 }
 
 impl ChainHeld {
-    fn take(image: &str, mode: Mode, c_abi: bool) -> ChainHeld {
-        if !c_abi {
+    fn take(image: &str, mode: Mode, how: How) -> ChainHeld {
+        if how == How::FileOnly {
+            return ChainHeld::File(Some(
+                fpl::Lock::acquire(Path::new(image), req(mode), fpl::Options::default())
+                    .unwrap_or_else(|e| panic!("Lock {} on {image}: {e}", mode.name())),
+            ));
+        }
+        if how == How::Chain {
             return ChainHeld::Rust(Some(
                 fpl::ChainLock::acquire(Path::new(image), req(mode), fpl::Options::default())
                     .unwrap_or_else(|e| panic!("ChainLock {} on {image}: {e}", mode.name())),
@@ -1091,6 +1109,12 @@ impl ChainHeld {
                         .unwrap_or_else(|e| panic!("ChainLock::release: {e}"));
                 }
             }
+            ChainHeld::File(lock) => {
+                if let Some(lock) = lock.take() {
+                    lock.release()
+                        .unwrap_or_else(|e| panic!("Lock::release: {e}"));
+                }
+            }
             // Drop releases it (and asserts).
             ChainHeld::C(_) => {}
         }
@@ -1112,39 +1136,44 @@ impl Drop for ChainHeld {
 struct Column {
     image: &'static str,
     mode: Mode,
-    c_abi: bool,
+    how: How,
 }
 
-const COLUMNS: [Column; 6] = [
+const COLUMNS: [Column; 7] = [
     Column {
         image: "top.qcow2",
         mode: Mode::ReadShared,
-        c_abi: false,
+        how: How::Chain,
     },
     Column {
         image: "top.qcow2",
         mode: Mode::Read,
-        c_abi: false,
+        how: How::Chain,
     },
     Column {
         image: "top.qcow2",
         mode: Mode::Read,
-        c_abi: true,
+        how: How::CAbi,
     },
     Column {
         image: "top.qcow2",
         mode: Mode::Write,
-        c_abi: false,
+        how: How::Chain,
     },
     Column {
         image: "top.qcow2",
         mode: Mode::Exclusive,
-        c_abi: false,
+        how: How::Chain,
     },
     Column {
         image: "mid.qcow2",
         mode: Mode::Read,
-        c_abi: false,
+        how: How::Chain,
+    },
+    Column {
+        image: "top.qcow2",
+        mode: Mode::Read,
+        how: How::FileOnly,
     },
 ];
 
@@ -1153,7 +1182,7 @@ const COLUMNS: [Column; 6] = [
 struct Act {
     tool: &'static str,
     args: &'static [&'static str],
-    want: [Want; 6],
+    want: [Want; 7],
 }
 
 fn acts() -> Vec<Act> {
@@ -1170,42 +1199,49 @@ fn acts() -> Vec<Act> {
         Act {
             tool: "qemu-io",
             args: &["-f", "raw", "-c", "write 0 512", "base.raw"],
-            want: [Ok, base_w, base_w, base_w, base_w, base_w],
+            want: [Ok, base_w, base_w, base_w, base_w, base_w, Ok],
         },
         Act {
             tool: "qemu-io",
             args: &["-f", "qcow2", "-c", "write 0 512", "mid.qcow2"],
-            want: [Ok, mid_w, mid_w, mid_w, mid_w, mid_w],
+            want: [Ok, mid_w, mid_w, mid_w, mid_w, mid_w, Ok],
         },
         Act {
             tool: "qemu-io",
             args: &["-f", "qcow2", "-c", "write 0 512", "top.qcow2"],
-            want: [Ok, top_w, top_w, top_w, top_cr, Ok],
+            want: [Ok, top_w, top_w, top_w, top_cr, Ok, top_w],
         },
         Act {
             tool: "qemu-io",
             args: &["-r", "-f", "qcow2", "-c", "read 0 512", "top.qcow2"],
-            want: [Ok, Ok, Ok, top_sw, top_cr, Ok],
+            want: [Ok, Ok, Ok, top_sw, top_cr, Ok, Ok],
         },
         Act {
             tool: "qemu-io",
             args: &["-U", "-r", "-f", "qcow2", "-c", "read 0 512", "top.qcow2"],
-            want: [Ok, Ok, Ok, Ok, top_cr, Ok],
+            want: [Ok, Ok, Ok, Ok, top_cr, Ok, Ok],
         },
         Act {
             tool: "qemu-img",
             args: &["commit", "top.qcow2"],
-            want: [Ok, top_w, top_w, top_w, top_cr, mid_w],
+            want: [Ok, top_w, top_w, top_w, top_cr, mid_w, top_w],
         },
         Act {
             tool: "qemu-img",
             args: &["commit", "-b", "base.raw", "top.qcow2"],
-            want: [mid_scr, top_w, top_w, top_w, top_cr, base_w],
+            want: [mid_scr, top_w, top_w, top_w, top_cr, base_w, top_w],
+        },
+        // Committing mid into base rewrites what the top reads: only a
+        // lock on the chain stops it.
+        Act {
+            tool: "qemu-img",
+            args: &["commit", "mid.qcow2"],
+            want: [Ok, mid_w, mid_w, mid_w, mid_w, mid_w, Ok],
         },
         Act {
             tool: "qemu-img",
             args: &["rebase", "-b", "other.raw", "-F", "raw", "top.qcow2"],
-            want: [Ok, top_w, top_w, top_w, top_cr, Ok],
+            want: [Ok, top_w, top_w, top_w, top_cr, Ok, top_w],
         },
         Act {
             tool: "qemu-img",
@@ -1220,17 +1256,17 @@ fn acts() -> Vec<Act> {
                 "qcow2",
                 "new.qcow2",
             ],
-            want: [Ok, Ok, Ok, Ok, Ok, Ok],
+            want: [Ok, Ok, Ok, Ok, Ok, Ok, Ok],
         },
         Act {
             tool: "qemu-img",
             args: &["check", "top.qcow2"],
-            want: [Ok, Ok, Ok, top_sw, top_cr, Ok],
+            want: [Ok, Ok, Ok, top_sw, top_cr, Ok, Ok],
         },
         Act {
             tool: "qemu-img",
             args: &["info", "top.qcow2"],
-            want: [Ok, Ok, Ok, top_sw, top_sw, Ok],
+            want: [Ok, Ok, Ok, top_sw, top_sw, Ok, Ok],
         },
     ]
 }
@@ -1304,11 +1340,15 @@ fn qemu_against_a_chain_libfpl_holds() {
                     act.args.join(" "),
                     col.mode.name(),
                     col.image,
-                    if col.c_abi { " (C ABI)" } else { "" }
+                    match col.how {
+                        How::Chain => "",
+                        How::CAbi => " (C ABI)",
+                        How::FileOnly => " (that file alone)",
+                    }
                 );
                 fresh_chain(&q);
                 let chain_before = backing_files("top.qcow2");
-                let held = ChainHeld::take(col.image, col.mode, col.c_abi);
+                let held = ChainHeld::take(col.image, col.mode, col.how);
                 let mut c = q.cmd(act.tool);
                 c.args(act.args);
                 let out = run(c);
@@ -2156,7 +2196,7 @@ fn data_file_conflicts_name_the_data_file() {
         std::env::set_current_dir(&dir).expect("cd");
         create_chains(&q);
         // read on x.qcow2's chain holds the data file too.
-        let held_x = ChainHeld::take("x.qcow2", Mode::Read, false);
+        let held_x = ChainHeld::take("x.qcow2", Mode::Read, How::Chain);
         let under = "under read on x.qcow2's chain";
         assert_qemu(&q, "qemu-io", write_d, Want::No("d.raw", WRITE_LOCK), under);
         assert_qemu(
@@ -2169,7 +2209,7 @@ fn data_file_conflicts_name_the_data_file() {
         assert_qemu(&q, "qemu-io", read_x, Want::Ok, under);
         held_x.release();
         // read on d.raw alone: writing x.qcow2 is refused on its data file.
-        let held_d = ChainHeld::take("d.raw", Mode::Read, false);
+        let held_d = ChainHeld::take("d.raw", Mode::Read, How::Chain);
         let under = "under read on d.raw";
         assert_qemu(&q, "qemu-io", write_x, Want::No("d.raw", WRITE_LOCK), under);
         assert_qemu(&q, "qemu-io", read_x, Want::Ok, under);
@@ -2179,7 +2219,7 @@ fn data_file_conflicts_name_the_data_file() {
         held_d.release();
         // write on x.qcow2's chain: a VM on x is refused on x itself.
         if q.has_vm() {
-            let held_w = ChainHeld::take("x.qcow2", Mode::Write, false);
+            let held_w = ChainHeld::take("x.qcow2", Mode::Write, How::Chain);
             assert_vm_refused(&q, drive("x.qcow2"), "x.qcow2", WRITE_LOCK);
             held_w.release();
             let mut vm = running_vm(&q, drive("x.qcow2"));
