@@ -1,11 +1,37 @@
 //! Chains against real QEMU, in both directions: QEMU 10.0 (qemu-io,
 //! qemu-img, qemu-nbd, qemu-storage-daemon from the machine) and QEMU 7.2
 //! (the same plus qemu-system-x86_64, unpacked by scripts/fetch-qemu-7.2).
+//! The README's chain tables are these tests' expectations.
 //!
-//! - Every QEMU holder of CHAINS.md §1-2, on a chain with a raw base, one
-//!   with a qcow2 base and an image with an external data file, seen member
-//!   by member: `fpl::query` gives the bytes CHAINS.md measured and names the
-//!   QEMU process.
+//! QEMU holds, libfpl looks and asks:
+//! - `every_qemu_holder_is_seen_member_by_member`: every long-lived QEMU
+//!   holder of CHAINS.md §1-2 (qemu-io rw, -r, -U -r; qemu-nbd rw, -r;
+//!   qemu-storage-daemon with an NBD export, and a bare node; 7.2 VMs with
+//!   -drive, a libvirt-style -blockdev chain, readonly=on, share-rw=on, no
+//!   device), on a chain with a raw base, one with a qcow2 base and an image
+//!   with an external data file: `fpl::query` of each member gives exactly
+//!   the bytes of CHAINS.md, names the QEMU process and its open mode;
+//! - `short_lived_qemu_img_commands_are_seen_member_by_member`: qemu-img
+//!   check, map, compare, convert, info, commit -b, slowed under strace;
+//! - `every_preset_against_every_qemu_holder`: `ChainLock::check` and
+//!   `acquire` of each preset against each holder give the outcome the
+//!   protocol predicts (written here from PROTOCOL.md, independently of
+//!   libfpl), naming the member and the QEMU process, and agree with QEMU's
+//!   own stand-ins (a second qemu-io);
+//! - `presets_against_qemu_on_lower_members`: the same with QEMU holding
+//!   a backing file or the data file, judged against a 7.2 VM's disk.
+//!
+//! libfpl holds, QEMU acts:
+//! - `qemu_against_a_chain_libfpl_holds`: qemu-io and qemu-img commands
+//!   under each preset on the chain (Rust and C ABI), a read lock on mid's
+//!   chain, and on the top alone;
+//! - `block_commit_is_refused_under_a_chain_read_lock`: a 7.2 VM's QMP
+//!   block-commit under a lock taken after the VM started;
+//! - `a_vm_is_refused_a_chain_libfpl_writes_and_admitted_on_a_sibling`;
+//! - `data_file_conflicts_name_the_data_file`.
+//!
+//! Where QEMU measured otherwise than CHAINS.md, the test asserts what QEMU
+//! does and says so next to the expectation.
 //!
 //! The images are named relative to the test's folder, which is the working
 //! directory of the test and of every QEMU process, as a user would type
