@@ -4,28 +4,34 @@
 //! A 7.2 VM (`-machine q35,accel=tcg -nodefaults -display none`, paused,
 //! no guest) opens a libvirt-style `-blockdev` chain `base.raw <- mid.qcow2
 //! <- top.qcow2` (node names `fmt0`/`file0` for the top ... `fmt2`/`file2`
-//! for the base) with a virtio-blk device on the top. Each test drives one
-//! job and, at each phase, reads every file's bytes, holders and openers
-//! with `fpl::query_many_with` (openers on), and `fpl status --chain --json
-//! top.qcow2` through the built `fpl` binary, and asserts the row:
+//! for the base) with a virtio-blk device on the top; each test's `_qsd`
+//! twin runs the same job in qemu-storage-daemon 10.0 with the same nodes,
+//! the top exported writable over NBD (a user that shares write, so the raw
+//! base holds R at rest, not RP). Each test drives one job and, at each
+//! phase, reads every file's bytes, holders and openers with
+//! `fpl::query_many_with` (openers on), and `fpl status --chain --json
+//! top.qcow2` through the built `fpl` binary, asserts the row, and tries
+//! QEMU 10.0's `qemu-io` write on the raw base (admitted exactly when the
+//! base holds no 201):
 //!
 //! - `block_commit_mid_into_base`: running, done, mid deleted;
 //! - `active_commit_running_ready_and_after_pivot`: running, READY, pivot,
-//!   top and mid deleted; a writer that does not resize is admitted on the
-//!   raw base while the job runs;
+//!   top and mid deleted; the raw base is written by qemu-io while the
+//!   job runs (write shared);
 //! - `block_stream_with_base`, `block_stream_without_base`: running, done,
 //!   the dropped nodes deleted (without base, the base is left open with no
-//!   lock: an opener, and any writer is admitted);
+//!   lock: an opener, and qemu-io writes it);
 //! - `drive_mirror_running_ready_and_after_pivot`,
 //!   `blockdev_mirror_running_ready_and_after_pivot`: the same for mirrors
 //!   (after the pivot the base is an opener);
-//! - `blockdev_backup_changes_nothing_but_the_target`;
+//! - `blockdev_backup_changes_nothing_but_the_target` (its qsd twin:
+//!   `blockdev_backup_protects_a_raw_base_while_it_runs_qsd`);
 //! - `blockdev_snapshot_sync_reopens_the_top_read_only`;
-//! - `a_read_hold_on_the_base_refuses_block_commit_and_nothing_else`: a
-//!   libfpl `read` hold on base.raw taken after the VM started: both
-//!   commits fail with QEMU's message, no job runs, the VM keeps running;
-//!   stream, backup and snapshot still run; without the hold the
-//!   commit succeeds.
+//! - `a_read_hold_on_the_base_refuses_block_commit_and_nothing_else` (VM
+//!   only, running): a libfpl `read` hold (ChainLock) on base.raw taken
+//!   after the VM started: both commits fail with QEMU's message, no job
+//!   runs, the VM keeps running; stream, backup and snapshot still run;
+//!   without the hold the commit succeeds.
 //!
 //! Jobs start with `speed: 1` (one chunk, then a long sleep) so that the
 //! running phase stays observable, and go on with `block-job-set-speed`.
@@ -67,6 +73,17 @@ fn qemu72_bin() -> PathBuf {
         );
     }
     dir
+}
+
+/// QEMU 10.0's qemu-storage-daemon, preinstalled.
+fn qsd10() -> PathBuf {
+    let p = PathBuf::from("/usr/bin/qemu-storage-daemon");
+    assert!(
+        p.exists(),
+        "/usr/bin/qemu-storage-daemon (QEMU 10.0) is missing: it comes preinstalled with the \
+         machine's qemu-utils 10.0.2; never apt-get install a QEMU package"
+    );
+    p
 }
 
 /// QEMU 10.0's qemu-io, preinstalled: the third process that writes.
@@ -196,19 +213,26 @@ impl Scene {
         run_ok(c, self.dir.path());
     }
 
-    /// The VM on the chain, paused (`-S`: jobs run in a paused VM as in a
-    /// running one), its QMP connected.
-    fn vm(&self) -> Vm {
-        let mut args: Vec<String> = [
-            "-machine",
-            "q35,accel=tcg",
-            "-nodefaults",
-            "-display",
-            "none",
-            "-S",
-        ]
-        .map(str::to_owned)
-        .to_vec();
+    /// The host on the chain, its QMP connected: a 7.2 VM, paused (`-S`:
+    /// jobs run in a paused VM as in a running one), or qemu-storage-daemon
+    /// 10.0 exporting the top writable over NBD.
+    fn vm(&self, host: Host) -> Vm {
+        let (dash, mut args): (&str, Vec<String>) = match host {
+            Host::Vm => (
+                "-blockdev",
+                [
+                    "-machine",
+                    "q35,accel=tcg",
+                    "-nodefaults",
+                    "-display",
+                    "none",
+                    "-S",
+                ]
+                .map(str::to_owned)
+                .to_vec(),
+            ),
+            Host::Qsd => ("--blockdev", Vec::new()),
+        };
         for (i, (file, format)) in [
             ("top.qcow2", "qcow2"),
             ("mid.qcow2", "qcow2"),
@@ -226,23 +250,48 @@ impl Scene {
             } else {
                 String::new()
             };
-            args.push("-blockdev".to_owned());
+            args.push(dash.to_owned());
             args.push(format!(
                 "driver=file,node-name=file{i},filename={file},auto-read-only=on"
             ));
-            args.push("-blockdev".to_owned());
+            args.push(dash.to_owned());
             args.push(format!(
                 "driver={format},node-name=fmt{i},file=file{i}{ro}{backing}"
             ));
         }
-        args.extend(["-device".to_owned(), "virtio-blk-pci,drive=fmt0".to_owned()]);
         let sock = self.path("qmp.sock");
-        args.push("-qmp".to_owned());
-        args.push(format!("unix:{},server=on,wait=off", sock.display()));
-        let log = self.path("vm.log");
+        let tool = match host {
+            Host::Vm => {
+                args.extend(["-device", "virtio-blk-pci,drive=fmt0", "-qmp"].map(str::to_owned));
+                args.push(format!("unix:{},server=on,wait=off", sock.display()));
+                self.bin.join("qemu-system-x86_64")
+            }
+            Host::Qsd => {
+                args.push("--nbd-server".to_owned());
+                args.push(format!(
+                    "addr.type=unix,addr.path={}",
+                    self.path("nbd.sock").display()
+                ));
+                args.extend(
+                    [
+                        "--export",
+                        "type=nbd,id=e0,node-name=fmt0,writable=on",
+                        "--chardev",
+                    ]
+                    .map(str::to_owned),
+                );
+                args.push(format!(
+                    "socket,id=m0,path={},server=on,wait=off",
+                    sock.display()
+                ));
+                args.extend(["--monitor", "chardev=m0"].map(str::to_owned));
+                qsd10()
+            }
+        };
+        let log = self.path("host.log");
         let out = File::create(&log).expect("log file");
         let err = out.try_clone().expect("log file");
-        let mut cmd = Command::new(self.bin.join("qemu-system-x86_64"));
+        let mut cmd = Command::new(tool);
         cmd.args(&args)
             .current_dir(self.dir.path())
             .stdin(Stdio::null())
@@ -258,6 +307,27 @@ impl Scene {
         };
         vm.connect(&sock);
         vm
+    }
+}
+
+/// Who runs the jobs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Host {
+    /// QEMU 7.2's qemu-system-x86_64, virtio-blk on the top: a user that
+    /// does not share write.
+    Vm,
+    /// QEMU 10.0's qemu-storage-daemon exporting the top writable over
+    /// NBD: a user that shares write, so a raw base holds only R at rest.
+    Qsd,
+}
+
+impl Host {
+    /// The VM's expectation, or qemu-storage-daemon's.
+    fn pick(self, vm: Want, qsd: Want) -> Want {
+        match self {
+            Host::Vm => vm,
+            Host::Qsd => qsd,
+        }
     }
 }
 
@@ -448,6 +518,8 @@ impl Vm {
 // ---- what each file holds ------------------------------------------------------
 
 /// CHAINS.md's notation.
+/// A raw base under a user that shares write (the NBD export).
+const R: &[u32] = &[100];
 const RP: &[u32] = &[100, 201, 203];
 const RWX: &[u32] = &[100, 101, 103, 201, 203];
 /// A commit's intermediate node: consistent read unshared (200).
@@ -660,32 +732,45 @@ fn refused_with(r: Result<(), String>, message: &str, what: &str) {
     assert!(e.contains(message), "{what}: {e}");
 }
 
-/// At rest: RP / RP / RWX, and the base refuses any writer.
-fn at_rest(scene: &Scene, vm: &mut Vm) {
+/// The raw base at rest: RP under the VM, R under the NBD export.
+fn rest(host: Host) -> Want {
+    host.pick(Held(RP), Held(R))
+}
+
+/// At rest: base, RP, RWX; a third process may write the base only when
+/// it holds R (CHAINS.md §1).
+fn at_rest(scene: &Scene, vm: &mut Vm, host: Host) {
     assert_phase(
         scene,
         vm,
         "at rest",
         &[
-            ("base.raw", Held(RP)),
+            ("base.raw", rest(host)),
             ("mid.qcow2", Held(RP)),
             ("top.qcow2", Held(RWX)),
         ],
     );
-    refused_with(
-        qemu_io_writes(scene, "base.raw"),
-        WRITE_LOCK,
-        "qemu-io write on base.raw at rest",
-    );
+    third_writer(scene, host.pick(Held(RP), Held(R)), "at rest");
+}
+
+/// Asserts that QEMU 10.0's qemu-io may write base.raw exactly when the
+/// base holds no 201 (R, or open with no lock).
+fn third_writer(scene: &Scene, base: Want, phase: &str) {
+    let what = format!("qemu-io write on base.raw, {phase}");
+    match base {
+        Held(b) if b.contains(&201) => {
+            refused_with(qemu_io_writes(scene, "base.raw"), WRITE_LOCK, &what)
+        }
+        _ => qemu_io_writes(scene, "base.raw").unwrap_or_else(|e| panic!("{what}: {e}")),
+    }
 }
 
 // ---- the jobs --------------------------------------------------------------------
 
-#[test]
-fn block_commit_mid_into_base() {
-    let scene = Scene::new("qjobs-commit");
-    let mut vm = scene.vm();
-    at_rest(&scene, &mut vm);
+fn commit(host: Host) {
+    let scene = Scene::new(&format!("qjobs-commit-{host:?}"));
+    let mut vm = scene.vm(host);
+    at_rest(&scene, &mut vm, host);
     vm.ok(
         "block-commit",
         json!({"job-id": "j", "device": "fmt0", "top-node": "fmt1", "base-node": "fmt2",
@@ -702,13 +787,13 @@ fn block_commit_mid_into_base() {
     vm.unthrottle("j");
     vm.completed("j");
     // Not in CHAINS.md: measured here. The dropped mid keeps RP (a holder,
-    // not an opener) until blockdev-del; base is back to RP.
+    // not an opener) until blockdev-del; base is back to its bytes at rest.
     assert_phase(
         &scene,
         &mut vm,
         "block-commit done",
         &[
-            ("base.raw", Held(RP)),
+            ("base.raw", rest(host)),
             ("mid.qcow2", Held(RP)),
             ("top.qcow2", Held(RWX)),
         ],
@@ -719,18 +804,17 @@ fn block_commit_mid_into_base() {
         &mut vm,
         "block-commit, mid deleted",
         &[
-            ("base.raw", Held(RP)),
+            ("base.raw", rest(host)),
             ("mid.qcow2", Closed),
             ("top.qcow2", Held(RWX)),
         ],
     );
 }
 
-#[test]
-fn active_commit_running_ready_and_after_pivot() {
-    let scene = Scene::new("qjobs-active");
-    let mut vm = scene.vm();
-    at_rest(&scene, &mut vm);
+fn active_commit(host: Host) {
+    let scene = Scene::new(&format!("qjobs-active-{host:?}"));
+    let mut vm = scene.vm(host);
+    at_rest(&scene, &mut vm, host);
     vm.ok(
         "block-commit",
         json!({"job-id": "j", "device": "fmt0", "base-node": "fmt2", "speed": 1}),
@@ -745,25 +829,26 @@ fn active_commit_running_ready_and_after_pivot() {
     assert_phase(&scene, &mut vm, "active commit running", &row);
     vm.assert_running_job("j");
     // Write is shared on the raw base: a third process writes it meanwhile.
-    qemu_io_writes(&scene, "base.raw")
-        .unwrap_or_else(|e| panic!("qemu-io write on base.raw during active commit: {e}"));
+    third_writer(&scene, Held(&[101, 203]), "active commit running");
     vm.unthrottle("j");
     vm.event("BLOCK_JOB_READY", "j");
     assert_eq!(vm.jobs(), [("j".to_owned(), "ready".to_owned(), true)]);
     assert_phase(&scene, &mut vm, "active commit READY", &row);
-    qemu_io_writes(&scene, "base.raw")
-        .unwrap_or_else(|e| panic!("qemu-io write on base.raw, active commit READY: {e}"));
+    third_writer(&scene, Held(&[101, 203]), "active commit READY");
 
     vm.ok("job-complete", json!({"id": "j"}));
     vm.completed("j");
-    // After the pivot base is the VM's disk: 100,101,201 (the device shares
-    // resize); top and mid keep their bytes until blockdev-del.
+    // After the pivot base is the active layer: under the VM 100,101,201
+    // (virtio-blk shares resize), under the NBD export 100,101,203 (it
+    // shares write, not resize). Not in CHAINS.md for qemu-storage-daemon:
+    // measured here. Top and mid keep their bytes until blockdev-del.
+    let pivot = host.pick(Held(&[100, 101, 201]), Held(&[100, 101, 203]));
     assert_phase(
         &scene,
         &mut vm,
         "active commit after pivot",
         &[
-            ("base.raw", Held(&[100, 101, 201])),
+            ("base.raw", pivot),
             ("mid.qcow2", Held(RP)),
             ("top.qcow2", Held(RWX)),
         ],
@@ -774,7 +859,7 @@ fn active_commit_running_ready_and_after_pivot() {
         &mut vm,
         "active commit, top deleted",
         &[
-            ("base.raw", Held(&[100, 101, 201])),
+            ("base.raw", pivot),
             ("mid.qcow2", Held(RP)),
             ("top.qcow2", Closed),
         ],
@@ -785,7 +870,7 @@ fn active_commit_running_ready_and_after_pivot() {
         &mut vm,
         "active commit, top and mid deleted",
         &[
-            ("base.raw", Held(&[100, 101, 201])),
+            ("base.raw", pivot),
             ("mid.qcow2", Closed),
             ("top.qcow2", Closed),
         ],
@@ -793,10 +878,10 @@ fn active_commit_running_ready_and_after_pivot() {
 }
 
 /// `block-stream` into the top, with `base-node` or without.
-fn stream(tag: &str, base: bool) {
-    let scene = Scene::new(tag);
-    let mut vm = scene.vm();
-    at_rest(&scene, &mut vm);
+fn stream(host: Host, base: bool) {
+    let scene = Scene::new(&format!("qjobs-stream-{base}-{host:?}"));
+    let mut vm = scene.vm(host);
+    at_rest(&scene, &mut vm, host);
     let mut args = json!({"job-id": "j", "device": "fmt0", "speed": 1});
     if base {
         args["base-node"] = json!("fmt2");
@@ -804,6 +889,8 @@ fn stream(tag: &str, base: bool) {
     vm.ok("block-stream", args);
     vm.assert_running_job("j");
     // The active layer takes write-unchanged (102) while the job copies.
+    // The base is protected (RP) under both hosts: under the NBD export the
+    // job raises it from R (not in CHAINS.md: measured here).
     assert_phase(
         &scene,
         &mut vm,
@@ -815,17 +902,13 @@ fn stream(tag: &str, base: bool) {
         ],
     );
     vm.assert_running_job("j");
-    refused_with(
-        qemu_io_writes(&scene, "base.raw"),
-        WRITE_LOCK,
-        "qemu-io write on base.raw during block-stream",
-    );
+    third_writer(&scene, Held(RP), "block-stream running");
     vm.unthrottle("j");
     vm.completed("j");
     // Not in CHAINS.md (with base): measured here. The dropped mid keeps RP
     // until blockdev-del. Without base the dropped raw base is open with no
     // lock: an opener of the VM, and any writer is admitted.
-    let b = if base { Held(RP) } else { Open };
+    let b = if base { rest(host) } else { Open };
     assert_phase(
         &scene,
         &mut vm,
@@ -836,10 +919,7 @@ fn stream(tag: &str, base: bool) {
             ("top.qcow2", Held(RWX)),
         ],
     );
-    if !base {
-        qemu_io_writes(&scene, "base.raw")
-            .unwrap_or_else(|e| panic!("qemu-io write on a base block-stream dropped: {e}"));
-    }
+    third_writer(&scene, b, "block-stream done");
     vm.del(&["fmt1", "file1"]);
     assert_phase(
         &scene,
@@ -866,24 +946,14 @@ fn stream(tag: &str, base: bool) {
     }
 }
 
-#[test]
-fn block_stream_with_base() {
-    stream("qjobs-stream-base", true);
-}
-
-#[test]
-fn block_stream_without_base() {
-    stream("qjobs-stream", false);
-}
-
 /// `drive-mirror` (QEMU creates the target) or `blockdev-mirror` (onto a
 /// node added first), `sync: full`.
-fn mirror(tag: &str, drive: bool) {
-    let scene = Scene::new(tag);
-    let mut vm = scene.vm();
-    at_rest(&scene, &mut vm);
+fn mirror(host: Host, drive: bool) {
+    let scene = Scene::new(&format!("qjobs-mirror-{drive}-{host:?}"));
+    let mut vm = scene.vm(host);
+    at_rest(&scene, &mut vm, host);
     let chain_rp = [
-        ("base.raw", Held(RP)),
+        ("base.raw", rest(host)),
         ("mid.qcow2", Held(RP)),
         ("top.qcow2", Held(RWX)),
     ];
@@ -914,11 +984,7 @@ fn mirror(tag: &str, drive: bool) {
     vm.event("BLOCK_JOB_READY", "j");
     assert_eq!(vm.jobs(), [("j".to_owned(), "ready".to_owned(), true)]);
     assert_phase(&scene, &mut vm, "mirror READY", &row);
-    refused_with(
-        qemu_io_writes(&scene, "base.raw"),
-        WRITE_LOCK,
-        "qemu-io write on base.raw, mirror READY",
-    );
+    third_writer(&scene, rest(host), "mirror READY");
 
     vm.ok("job-complete", json!({"id": "j"}));
     vm.completed("j");
@@ -935,8 +1001,7 @@ fn mirror(tag: &str, drive: bool) {
             ("tgt.qcow2", Held(RWX)),
         ],
     );
-    qemu_io_writes(&scene, "base.raw")
-        .unwrap_or_else(|e| panic!("qemu-io write on the base a mirror dropped: {e}"));
+    third_writer(&scene, Open, "mirror after pivot");
     vm.del(&["fmt0", "file0", "fmt1", "file1", "fmt2", "file2"]);
     assert_phase(
         &scene,
@@ -951,25 +1016,14 @@ fn mirror(tag: &str, drive: bool) {
     );
 }
 
-#[test]
-fn drive_mirror_running_ready_and_after_pivot() {
-    mirror("qjobs-drive-mirror", true);
-}
-
-#[test]
-fn blockdev_mirror_running_ready_and_after_pivot() {
-    mirror("qjobs-blockdev-mirror", false);
-}
-
-#[test]
-fn blockdev_backup_changes_nothing_but_the_target() {
-    let scene = Scene::new("qjobs-backup");
-    let mut vm = scene.vm();
-    at_rest(&scene, &mut vm);
+fn backup(host: Host) {
+    let scene = Scene::new(&format!("qjobs-backup-{host:?}"));
+    let mut vm = scene.vm(host);
+    at_rest(&scene, &mut vm, host);
     scene.img(&["create", "-q", "-f", "qcow2", "tgt.qcow2", "64M"]);
     vm.add_target("tgt.qcow2");
     let row = [
-        ("base.raw", Held(RP)),
+        ("base.raw", rest(host)),
         ("mid.qcow2", Held(RP)),
         ("top.qcow2", Held(RWX)),
         ("tgt.qcow2", Held(RWX)),
@@ -980,18 +1034,22 @@ fn blockdev_backup_changes_nothing_but_the_target() {
         json!({"job-id": "j", "device": "fmt0", "target": "tgt", "sync": "full", "speed": 1}),
     );
     vm.assert_running_job("j");
-    assert_phase(&scene, &mut vm, "blockdev-backup running", &row);
+    // Under the NBD export the job raises the raw base from R to RP while
+    // it runs (CHAINS.md: "unchanged"; measured here). Under the VM it is
+    // RP anyway.
+    let mut running = row;
+    running[0].1 = Held(RP);
+    assert_phase(&scene, &mut vm, "blockdev-backup running", &running);
     vm.assert_running_job("j");
     vm.unthrottle("j");
     vm.completed("j");
     assert_phase(&scene, &mut vm, "blockdev-backup done", &row);
 }
 
-#[test]
-fn blockdev_snapshot_sync_reopens_the_top_read_only() {
-    let scene = Scene::new("qjobs-snapshot");
-    let mut vm = scene.vm();
-    at_rest(&scene, &mut vm);
+fn snapshot(host: Host) {
+    let scene = Scene::new(&format!("qjobs-snapshot-{host:?}"));
+    let mut vm = scene.vm(host);
+    at_rest(&scene, &mut vm, host);
     vm.ok(
         "blockdev-snapshot-sync",
         json!({"node-name": "fmt0", "snapshot-file": "snap.qcow2",
@@ -1002,7 +1060,7 @@ fn blockdev_snapshot_sync_reopens_the_top_read_only() {
         &mut vm,
         "after blockdev-snapshot-sync",
         &[
-            ("base.raw", Held(RP)),
+            ("base.raw", rest(host)),
             ("mid.qcow2", Held(RP)),
             ("top.qcow2", Held(RP)),
             ("snap.qcow2", Held(RWX)),
@@ -1025,14 +1083,94 @@ fn blockdev_snapshot_sync_reopens_the_top_read_only() {
     assert_eq!(access, [(true, false)], "top.qcow2 after the snapshot");
 }
 
+#[test]
+fn block_commit_mid_into_base() {
+    commit(Host::Vm);
+}
+
+#[test]
+fn block_commit_mid_into_base_qsd() {
+    commit(Host::Qsd);
+}
+
+#[test]
+fn active_commit_running_ready_and_after_pivot() {
+    active_commit(Host::Vm);
+}
+
+#[test]
+fn active_commit_running_ready_and_after_pivot_qsd() {
+    active_commit(Host::Qsd);
+}
+
+#[test]
+fn block_stream_with_base() {
+    stream(Host::Vm, true);
+}
+
+#[test]
+fn block_stream_with_base_qsd() {
+    stream(Host::Qsd, true);
+}
+
+#[test]
+fn block_stream_without_base() {
+    stream(Host::Vm, false);
+}
+
+#[test]
+fn block_stream_without_base_qsd() {
+    stream(Host::Qsd, false);
+}
+
+#[test]
+fn drive_mirror_running_ready_and_after_pivot() {
+    mirror(Host::Vm, true);
+}
+
+#[test]
+fn drive_mirror_running_ready_and_after_pivot_qsd() {
+    mirror(Host::Qsd, true);
+}
+
+#[test]
+fn blockdev_mirror_running_ready_and_after_pivot() {
+    mirror(Host::Vm, false);
+}
+
+#[test]
+fn blockdev_mirror_running_ready_and_after_pivot_qsd() {
+    mirror(Host::Qsd, false);
+}
+
+#[test]
+fn blockdev_backup_changes_nothing_but_the_target() {
+    backup(Host::Vm);
+}
+
+#[test]
+fn blockdev_backup_protects_a_raw_base_while_it_runs_qsd() {
+    backup(Host::Qsd);
+}
+
+#[test]
+fn blockdev_snapshot_sync_reopens_the_top_read_only() {
+    snapshot(Host::Vm);
+}
+
+#[test]
+fn blockdev_snapshot_sync_reopens_the_top_read_only_qsd() {
+    snapshot(Host::Qsd);
+}
+
 // ---- a backup tool's read hold on the base -------------------------------------
 
 #[test]
 fn a_read_hold_on_the_base_refuses_block_commit_and_nothing_else() {
     let scene = Scene::new("qjobs-hold");
-    let mut vm = scene.vm();
+    let mut vm = scene.vm(Host::Vm);
     vm.ok("cont", json!({}));
-    at_rest(&scene, &mut vm);
+    at_rest(&scene, &mut vm, Host::Vm);
     let base = scene.path("base.raw");
     let read = Request::new(Mode::Read.perm(), Mode::Read.shared());
     let hold = fpl::ChainLock::acquire(&base, read, fpl::Options::default())
