@@ -30,7 +30,8 @@
 //! - `a_read_hold_on_the_base_refuses_block_commit_and_nothing_else` (VM
 //!   only, running): a libfpl `read` hold (ChainLock) on base.raw taken
 //!   after the VM started: both commits fail with QEMU's message, no job
-//!   runs, the VM keeps running; stream, backup and snapshot still run;
+//!   runs, the VM keeps running; stream, backup, mirror (to READY) and
+//!   snapshot still run;
 //!   without the hold the commit succeeds.
 //!
 //! Jobs start with `speed: 1` (one chunk, then a long sleep) so that the
@@ -1204,7 +1205,8 @@ fn a_read_hold_on_the_base_refuses_block_commit_and_nothing_else() {
     assert!(!vm.job_was("running"), "a job ran under the hold");
     assert_phase(&scene, &mut vm, "after the refused commits", &under_hold);
 
-    // The jobs that do not write base still run under the hold.
+    // The jobs that do not write base still run under the hold, and the
+    // hold still protects base.
     vm.ok(
         "block-stream",
         json!({"job-id": "s", "device": "fmt0", "base-node": "fmt2"}),
@@ -1218,6 +1220,23 @@ fn a_read_hold_on_the_base_refuses_block_commit_and_nothing_else() {
         json!({"job-id": "b", "device": "fmt0", "target": "tgt", "sync": "full"}),
     );
     vm.completed("b");
+    // A mirror to READY, cancelled there (no pivot: the chain stays).
+    scene.img(&["create", "-q", "-f", "qcow2", "copy.qcow2", "64M"]);
+    vm.ok(
+        "blockdev-add",
+        json!({"driver": "file", "node-name": "cfile", "filename": "copy.qcow2"}),
+    );
+    vm.ok(
+        "blockdev-add",
+        json!({"driver": "qcow2", "node-name": "copy", "file": "cfile"}),
+    );
+    vm.ok(
+        "blockdev-mirror",
+        json!({"job-id": "m", "device": "fmt0", "target": "copy", "sync": "full"}),
+    );
+    vm.event("BLOCK_JOB_READY", "m");
+    vm.ok("block-job-cancel", json!({"device": "m"}));
+    vm.completed("m");
     vm.ok(
         "blockdev-snapshot-sync",
         json!({"node-name": "fmt0", "snapshot-file": "snap.qcow2",
@@ -1228,6 +1247,10 @@ fn a_read_hold_on_the_base_refuses_block_commit_and_nothing_else() {
 
     // Without the hold the commit (now snap -> top -> base: top into base)
     // runs to completion.
+    hold.verify()
+        .unwrap_or_else(|e| panic!("the read hold after stream, backup, mirror, snapshot: {e}"));
+    let held = fpl::query(&base, false).expect("query base.raw").held;
+    assert!(held.covers(202), "libfpl's 202 on base.raw after the jobs");
     hold.release().expect("release");
     vm.ok(
         "block-commit",
