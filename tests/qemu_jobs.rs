@@ -459,6 +459,16 @@ impl Vm {
             .any(|e| e["event"] == "JOB_STATUS_CHANGE" && e["data"]["status"] == status)
     }
 
+    /// The statuses JOB_STATUS_CHANGE gave job `id` so far, in order.
+    fn job_statuses(&self, id: &str) -> Vec<String> {
+        let events = &self.qmp.as_ref().expect("connected").events;
+        events
+            .iter()
+            .filter(|e| e["event"] == "JOB_STATUS_CHANGE" && e["data"]["id"] == id)
+            .map(|e| e["data"]["status"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    }
+
     /// `query-block-jobs`: (id, status, ready) of each job.
     fn jobs(&mut self) -> Vec<(String, String, bool)> {
         let jobs = self.ok("query-block-jobs", json!({}));
@@ -784,6 +794,7 @@ fn commit(host: Host) {
         ("top.qcow2", Held(RWX)),
     ];
     assert_phase(&scene, &mut vm, "block-commit running", &running);
+    third_writer(&scene, running[0].1, "block-commit running");
     vm.assert_running_job("j");
     vm.unthrottle("j");
     vm.completed("j");
@@ -799,6 +810,7 @@ fn commit(host: Host) {
             ("top.qcow2", Held(RWX)),
         ],
     );
+    third_writer(&scene, rest(host), "block-commit done");
     vm.del(&["fmt1", "file1"]);
     assert_phase(
         &scene,
@@ -980,6 +992,7 @@ fn mirror(host: Host, drive: bool) {
     let mut row = chain_rp.to_vec();
     row.push(("tgt.qcow2", Held(MIRROR_TARGET)));
     assert_phase(&scene, &mut vm, "mirror running", &row);
+    third_writer(&scene, rest(host), "mirror running");
     vm.assert_running_job("j");
     vm.unthrottle("j");
     vm.event("BLOCK_JOB_READY", "j");
@@ -1041,10 +1054,12 @@ fn backup(host: Host) {
     let mut running = row;
     running[0].1 = Held(RP);
     assert_phase(&scene, &mut vm, "blockdev-backup running", &running);
+    third_writer(&scene, Held(RP), "blockdev-backup running");
     vm.assert_running_job("j");
     vm.unthrottle("j");
     vm.completed("j");
     assert_phase(&scene, &mut vm, "blockdev-backup done", &row);
+    third_writer(&scene, rest(host), "blockdev-backup done");
 }
 
 fn snapshot(host: Host) {
@@ -1067,6 +1082,7 @@ fn snapshot(host: Host) {
             ("snap.qcow2", Held(RWX)),
         ],
     );
+    third_writer(&scene, rest(host), "after blockdev-snapshot-sync");
     // Reopened read-only: a new descriptor, opened for reading.
     let top = fpl::query::query_with(
         &scene.path("top.qcow2"),
@@ -1201,6 +1217,10 @@ fn a_read_hold_on_the_base_refuses_block_commit_and_nothing_else() {
         assert_eq!(vm.jobs(), [], "jobs after the refused block-commit {args}");
         let status = vm.ok("query-status", json!({}));
         assert_eq!(status["status"], "running", "the VM after {args}");
+    }
+    // Each refused job went created -> null, never running.
+    for id in ["c0", "c1"] {
+        assert_eq!(vm.job_statuses(id), ["created", "null"], "job {id}");
     }
     assert!(!vm.job_was("running"), "a job ran under the hold");
     assert_phase(&scene, &mut vm, "after the refused commits", &under_hold);
