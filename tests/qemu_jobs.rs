@@ -27,6 +27,11 @@
 //! - `blockdev_backup_changes_nothing_but_the_target` (its qsd twin:
 //!   `blockdev_backup_protects_a_raw_base_while_it_runs_qsd`);
 //! - `blockdev_snapshot_sync_reopens_the_top_read_only`;
+//! - `commits_into_a_qcow2_base`: base.qcow2 holds RWX during both
+//!   commits (running; READY for the active one);
+//! - `other_holders_refuse_commits_with_qemus_message`: 100 on mid refuses
+//!   both commits with shared "consistent read"; 203 alone on a qcow2 base
+//!   refuses active commit with "resize", before the job is even created;
 //! - `a_read_hold_on_the_base_refuses_block_commit_and_nothing_else` (VM
 //!   only, running): a libfpl `read` hold (ChainLock) on base.raw taken
 //!   after the VM started: both commits fail with QEMU's message, no job
@@ -52,7 +57,7 @@ use std::time::{Duration, Instant};
 
 use common::TempDir;
 use fpl::query::Inspect;
-use fpl::{Mode, Request};
+use fpl::{Mode, PermSet, Request};
 use serde_json::{json, Value};
 
 // ---- tools -------------------------------------------------------------------
@@ -159,26 +164,40 @@ fn run_ok(cmd: Command, dir: &Path) -> Output {
 struct Scene {
     dir: TempDir,
     bin: PathBuf,
+    /// The base's file name and format: base.raw (raw) or base.qcow2.
+    base: &'static str,
+    base_format: &'static str,
 }
 
 impl Scene {
     /// A fresh chain with data in every layer (8 MiB each, at different
     /// offsets), so that every job has clusters to copy.
     fn new(tag: &str) -> Scene {
+        Scene::with_base(tag, "base.raw", "raw")
+    }
+
+    /// The same chain on a qcow2 base, `base.qcow2 <- mid.qcow2 <- top.qcow2`.
+    fn qcow2_base(tag: &str) -> Scene {
+        Scene::with_base(tag, "base.qcow2", "qcow2")
+    }
+
+    fn with_base(tag: &str, base: &'static str, base_format: &'static str) -> Scene {
         let scene = Scene {
             dir: TempDir::new(tag),
             bin: qemu72_bin(),
+            base,
+            base_format,
         };
-        scene.img(&["create", "-q", "-f", "raw", "base.raw", "64M"]);
+        scene.img(&["create", "-q", "-f", base_format, base, "64M"]);
         scene.img(&[
             "create",
             "-q",
             "-f",
             "qcow2",
             "-b",
-            "base.raw",
+            base,
             "-F",
-            "raw",
+            base_format,
             "mid.qcow2",
         ]);
         scene.img(&[
@@ -193,7 +212,7 @@ impl Scene {
             "top.qcow2",
         ]);
         for (fmt, file, pattern) in [
-            ("raw", "base.raw", "write -P 1 0 8M"),
+            (base_format, base, "write -P 1 0 8M"),
             ("qcow2", "mid.qcow2", "write -P 2 8M 8M"),
             ("qcow2", "top.qcow2", "write -P 3 16M 8M"),
         ] {
@@ -237,7 +256,7 @@ impl Scene {
         for (i, (file, format)) in [
             ("top.qcow2", "qcow2"),
             ("mid.qcow2", "qcow2"),
-            ("base.raw", "raw"),
+            (self.base, self.base_format),
         ]
         .iter()
         .enumerate()
@@ -703,6 +722,8 @@ fn assert_phase(scene: &Scene, vm: &mut Vm, phase: &str, want: &[(&str, Want)]) 
             .collect();
         let mut holders = holders;
         holders.sort_unstable();
+        // One entry per descriptor: a process may hold a file on several.
+        holders.dedup();
         let (bytes, mut pids): (&[u32], Vec<i64>) = match w {
             Held(b) => (b, vec![i64::from(vm.pid())]),
             Beside { all, .. } => (
@@ -1178,6 +1199,137 @@ fn blockdev_snapshot_sync_reopens_the_top_read_only() {
 #[test]
 fn blockdev_snapshot_sync_reopens_the_top_read_only_qsd() {
     snapshot(Host::Qsd);
+}
+
+// ---- a qcow2 base, and other holders (CHAINS.md §3, below the table) ----------
+
+#[test]
+fn commits_into_a_qcow2_base() {
+    let scene = Scene::qcow2_base("qjobs-qcow2-base");
+    let mut vm = scene.vm(Host::Vm);
+    let rest = [
+        ("base.qcow2", Held(RP)),
+        ("mid.qcow2", Held(RP)),
+        ("top.qcow2", Held(RWX)),
+    ];
+    assert_phase(&scene, &mut vm, "at rest, qcow2 base", &rest);
+    // CHAINS.md: "With a qcow2 base, base holds RWX during both commits
+    // (the qcow2 rule protects it)".
+    vm.ok(
+        "block-commit",
+        json!({"job-id": "c", "device": "fmt0", "top-node": "fmt1", "base-node": "fmt2",
+               "speed": 1}),
+    );
+    vm.assert_running_job("c");
+    assert_phase(
+        &scene,
+        &mut vm,
+        "block-commit mid into a qcow2 base, running",
+        &[
+            ("base.qcow2", Held(RWX)),
+            ("mid.qcow2", Held(COMMIT_MID)),
+            ("top.qcow2", Held(RWX)),
+        ],
+    );
+    vm.ok("block-job-cancel", json!({"device": "c"}));
+    vm.event("BLOCK_JOB_CANCELLED", "c");
+    assert_phase(&scene, &mut vm, "after the cancelled commit", &rest);
+    vm.ok(
+        "block-commit",
+        json!({"job-id": "a", "device": "fmt0", "base-node": "fmt2", "speed": 1}),
+    );
+    vm.assert_running_job("a");
+    let active = [
+        ("base.qcow2", Held(RWX)),
+        ("mid.qcow2", Held(COMMIT_MID)),
+        ("top.qcow2", Held(RWX)),
+    ];
+    assert_phase(
+        &scene,
+        &mut vm,
+        "active commit into a qcow2 base, running",
+        &active,
+    );
+    vm.unthrottle("a");
+    vm.event("BLOCK_JOB_READY", "a");
+    assert_phase(
+        &scene,
+        &mut vm,
+        "active commit into a qcow2 base, READY",
+        &active,
+    );
+}
+
+#[test]
+fn other_holders_refuse_commits_with_qemus_message() {
+    // CHAINS.md: "A holder of 100 on mid: Failed to get shared "consistent
+    // read" lock" (commit mid into base unshares consistent read on mid).
+    let scene = Scene::new("qjobs-holders");
+    let mut vm = scene.vm(Host::Vm);
+    at_rest(&scene, &mut vm, Host::Vm);
+    let read_shared = Request::new(Mode::ReadShared.perm(), Mode::ReadShared.shared());
+    let lock = fpl::Lock::acquire(
+        &scene.path("mid.qcow2"),
+        read_shared,
+        fpl::Options::default(),
+    )
+    .unwrap_or_else(|e| panic!("read-shared on mid.qcow2 beside the VM: {e}"));
+    let e = vm
+        .execute(
+            "block-commit",
+            json!({"job-id": "c", "device": "fmt0", "top-node": "fmt1", "base-node": "fmt2"}),
+        )
+        .expect_err("block-commit beside a holder of 100 on mid");
+    assert_eq!(e, "Failed to get shared \"consistent read\" lock");
+    assert_eq!(vm.job_statuses("c"), ["created", "null"]);
+    let e = vm
+        .execute(
+            "block-commit",
+            json!({"job-id": "a", "device": "fmt0", "base-node": "fmt2"}),
+        )
+        .expect_err("active commit beside a holder of 100 on mid");
+    assert_eq!(e, "Failed to get shared \"consistent read\" lock");
+    assert_eq!(vm.jobs(), []);
+    lock.release().expect("release");
+    drop(vm);
+
+    // CHAINS.md: "203 alone on a qcow2 base: active commit fails with
+    // Failed to get "resize" lock".
+    let scene = Scene::qcow2_base("qjobs-holders-qcow2");
+    let mut vm = scene.vm(Host::Vm);
+    let resize = PermSet::from_bits(0x8).expect("resize");
+    let unshare_resize = Request {
+        perm: PermSet::NONE,
+        shared: PermSet::from_bits(PermSet::ALL.bits() & !resize.bits()).expect("bits"),
+        exact: true,
+    };
+    let lock = fpl::Lock::acquire(
+        &scene.path("base.qcow2"),
+        unshare_resize,
+        fpl::Options::default(),
+    )
+    .unwrap_or_else(|e| panic!("203 on base.qcow2 beside the VM: {e}"));
+    assert_eq!(
+        bytes_of(
+            fpl::query(&scene.path("base.qcow2"), false)
+                .expect("query")
+                .held
+        ),
+        [100, 201, 203],
+        "base.qcow2: the VM's RP, and our 203"
+    );
+    let e = vm
+        .execute(
+            "block-commit",
+            json!({"job-id": "a", "device": "fmt0", "base-node": "fmt2"}),
+        )
+        .expect_err("active commit beside a holder of 203 on a qcow2 base");
+    assert_eq!(e, "Failed to get \"resize\" lock");
+    // Refused before the job exists: not even created (measured here; the
+    // refusals on a write lock above go created -> null).
+    assert_eq!(vm.job_statuses("a"), Vec::<String>::new());
+    assert_eq!(vm.jobs(), []);
+    lock.release().expect("release");
 }
 
 // ---- a backup tool's read hold on the base -------------------------------------
