@@ -77,7 +77,12 @@ static int cycle(const char *image) {
 
     /* A second writer is refused, even in this process (OFD locks). */
     EXPECT(fpl.fpl_check(image, FPL_MODE_WRITE_PERM, FPL_MODE_WRITE_SHARE, 0, &err) == -EAGAIN);
-    EXPECT(err.byte == 201 && err.holder_pid == (int32_t)getpid());
+    /* The holder is this process. (Under valgrind, the lookup's 1 s budget
+     * can run out first: no holder, -1, as fpl.h documents; the test
+     * running it under valgrind sets FPL_TEST_UNDER_VALGRIND.) */
+    EXPECT(err.byte == 201 &&
+           (err.holder_pid == (int32_t)getpid() ||
+            (err.holder_pid == -1 && getenv("FPL_TEST_UNDER_VALGRIND") != NULL)));
 
     fpl_status st;
     fpl_holder holders[2];

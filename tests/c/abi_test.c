@@ -56,7 +56,7 @@ static void test_conflicts_between_processes(void) {
     CHECK_RC(rc, -EAGAIN, err);
     CHECK(err.code == -EAGAIN, "code %d", err.code);
     CHECK(err.byte == 201 && err.perm == FPL_PERM_WRITE, "byte %u perm %u", err.byte, err.perm);
-    CHECK(err.holder_pid == writer.pid, "holder %d want %d", err.holder_pid, writer.pid);
+    CHECK(h_holder_is(err.holder_pid, writer.pid), "holder %d want %d", err.holder_pid, writer.pid);
     CHECK(strstr(err.message, "Failed to get \"write\" lock") != NULL, "%s", err.message);
     CHECK(strstr(err.message, "Is another process using the image [") != NULL, "%s", err.message);
     CHECK(strstr(err.message, img) != NULL, "%s", err.message);
@@ -73,7 +73,7 @@ static void test_conflicts_between_processes(void) {
     /* fpl_check says the same and takes nothing. */
     rc = fpl_check(img, FPL_MODE_WRITE_PERM, FPL_MODE_WRITE_SHARE, 0, &err);
     CHECK_RC(rc, -EAGAIN, err);
-    CHECK(err.byte == 201 && err.holder_pid == writer.pid, "byte %u pid %d", err.byte,
+    CHECK(err.byte == 201 && h_holder_is(err.holder_pid, writer.pid), "byte %u pid %d", err.byte,
           err.holder_pid);
     /* A reader sharing everything is admitted next to the writer... */
     rc = fpl_check(img, FPL_MODE_READ_SHARED_PERM, FPL_MODE_READ_SHARED_SHARE, 0, &err);
@@ -125,7 +125,7 @@ static void test_exclusive_lock_of_other_software(void) {
     int rc = fpl_acquire(img, FPL_MODE_READ_SHARED_PERM, FPL_MODE_READ_SHARED_SHARE, 0, &lock, &err);
     CHECK_RC(rc, -EAGAIN, err);
     CHECK(strstr(err.message, "Failed to lock byte 100") != NULL, "%s", err.message);
-    CHECK(err.byte == 100 && err.holder_pid == other.pid, "byte %u pid %d", err.byte,
+    CHECK(err.byte == 100 && h_holder_is(err.holder_pid, other.pid), "byte %u pid %d", err.byte,
           err.holder_pid);
     rc = fpl_check(img, FPL_MODE_READ_SHARED_PERM, FPL_MODE_READ_SHARED_SHARE, 0, &err);
     CHECK_RC(rc, -EAGAIN, err);
@@ -150,7 +150,7 @@ static void test_update(void) {
     h_proc_locks(h_ino(img), &entries_before);
     rc = fpl_update(lock, FPL_MODE_WRITE_PERM, FPL_MODE_WRITE_SHARE, 0, &err);
     CHECK_RC(rc, -EAGAIN, err);
-    CHECK(err.byte == 201 && err.holder_pid == reader.pid, "byte %u pid %d", err.byte,
+    CHECK(err.byte == 201 && h_holder_is(err.holder_pid, reader.pid), "byte %u pid %d", err.byte,
           err.holder_pid);
     int entries_after;
     unsigned held = h_proc_locks(h_ino(img), &entries_after);
