@@ -57,18 +57,27 @@
 //! [`Phase::Protecting`] has no QEMU counterpart; its bytes are those of a
 //! read-only QEMU (`readonly=on`).
 //!
+//! The README's example, with both sides in one process for brevity (in a
+//! migration each is in its own, told each step over the migration stream):
+//!
 //! ```no_run
 //! use std::path::Path;
 //! use fpl::handover::{Phase, Side};
-//! use fpl::{Mode, Options, Request};
+//! use fpl::{ChainLock, Mode, Options, Request};
 //!
 //! let active = Request::new(Mode::Write.perm(), Mode::Write.shared());
-//! // On the destination host, while the source still runs:
+//! let mut source = Side::source(ChainLock::acquire(Path::new("top.qcow2"), active, Options::default())?);
 //! let mut dest = Side::destination(Path::new("top.qcow2"), active, Options::default())?;
-//! // ... the source calls enter(Phase::Protecting) and says so ...
+//! source.enter(Phase::Protecting)?;
 //! dest.enter(Phase::Protecting)?;
-//! // ... the source calls enter(Phase::Inactive) and says so ...
-//! dest.enter(Phase::Active)?; // on failure dest is still Protecting
+//! source.enter(Phase::Inactive)?;
+//! if let Err(e) = dest.enter(Phase::Active) {
+//!     // dest is still Protecting: step back, let the source take over again.
+//!     eprintln!("{e}");
+//!     dest.enter(Phase::Inactive)?;
+//!     source.enter(Phase::Protecting)?;
+//!     source.enter(Phase::Active)?;
+//! }
 //! # Ok::<(), fpl::Error>(())
 //! ```
 
