@@ -194,3 +194,91 @@ impl Side {
         self.lock.release()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chain::{derive, Format, Role};
+    use crate::perm::Mode;
+
+    /// The bytes a phase holds on top.qcow2 and on its raw backing file.
+    fn held(phase: Phase, active: Request) -> (Vec<u32>, Vec<u32>) {
+        let request = phase.request(active);
+        let on = |role, format, depth| -> Vec<u32> {
+            derive(request, role, format, depth)
+                .plan()
+                .lock
+                .iter()
+                .collect()
+        };
+        (
+            on(Role::Image, Format::Qcow2, 0),
+            on(Role::Backing, Format::Raw, 1),
+        )
+    }
+
+    fn write() -> Request {
+        Request::new(Mode::Write.perm(), Mode::Write.shared())
+    }
+
+    /// A VM disk's request in exact mode: shares write-unchanged.
+    fn vm_disk_exact() -> Request {
+        Request {
+            shared: Mode::Write.shared().with(Perm::WriteUnchanged),
+            exact: true,
+            ..write()
+        }
+    }
+
+    #[test]
+    fn each_phase_holds_the_documented_bytes() {
+        let read = vec![100];
+        let protected = vec![100, 201, 202, 203];
+        assert_eq!(held(Phase::Incoming, write()), (read.clone(), read.clone()));
+        assert_eq!(held(Phase::Inactive, write()), (read.clone(), read.clone()));
+        assert_eq!(
+            held(Phase::Protecting, write()),
+            (protected.clone(), protected.clone())
+        );
+        assert_eq!(
+            held(Phase::Active, write()),
+            (vec![100, 101, 103, 201, 202, 203], protected)
+        );
+    }
+
+    #[test]
+    fn exact_mode_with_a_vm_disk_request_holds_qemus_bytes() {
+        // CHAINS.md §4: RWX on top, RP on the base while active; a
+        // read-only QEMU's RP for the protecting step; force-share's R.
+        let rp = vec![100, 201, 203];
+        let active = vm_disk_exact();
+        assert_eq!(
+            held(Phase::Active, active),
+            (vec![100, 101, 103, 201, 203], rp.clone())
+        );
+        assert_eq!(held(Phase::Protecting, active), (rp.clone(), rp));
+        assert_eq!(held(Phase::Inactive, active), (vec![100], vec![100]));
+    }
+
+    #[test]
+    fn the_source_steps_down_without_tests() {
+        // A loosening is never tested, so steps 2 and 4 cannot be refused.
+        for active in [write(), vm_disk_exact()] {
+            for (role, format, depth) in [
+                (Role::Image, Format::Qcow2, 0),
+                (Role::Backing, Format::Raw, 1),
+                (Role::Image, Format::Raw, 0),
+            ] {
+                let plan = |p: Phase| derive(p.request(active), role, format, depth).plan();
+                assert!(plan(Phase::Protecting).only_loosens(&plan(Phase::Active)));
+                assert!(plan(Phase::Inactive).only_loosens(&plan(Phase::Protecting)));
+                // The destination's steps tighten, and are tested (a backing
+                // file's Active is its Protecting: nothing to tighten there).
+                assert!(!plan(Phase::Protecting).only_loosens(&plan(Phase::Incoming)));
+                if role == Role::Image {
+                    assert!(!plan(Phase::Active).only_loosens(&plan(Phase::Protecting)));
+                }
+            }
+        }
+    }
+}

@@ -380,11 +380,18 @@ fn assert_all_refused(attempts: &[Attempt], marks: &[(String, Instant)], files: 
     );
 }
 
+/// What the watcher saw: samples taken, and for each file and byte (201,
+/// 203) the samples in which nobody held it.
+struct Watched {
+    samples: u64,
+    free: Vec<(PathBuf, u32, u64)>,
+}
+
 /// Tests bytes 201 and 203 of each file with F_OFD_GETLK from a description
 /// of its own, as fast as it can, counting the samples where nobody held one.
 struct Watcher {
     stop: Arc<AtomicBool>,
-    thread: JoinHandle<(u64, Vec<(PathBuf, u32, u64)>)>,
+    thread: JoinHandle<Watched>,
 }
 
 impl Watcher {
@@ -418,20 +425,25 @@ impl Watcher {
                     }
                 }
             }
-            (samples, gaps)
+            Watched {
+                samples,
+                free: gaps,
+            }
         });
         Watcher { stop, thread }
     }
 
-    /// (samples, for each file and byte the samples where nobody held it)
-    fn finish(self) -> (u64, Vec<(PathBuf, u32, u64)>) {
+    fn finish(self) -> Watched {
         self.stop.store(true, Ordering::Relaxed);
         self.thread.join().expect("the watcher thread")
     }
 }
 
-fn assert_no_gap(watch: (u64, Vec<(PathBuf, u32, u64)>)) {
-    let (samples, gaps) = watch;
+fn assert_no_gap(watched: Watched) {
+    let Watched {
+        samples,
+        free: gaps,
+    } = watched;
     assert!(samples > 1000, "the watcher sampled only {samples} times");
     for (file, byte, free) in &gaps {
         assert_eq!(
@@ -521,6 +533,18 @@ fn hand_over(mut source: Role, mut dest: Role, top: &Path, base: &Path) {
     mark(&mut marks, "the source protects");
 
     dest.must("protect", &files);
+    assert_eq!(
+        held_by(dest.pid(), &files),
+        bytes(READ_PROTECTED, READ_PROTECTED)
+    );
+    // Activating before the source stepped down is refused, and harmless.
+    let early = dest
+        .step("active")
+        .expect_err("active while the source protects");
+    assert!(
+        early.1.starts_with("Failed to get \"write\" lock"),
+        "{early:?}"
+    );
     assert_eq!(
         held_by(dest.pid(), &files),
         bytes(READ_PROTECTED, READ_PROTECTED)
@@ -701,7 +725,10 @@ fn qemus_own_sequence_leaves_a_gap_that_the_checks_see() {
         .expect("qemu-io runs");
     std::thread::sleep(Duration::from_millis(20));
     dest.must("active", &files);
-    let (samples, gaps) = watcher.finish();
+    let Watched {
+        samples,
+        free: gaps,
+    } = watcher.finish();
 
     assert!(
         writer.status.success(),
