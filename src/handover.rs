@@ -247,6 +247,33 @@ mod tests {
     }
 
     #[test]
+    fn a_qcow2_backing_file_is_held_like_the_top_but_never_written() {
+        let mid = |phase: Phase| -> Vec<u32> {
+            derive(phase.request(write()), Role::Backing, Format::Qcow2, 1)
+                .plan()
+                .lock
+                .iter()
+                .collect()
+        };
+        // QEMU's inactive source keeps R on a qcow2 mid, as here.
+        assert_eq!(mid(Phase::Inactive), vec![100]);
+        assert_eq!(mid(Phase::Protecting), vec![100, 201, 202, 203]);
+        assert_eq!(mid(Phase::Active), vec![100, 201, 202, 203]);
+    }
+
+    #[test]
+    fn using_and_sharing_nothing_holds_nothing_as_qemus_incoming_side() {
+        let nothing = Request::new(PermSet::NONE, PermSet::ALL);
+        for (role, format, depth) in [
+            (Role::Image, Format::Qcow2, 0),
+            (Role::Backing, Format::Qcow2, 1),
+            (Role::Backing, Format::Raw, 2),
+        ] {
+            assert!(derive(nothing, role, format, depth).plan().lock.is_empty());
+        }
+    }
+
+    #[test]
     fn exact_mode_with_a_vm_disk_request_holds_qemus_bytes() {
         // CHAINS.md §4: RWX on top, RP on the base while active; a
         // read-only QEMU's RP for the protecting step; force-share's R.
