@@ -57,8 +57,8 @@
 //! [`Phase::Protecting`] has no QEMU counterpart; its bytes are those of a
 //! read-only QEMU (`readonly=on`).
 //!
-//! The README's example, with both sides in one process for brevity (in a
-//! migration each is in its own, told each step over the migration stream):
+//! The README's example (both sides written in one place for brevity; they
+//! also work in one process, as two open file descriptions conflict):
 //!
 //! ```no_run
 //! use std::path::Path;
@@ -66,7 +66,9 @@
 //! use fpl::{ChainLock, Mode, Options, Request};
 //!
 //! let active = Request::new(Mode::Write.perm(), Mode::Write.shared());
+//! // The source, running:
 //! let mut source = Side::source(ChainLock::acquire(Path::new("top.qcow2"), active, Options::default())?);
+//! // The destination, in another process (told each step over the migration stream):
 //! let mut dest = Side::destination(Path::new("top.qcow2"), active, Options::default())?;
 //! source.enter(Phase::Protecting)?;
 //! dest.enter(Phase::Protecting)?;

@@ -749,3 +749,31 @@ fn qemus_own_sequence_leaves_a_gap_that_the_checks_see() {
         "the writer's sector should be in top.qcow2"
     );
 }
+
+/// The README's Rust example is the module's doc example (compiled by the
+/// doc tests), as written.
+#[test]
+fn readme_example_is_the_compiled_doc_example() {
+    let readme = support::readme_block(
+        "## Migrating an image between hypervisors (QEMU's hand-over)",
+        "rust",
+    );
+    let module = std::fs::read_to_string(root().join("src/handover.rs")).expect("the module");
+    let mut doc = String::new();
+    let mut lines = module
+        .lines()
+        .map(|l| {
+            l.strip_prefix("//!")
+                .map(|l| l.strip_prefix(' ').unwrap_or(l))
+        })
+        .map_while(|l| l)
+        .skip_while(|l| *l != "```no_run")
+        .skip(1);
+    for line in lines.by_ref().take_while(|l| *l != "```") {
+        if !line.starts_with("# ") {
+            doc.push_str(line);
+            doc.push('\n');
+        }
+    }
+    assert_eq!(readme, doc);
+}
