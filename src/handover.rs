@@ -44,8 +44,9 @@
 //! QEMU that tries to open the image for writing locks its bytes for a few
 //! system calls before it tests and gives up, and a tightening that tests
 //! in that moment is refused (PROTOCOL.md §2: both may fail, both never
-//! succeed). Such refusals name a use byte (`Failed to get shared "write"
-//! lock`); retrying after a few milliseconds is the answer.
+//! succeed). Such a refusal reads like any other, and its holder may be
+//! gone by the time it is reported: retrying a few times, a few
+//! milliseconds apart, is the answer.
 //!
 //! Where libfpl's states differ from QEMU's measured ones: QEMU's incoming
 //! side holds no byte (libfpl's [`Phase::Incoming`] holds 100 on every

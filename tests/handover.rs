@@ -6,6 +6,14 @@
 //! and over and a watcher tests bytes 201 and 203 of both files with
 //! F_OFD_GETLK as fast as it can. Each side's bytes are read from its own
 //! /proc/PID/fdinfo after every step.
+//!
+//! The watcher tests with F_OFD_GETLK (what `fpl::query` does) rather than
+//! reading /proc/locks: the kernel answers a GETLK from the inode's lock
+//! list under its lock, an atomic sample, while /proc/locks lists every
+//! lock of the host (thousands on a busy test machine) a page per read(2),
+//! so a read of it is no snapshot. The writers' own passing locks can only
+//! hide a gap from the watcher, never make one up; the test of QEMU's own
+//! sequence shows that it does see a real one.
 
 mod common;
 mod support;
