@@ -785,3 +785,58 @@ fn readme_example_is_the_compiled_doc_example() {
     }
     assert_eq!(readme, doc);
 }
+
+/// A libfpl destination in Incoming holds 100, so it is a holder: a caller
+/// refusing beside processes that have the image open without locks
+/// (`refuse_unlocked_openers`) is not refused by it. QEMU's own incoming
+/// side (every file open read-only, no byte; a `qemu-io -r` with
+/// `file.locking=off` stands in for it) is such an opener.
+#[test]
+fn a_libfpl_incoming_side_is_a_holder_not_an_opener() {
+    let (tmp, top, base) = chain("ho-open");
+    let files = [top.as_path(), base.as_path()];
+    let active = Request::new(Mode::Write.perm(), Mode::Write.shared());
+    let careful = Options {
+        refuse_unlocked_openers: true,
+        ..Options::default()
+    };
+    let mut dest = Role::c("destination", &c_example(&tmp), &top);
+    dest.must("incoming", &files);
+    ChainLock::check(&top, Phase::Protecting.request(active), careful)
+        .expect("a holder of 100 is not an opener");
+    dest.must("release", &files);
+
+    let mut qemu = Command::new(require(
+        "qemu-io",
+        "QEMU's qemu-utils; QEMU 10 comes with this machine",
+    ))
+    .args(["-r", "--image-opts"])
+    .arg(format!(
+        "driver=qcow2,file.driver=file,file.filename={},file.locking=off",
+        top.display()
+    ))
+    .stdin(Stdio::piped())
+    .stdout(Stdio::null())
+    .spawn()
+    .expect("qemu-io starts");
+    let opened = |pid: u32| {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .map(|fds| {
+                fds.flatten()
+                    .any(|fd| std::fs::read_link(fd.path()).ok().as_deref() == Some(top.as_path()))
+            })
+            .unwrap_or(false)
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !opened(qemu.id()) {
+        assert!(Instant::now() < deadline, "qemu-io never opened {top:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(held_by(qemu.id(), &files)[0], Vec::<u32>::new());
+    let refused = ChainLock::check(&top, Phase::Protecting.request(active), careful)
+        .expect_err("QEMU's incoming side is an opener");
+    let _ = qemu.kill();
+    let _ = qemu.wait();
+    assert_eq!(refused.errno(), libc::EBUSY, "{refused}");
+    assert!(refused.to_string().contains("without locks"), "{refused}");
+}
