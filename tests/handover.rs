@@ -33,12 +33,14 @@ use std::time::{Duration, Instant};
 use common::{compile, root, TempDir};
 use fpl::fcntl::{self, Flavor};
 use fpl::handover::{Phase, Side};
-use fpl::{ChainLock, Error, Mode, Options, Request};
+use fpl::{ChainLock, Error, Mode, Options, Perm, Request};
 use support::{require, run, QemuIo};
 
 /// Set in the environment of a re-executed test binary: the image its role
 /// hands over.
 const ROLE_ENV: &str = "FPL_HANDOVER_ROLE_IMAGE";
+/// Set too: the role uses a VM disk's request in exact mode (QEMU's bytes).
+const EXACT_ENV: &str = "FPL_HANDOVER_ROLE_EXACT";
 
 /// What the writers would write: never found in the image.
 const PATTERN: u8 = 0x5a;
@@ -99,7 +101,11 @@ fn handover_role_process() {
         return;
     };
     let image = PathBuf::from(image);
-    let active = Request::new(Mode::Write.perm(), Mode::Write.shared());
+    let active = if std::env::var_os(EXACT_ENV).is_some() {
+        vm_disk_exact()
+    } else {
+        Request::new(Mode::Write.perm(), Mode::Write.shared())
+    };
     let mut side: Option<Side> = None;
     for line in std::io::stdin().lock().lines() {
         let Ok(line) = line else { break };
@@ -128,6 +134,15 @@ fn handover_role_process() {
             ),
         };
         let _ = out.flush();
+    }
+}
+
+/// A VM disk's request as QEMU makes it: shares write-unchanged, exact.
+fn vm_disk_exact() -> Request {
+    Request {
+        shared: Mode::Write.shared().with(Perm::WriteUnchanged),
+        exact: true,
+        ..Request::new(Mode::Write.perm(), Mode::Write.shared())
     }
 }
 
@@ -162,14 +177,21 @@ impl Role {
     }
 
     fn rust(name: &'static str, image: &Path) -> Role {
+        Role::start(name, &mut Role::rust_command(image))
+    }
+
+    /// A Rust side using a VM disk's request in exact mode.
+    fn rust_exact(name: &'static str, image: &Path) -> Role {
+        Role::start(name, Role::rust_command(image).env(EXACT_ENV, "1"))
+    }
+
+    fn rust_command(image: &Path) -> Command {
         let exe = std::env::current_exe().expect("the test binary's path");
-        Role::start(
-            name,
-            Command::new(exe)
-                .args(["--exact", "handover_role_process", "--nocapture", "-q"])
-                .arg("--test-threads=1")
-                .env(ROLE_ENV, image),
-        )
+        let mut cmd = Command::new(exe);
+        cmd.args(["--exact", "handover_role_process", "--nocapture", "-q"])
+            .arg("--test-threads=1")
+            .env(ROLE_ENV, image);
+        cmd
     }
 
     fn start(name: &'static str, cmd: &mut Command) -> Role {
@@ -506,12 +528,19 @@ fn mark(marks: &mut Vec<(String, Instant)>, name: &str) {
 
 /// The whole hand-over, each side's bytes after each step, no writer ever
 /// in, no sample without 201 and 203 on both files.
-fn hand_over(mut source: Role, mut dest: Role, top: &Path, base: &Path) {
+/// `exact`: both sides use a VM disk's request in exact mode, and hold
+/// QEMU's bytes (no 202).
+fn hand_over(mut source: Role, mut dest: Role, top: &Path, base: &Path, exact: bool) {
+    let (write_top, read_protected): (&[u32], &[u32]) = if exact {
+        (&[100, 101, 103, 201, 203], &[100, 201, 203])
+    } else {
+        (WRITE_TOP, READ_PROTECTED)
+    };
     let files = [top, base];
     source.must("active", &files);
     assert_eq!(
         held_by(source.pid(), &files),
-        bytes(WRITE_TOP, READ_PROTECTED)
+        bytes(write_top, read_protected)
     );
 
     let watcher = Watcher::start(&files);
@@ -536,14 +565,14 @@ fn hand_over(mut source: Role, mut dest: Role, top: &Path, base: &Path) {
     source.must("protect", &files);
     assert_eq!(
         held_by(source.pid(), &files),
-        bytes(READ_PROTECTED, READ_PROTECTED)
+        bytes(read_protected, read_protected)
     );
     mark(&mut marks, "the source protects");
 
     dest.must("protect", &files);
     assert_eq!(
         held_by(dest.pid(), &files),
-        bytes(READ_PROTECTED, READ_PROTECTED)
+        bytes(read_protected, read_protected)
     );
     // Activating before the source stepped down is refused, and harmless.
     let early = dest
@@ -555,7 +584,7 @@ fn hand_over(mut source: Role, mut dest: Role, top: &Path, base: &Path) {
     );
     assert_eq!(
         held_by(dest.pid(), &files),
-        bytes(READ_PROTECTED, READ_PROTECTED)
+        bytes(read_protected, read_protected)
     );
     mark(&mut marks, "both protect");
 
@@ -566,7 +595,7 @@ fn hand_over(mut source: Role, mut dest: Role, top: &Path, base: &Path) {
     dest.must("active", &files);
     assert_eq!(
         held_by(dest.pid(), &files),
-        bytes(WRITE_TOP, READ_PROTECTED)
+        bytes(write_top, read_protected)
     );
     mark(&mut marks, "the destination is active");
 
@@ -580,7 +609,7 @@ fn hand_over(mut source: Role, mut dest: Role, top: &Path, base: &Path) {
     assert_all_refused(&attempts, &marks, &files);
     assert_eq!(
         held_by(dest.pid(), &files),
-        bytes(WRITE_TOP, READ_PROTECTED)
+        bytes(write_top, read_protected)
     );
     println!(
         "retries after a writer's passing lock: source {}, destination {}",
@@ -599,6 +628,20 @@ fn c_source_hands_over_to_c_destination() {
         Role::c("destination", &exe, &top),
         &top,
         &base,
+        false,
+    );
+}
+
+/// QEMU's bytes exactly (RWX, RP, R) at every step, in exact mode.
+#[test]
+fn exact_mode_hands_over_with_qemus_bytes() {
+    let (_tmp, top, base) = chain("ho-exact");
+    hand_over(
+        Role::rust_exact("source", &top),
+        Role::rust_exact("destination", &top),
+        &top,
+        &base,
+        true,
     );
 }
 
@@ -610,6 +653,7 @@ fn rust_source_hands_over_to_rust_destination() {
         Role::rust("destination", &top),
         &top,
         &base,
+        false,
     );
 }
 
