@@ -252,7 +252,7 @@ impl Role {
             let before = held_by(self.pid(), files);
             match self.step(step) {
                 Ok(()) => return,
-                Err(Refused(-11, _)) => {
+                Err(Refused(code, _)) if code == -libc::EAGAIN => {
                     assert_eq!(
                         held_by(self.pid(), files),
                         before,
@@ -554,7 +554,7 @@ fn hand_over(mut source: Role, mut dest: Role, top: &Path, base: &Path, exact: b
     let early = dest
         .step("protect")
         .expect_err("protect while the source writes");
-    assert_eq!(early.0, -11);
+    assert_eq!(early.0, -libc::EAGAIN);
     assert!(
         early.1.starts_with("Failed to get shared \"write\" lock"),
         "{early:?}"
@@ -696,15 +696,20 @@ fn refused_activation_goes_back_to_the_source() {
     let protected = bytes(READ_PROTECTED, READ_PROTECTED);
     assert_eq!(held_by(dest.pid(), &files), protected);
     let refused = dest.step("active").expect_err("a reader refuses writers");
-    assert_eq!(refused.0, -11);
-    assert_eq!(
-        refused.1,
-        format!(
-            "Failed to get \"write\" lock (held by qemu-io, pid {})|Is another process using the image [{}]?",
-            reader.pid(),
-            top.display()
-        )
+    assert_eq!(refused.0, -libc::EAGAIN);
+    // The holder named is the reader, unless one of the writers was in its
+    // passing lock of 201 when the holder was looked up.
+    let (head, tail) = (
+        "Failed to get \"write\" lock (held by qemu-io, pid ",
+        format!(")|Is another process using the image [{}]?", top.display()),
     );
+    assert!(
+        refused.1.starts_with(head) && refused.1.ends_with(&tail),
+        "{refused:?}"
+    );
+    if refused.1 != format!("{head}{}{tail}", reader.pid()) {
+        println!("the refusal named a passing writer: {refused:?}");
+    }
     assert_eq!(
         held_by(dest.pid(), &files),
         protected,
