@@ -134,7 +134,11 @@
  * held byte has no holder found while some process could not be inspected
  * (another user's, without privilege; a sandbox's PID 1). A process that
  * cannot be inspected but cannot matter (every held byte has a holder
- * listed) does not set it. Never makes a query fail.
+ * listed) does not set it. It speaks of held bytes only: openers
+ * (FPL_QUERY_OPENERS) are found among the processes this one may inspect,
+ * and one that could not be inspected is not reported (as an unprivileged
+ * caller, most processes; as root, a sandbox's PID 1). Never makes a
+ * query fail.
  */
 #define FPL_STATUS_HOLDERS_PARTIAL 4
 
@@ -311,7 +315,8 @@ typedef struct fpl_error {
   uint32_t byte;
   /**
    * A process holding that byte, -1 if unknown (not a conflict, a holder
-   * on another host or in another PID namespace, or one not inspectable).
+   * on another host or in another PID namespace, or one not inspectable);
+   * for `-EBUSY` (FPL_FLAG_NO_UNLOCKED_OPENERS), the opener.
    */
   int32_t holder_pid;
   /**

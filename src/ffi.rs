@@ -104,7 +104,11 @@ pub const FPL_STATUS_LIBVIRT: u32 = 0x02;
 /// held byte has no holder found while some process could not be inspected
 /// (another user's, without privilege; a sandbox's PID 1). A process that
 /// cannot be inspected but cannot matter (every held byte has a holder
-/// listed) does not set it. Never makes a query fail.
+/// listed) does not set it. It speaks of held bytes only: openers
+/// (FPL_QUERY_OPENERS) are found among the processes this one may inspect,
+/// and one that could not be inspected is not reported (as an unprivileged
+/// caller, most processes; as root, a sandbox's PID 1). Never makes a
+/// query fail.
 pub const FPL_STATUS_HOLDERS_PARTIAL: u32 = 0x04;
 
 /// fpl_holder.access: the descriptor was opened for reading.
@@ -208,7 +212,8 @@ pub struct fpl_error {
     /// The lock byte in conflict (e.g. 201), 0 if not a conflict.
     pub byte: u32,
     /// A process holding that byte, -1 if unknown (not a conflict, a holder
-    /// on another host or in another PID namespace, or one not inspectable).
+    /// on another host or in another PID namespace, or one not inspectable);
+    /// for `-EBUSY` (FPL_FLAG_NO_UNLOCKED_OPENERS), the opener.
     pub holder_pid: i32,
     /// NUL-terminated UTF-8, human-readable (path bytes that are not UTF-8
     /// show as U+FFFD). For a
@@ -334,6 +339,9 @@ fn report(err: *mut fpl_error, outcome: Result<(), Error>) -> c_int {
                     err.perm = c.perm.bit();
                     err.byte = c.byte;
                     err.holder_pid = c.holder.as_ref().map_or(-1, |h| h.pid);
+                }
+                if let Error::Opened { opener, .. } = e {
+                    err.holder_pid = opener.pid;
                 }
                 copy_text(&mut err.message, e.to_string().as_bytes());
             }

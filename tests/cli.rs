@@ -1778,7 +1778,9 @@ fn status_chain_names_the_holder_on_every_member() {
     qemu_io.wait();
     let out = expect_status(&fpl(&["status", "--chain", "--no-holders", s(&top)]), 0);
     assert_eq!(
-        out.lines().filter(|l| l.trim() == "free").count(),
+        out.lines()
+            .filter(|l| l.trim() == "free (no byte held; openers not looked for)")
+            .count(),
         3,
         "{out}"
     );
@@ -2312,4 +2314,530 @@ fn hold_chain_waits_for_a_writer_of_the_base_to_quit() {
     assert_eq!(hold.wait().code(), Some(0));
     assert!(dir.path().join("copy.raw").exists());
     assert!(proc_locks(&base).is_empty());
+}
+
+// ---------------------------------------------------------------- openers
+
+/// `qemu-io [-r] --image-opts driver=raw,...,file.locking=off` reading
+/// commands from a pipe: it has the image open (read-write, or read-only
+/// with `read_only`) and takes none of its bytes, as QEMU with
+/// `locking=off` does (CHAINS.md §5). Returns once its descriptor of the
+/// image shows in /proc.
+fn qemu_io_unlocked(image: &Path, read_only: bool) -> Running {
+    let mut command = Command::new(qemu("qemu-io"));
+    if read_only {
+        command.arg("-r");
+    }
+    let running = Running::spawn(
+        command
+            .arg("--image-opts")
+            .arg(format!(
+                "driver=raw,file.driver=file,file.filename={},file.locking=off",
+                image.display()
+            ))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
+    let pid = running.pid();
+    wait_until(&format!("qemu-io to open {}", image.display()), || {
+        open_fd(pid, image).is_some()
+    });
+    running
+}
+
+/// The descriptor of process `pid` that has `image` open, read from
+/// /proc/PID/fd without libfpl; checked to hold no lock on it.
+fn open_fd(pid: i32, image: &Path) -> Option<i32> {
+    let want = fs::metadata(image).expect("the image exists");
+    for entry in fs::read_dir(format!("/proc/{pid}/fd")).ok()?.flatten() {
+        let Ok(meta) = fs::metadata(entry.path()) else {
+            continue;
+        };
+        if (meta.dev(), meta.ino()) == (want.dev(), want.ino()) {
+            let fd: i32 = entry.file_name().to_str()?.parse().ok()?;
+            let fdinfo = fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).ok()?;
+            assert!(
+                lock_lines(&fdinfo).all(|l| l.ino != want.ino()),
+                "qemu-io with locking=off locks its image:\n{fdinfo}"
+            );
+            return Some(fd);
+        }
+    }
+    None
+}
+
+const OPENER_NOTE: &str = "note: a process that has the image open and holds no lock is how \
+    QEMU with locking=off (Proxmox VE's default) or an incoming migration's destination \
+    looks: the image is in use, not free, although QEMU's locks do not show it";
+
+#[test]
+fn status_shows_openers_without_locks_and_never_calls_their_image_free() {
+    let dir = TempDir::new("status-openers");
+    let rw = dir.raw("rw.raw");
+    let ro = dir.raw("ro.raw");
+    let locked = dir.raw("locked.raw");
+    let free = dir.raw("free.raw");
+    let writer = qemu_io_unlocked(&rw, false);
+    let reader = qemu_io_unlocked(&ro, true);
+    let holder = qemu_io_holding(&locked);
+    let (w_fd, r_fd) = (
+        open_fd(writer.pid(), &rw).expect("open"),
+        open_fd(reader.pid(), &ro).expect("open"),
+    );
+    // QEMU's protocol sees nothing on either.
+    assert!(held(&rw).perm.is_empty() && held(&ro).perm.is_empty());
+
+    let out = expect_status(&fpl(&["status", s(&rw), s(&ro), s(&locked), s(&free)]), 0);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines[..3],
+        [
+            format!(
+                "{}: open read-write by qemu-io (pid {}, fd {w_fd}) without locks",
+                s(&rw),
+                writer.pid()
+            ),
+            format!("{}: {OPENER_NOTE}", s(&rw)),
+            format!(
+                "{}: open read-only by qemu-io (pid {}, fd {r_fd}) without locks",
+                s(&ro),
+                reader.pid()
+            ),
+        ],
+        "{out}"
+    );
+    // The note comes once; a locking QEMU is a holder, never an opener.
+    assert_eq!(out.matches("note:").count(), 1, "{out}");
+    let locked_lines: Vec<&str> = lines[3..lines.len() - 1].to_vec();
+    assert!(!locked_lines.is_empty(), "{out}");
+    for line in &locked_lines {
+        assert!(
+            line.starts_with(&format!(
+                "{}: in use by qemu-io (pid {}, fd ",
+                s(&locked),
+                holder.pid()
+            )) && line.ends_with("uses consistent read, write; shares everything"),
+            "{out}"
+        );
+    }
+    assert_eq!(lines[lines.len() - 1], format!("{}: free", s(&free)));
+
+    // JSON: openers are holders flagged no-locks, with their access.
+    let json = expect_status(&fpl(&["status", "--json", s(&rw), s(&ro), s(&locked)]), 0);
+    let value: Value = serde_json::from_str(&json).expect("JSON");
+    let images = value.as_array().expect("an array");
+    for (image, pid, fd, access) in [
+        (
+            &images[0],
+            writer.pid(),
+            w_fd,
+            serde_json::json!(["read", "write"]),
+        ),
+        (&images[1], reader.pid(), r_fd, serde_json::json!(["read"])),
+    ] {
+        assert_eq!(image["perm"], serde_json::json!([]), "{image}");
+        assert_eq!(image["unshared"], serde_json::json!([]), "{image}");
+        assert_eq!(
+            image["holders"],
+            serde_json::json!([{
+                "pid": pid, "fd": fd, "name": "qemu-io", "perm": [], "unshared": [],
+                "flags": ["no-locks"], "access": access,
+            }]),
+            "{image}"
+        );
+    }
+    let holders = images[2]["holders"].as_array().expect("holders");
+    assert!(!holders.is_empty(), "{}", images[2]);
+    for h in holders {
+        assert_eq!(h["pid"], holder.pid(), "{h}");
+        assert_eq!(h["flags"], serde_json::json!([]), "{h}");
+        assert!(!names(&h["perm"]).is_empty(), "{h}");
+    }
+
+    // --no-holders looks in /proc for nobody, and says so.
+    let out = expect_status(&fpl(&["status", "--no-holders", s(&rw)]), 0);
+    assert_eq!(
+        out.trim(),
+        format!("{}: free (no byte held; openers not looked for)", s(&rw))
+    );
+    let json = expect_status(&fpl(&["status", "--json", "--no-holders", s(&rw)]), 0);
+    let value: Value = serde_json::from_str(&json).expect("JSON");
+    assert!(value[0].get("holders").is_none(), "{value}");
+
+    // Once the opener is gone, the image is free.
+    let mut writer = writer;
+    writer.close_stdin();
+    assert_eq!(writer.wait().code(), Some(0));
+    let out = expect_status(&fpl(&["status", s(&rw)]), 0);
+    assert_eq!(out.trim(), format!("{}: free", s(&rw)));
+}
+
+#[test]
+fn status_chain_shows_an_opener_of_a_backing_file() {
+    let dir = TempDir::new("chain-openers");
+    let base = dir.raw("base.raw");
+    overlay(&dir, "top.qcow2", "base.raw", "raw");
+    let opener = qemu_io_unlocked(&base, false);
+    let fd = open_fd(opener.pid(), &base).expect("open");
+    let line = format!(
+        "open read-write by qemu-io (pid {}, fd {fd}) without locks",
+        opener.pid()
+    );
+
+    let out = expect_status(&fpl_in(dir.path(), &["status", "--chain", "top.qcow2"]), 0);
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        [
+            "top.qcow2: qcow2 image".to_owned(),
+            "  free".to_owned(),
+            "  base.raw: raw backing file, depth 1".to_owned(),
+            format!("    {line}"),
+            format!("    {OPENER_NOTE}"),
+        ],
+        "{out}"
+    );
+
+    // Over a pool the base shows twice, its opener each time, the note once.
+    let out = expect_status(
+        &fpl_in(dir.path(), &["status", "--chain", "base.raw", "top.qcow2"]),
+        0,
+    );
+    assert_eq!(out.matches(&line).count(), 2, "{out}");
+    assert_eq!(out.matches("note:").count(), 1, "{out}");
+    assert!(
+        out.starts_with(&format!("base.raw: raw image\n  {line}\n")),
+        "{out}"
+    );
+
+    let members = chain_json(dir.path(), &["top.qcow2"], 0);
+    let members = members[0]["members"].as_array().expect("members");
+    assert_eq!(members[0]["holders"], serde_json::json!([]));
+    assert_eq!(
+        members[1]["holders"],
+        serde_json::json!([{
+            "pid": opener.pid(), "fd": fd, "name": "qemu-io", "perm": [], "unshared": [],
+            "flags": ["no-locks"], "access": ["read", "write"],
+        }]),
+        "{}",
+        members[1]
+    );
+}
+
+#[test]
+fn check_and_hold_refuse_beside_an_opener_only_with_no_unlocked_openers() {
+    let dir = TempDir::new("check-openers");
+    let image = dir.raw("a.raw");
+    let locked = dir.raw("locked.raw");
+    let opener = qemu_io_unlocked(&image, false);
+    let fd = open_fd(opener.pid(), &image).expect("open");
+    let _holder = qemu_io_holding(&locked);
+    let refusal = format!(
+        "'{}' is open read-write by qemu-io (pid {}, fd {fd}) without locks: a QEMU with \
+         locking=off, or an incoming migration's destination, uses an image this way",
+        s(&image),
+        opener.pid()
+    );
+
+    // The hazard: QEMU's protocol alone grants the image.
+    let out = expect_status(&fpl(&["check", "--mode", "write", s(&image)]), 0);
+    assert_eq!(out.trim(), format!("{}: write would be granted", s(&image)));
+    let marker = dir.path().join("ran");
+    let touch = ["--", "touch", s(&marker)];
+    let mut args = vec!["hold", "--mode", "write", s(&image)];
+    args.extend(touch);
+    expect_status(&fpl(&args), 0);
+    assert!(marker.exists());
+    fs::remove_file(&marker).expect("rm");
+
+    // Asked, it is refused like a conflict: check 1, hold 75.
+    let out = expect_status(
+        &fpl(&[
+            "check",
+            "--no-unlocked-openers",
+            "--mode",
+            "write",
+            s(&image),
+        ]),
+        1,
+    );
+    assert!(
+        out.starts_with(&format!("{}: write would be refused: {refusal}", s(&image))),
+        "{out}"
+    );
+    let json = expect_status(
+        &fpl(&[
+            "check",
+            "--json",
+            "--no-unlocked-openers",
+            "--mode",
+            "read-shared",
+            s(&image),
+            s(&locked),
+        ]),
+        1,
+    );
+    let value: Value = serde_json::from_str(&json).expect("JSON");
+    let refused = &value[0];
+    assert_eq!(refused["ok"], false, "{refused}");
+    assert_eq!(refused["errno"], libc::EBUSY, "{refused}");
+    assert!(refused.get("conflict").is_none(), "{refused}");
+    assert_eq!(
+        refused["opener"],
+        serde_json::json!({"pid": opener.pid(), "fd": fd, "name": "qemu-io",
+                           "access": ["read", "write"]}),
+        "{refused}"
+    );
+    // A QEMU that locks is no opener: beside it read-shared is granted.
+    assert_eq!(
+        value[1],
+        serde_json::json!({"path": s(&locked), "ok": true})
+    );
+
+    let mut args = vec![
+        "hold",
+        "--no-unlocked-openers",
+        "--mode",
+        "write",
+        s(&image),
+    ];
+    args.extend(touch);
+    let out = fpl(&args);
+    expect_status(&out, 75);
+    let err = text(&out.stderr);
+    assert!(
+        err.starts_with(&format!("fpl: {}: cannot take write: {refusal}", s(&image))),
+        "{err}"
+    );
+    assert!(!marker.exists(), "the command ran beside the opener");
+    assert!(proc_locks(&image).is_empty());
+}
+
+#[test]
+fn check_and_hold_chain_refuse_beside_an_opener_of_any_member() {
+    let dir = TempDir::new("chain-check-openers");
+    let base = dir.raw("base.raw");
+    overlay(&dir, "top.qcow2", "base.raw", "raw");
+    let opener = qemu_io_unlocked(&base, false);
+    let fd = open_fd(opener.pid(), &base).expect("open");
+    let refusal = format!(
+        "'base.raw' is open read-write by qemu-io (pid {}, fd {fd}) without locks",
+        opener.pid()
+    );
+    let run = |args: &[&str], code: i32| expect_status(&fpl_in(dir.path(), args), code);
+
+    // The top alone is nobody's; its chain is not.
+    run(
+        &[
+            "check",
+            "--no-unlocked-openers",
+            "--mode",
+            "read",
+            "top.qcow2",
+        ],
+        0,
+    );
+    run(&["check", "--chain", "--mode", "read", "top.qcow2"], 0);
+    let out = run(
+        &[
+            "check",
+            "--chain",
+            "--no-unlocked-openers",
+            "--mode",
+            "read",
+            "top.qcow2",
+        ],
+        1,
+    );
+    assert!(
+        out.starts_with(&format!("top.qcow2: read would be refused: {refusal}")),
+        "{out}"
+    );
+    let json = run(
+        &[
+            "check",
+            "--chain",
+            "--json",
+            "--no-unlocked-openers",
+            "--mode",
+            "read",
+            "top.qcow2",
+        ],
+        1,
+    );
+    let value: Value = serde_json::from_str(&json).expect("JSON");
+    assert_eq!(value[0]["opener"]["member"], "base.raw", "{value}");
+    assert_eq!(value[0]["opener"]["pid"], opener.pid(), "{value}");
+
+    let out = fpl_in(
+        dir.path(),
+        &[
+            "hold",
+            "--chain",
+            "--no-unlocked-openers",
+            "--mode",
+            "read",
+            "top.qcow2",
+            "--",
+            "true",
+        ],
+    );
+    expect_status(&out, 75);
+    let err = text(&out.stderr);
+    assert!(
+        err.starts_with(&format!("fpl: top.qcow2: cannot take read: {refusal}")),
+        "{err}"
+    );
+    assert!(proc_locks(&base).is_empty() && proc_locks(&dir.path().join("top.qcow2")).is_empty());
+    run(
+        &[
+            "hold",
+            "--chain",
+            "--mode",
+            "read",
+            "top.qcow2",
+            "--",
+            "true",
+        ],
+        0,
+    );
+}
+
+#[test]
+fn hold_wait_waits_for_an_opener_to_go_then_holds() {
+    let dir = TempDir::new("hold-wait-openers");
+    let image = dir.raw("a.raw");
+    let mut opener = qemu_io_unlocked(&image, false);
+    let fd = open_fd(opener.pid(), &image).expect("open");
+    let mut hold = Running::spawn(
+        Command::new(FPL)
+            .args(["hold", "--wait", "600", "--no-unlocked-openers"])
+            .args(["--mode", "write", s(&image)])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    );
+    let mut stdout = hold.stdout_lines();
+    let line = hold.stderr_lines().find("waiting");
+    assert_eq!(
+        line,
+        format!(
+            "fpl: {}: open read-write by qemu-io (pid {}, fd {fd}) without locks; waiting",
+            s(&image),
+            opener.pid()
+        )
+    );
+    assert!(hold.child.try_wait().expect("waitpid works").is_none());
+
+    // The hand-over ends: the opener goes, fpl takes the image and holds it.
+    opener.close_stdin();
+    assert_eq!(opener.wait().code(), Some(0));
+    let holding = stdout.find("fpl: holding");
+    assert!(holding.contains(s(&image)), "{holding}");
+    let kernel = proc_locks(&image);
+    assert_eq!(
+        kernel.perm,
+        PermSet::from_iter([Perm::ConsistentRead, Perm::Write, Perm::Resize])
+    );
+    let refused = qemu_writer(&image);
+    assert!(!refused.status.success(), "qemu-io opened a held image");
+    hold.signal(Signal::SIGTERM);
+    assert_eq!(hold.wait().code(), Some(0));
+    assert!(proc_locks(&image).is_empty());
+}
+
+#[test]
+fn status_lists_holders_and_openers_of_one_image_apart() {
+    let dir = TempDir::new("status-both");
+    let image = dir.raw("both.raw");
+    let opener = qemu_io_unlocked(&image, false);
+    let fd = open_fd(opener.pid(), &image).expect("open");
+    // A QEMU that locks, beside it: the locks do not see the opener.
+    let holder = qemu_io_holding(&image);
+
+    let out = expect_status(&fpl(&["status", s(&image)]), 0);
+    let lines: Vec<&str> = out.lines().collect();
+    let opener_line = format!(
+        "{}: open read-write by qemu-io (pid {}, fd {fd}) without locks",
+        s(&image),
+        opener.pid()
+    );
+    assert!(lines.contains(&opener_line.as_str()), "{out}");
+    let held_lines = lines
+        .iter()
+        .filter(|l| {
+            l.starts_with(&format!(
+                "{}: in use by qemu-io (pid {}, fd ",
+                s(&image),
+                holder.pid()
+            ))
+        })
+        .count();
+    assert!(held_lines >= 1, "{out}");
+    // The opener line, the note, the holder's lines: nothing else, and in
+    // particular no bytes "held by a process fpl cannot see".
+    assert_eq!(lines.len(), held_lines + 2, "{out}");
+    assert!(
+        lines.contains(&format!("{}: {OPENER_NOTE}", s(&image)).as_str()),
+        "{out}"
+    );
+
+    // With --no-unlocked-openers, read-shared (which the holder allows)
+    // is refused for the opener alone.
+    expect_status(&fpl(&["check", "--mode", "read-shared", s(&image)]), 0);
+    let out = expect_status(
+        &fpl(&[
+            "check",
+            "--no-unlocked-openers",
+            "--mode",
+            "read-shared",
+            s(&image),
+        ]),
+        1,
+    );
+    assert!(
+        out.contains(&format!(
+            "by qemu-io (pid {}, fd {fd}) without locks",
+            opener.pid()
+        )),
+        "{out}"
+    );
+}
+
+#[test]
+fn hold_wait_says_again_when_a_holder_leaves_an_opener_in_its_place() {
+    let dir = TempDir::new("hold-wait-handover");
+    let image = dir.raw("a.raw");
+    let mut opener = qemu_io_unlocked(&image, false);
+    let fd = open_fd(opener.pid(), &image).expect("open");
+    let mut holder = qemu_io_holding(&image);
+    let mut hold = Running::spawn(
+        Command::new(FPL)
+            .args(["hold", "--wait", "600", "--no-unlocked-openers"])
+            .args(["--mode", "write", s(&image), "--", "true"])
+            .stderr(Stdio::piped()),
+    );
+    let mut stderr = hold.stderr_lines();
+    let first = stderr.find("waiting");
+    assert!(
+        first.starts_with(&format!("fpl: {}: in use (", s(&image)))
+            && first.ends_with(&format!("held by qemu-io (pid {})); waiting", holder.pid())),
+        "{first}"
+    );
+    // The holder goes; the opener is still there: a second line says so.
+    holder.close_stdin();
+    assert_eq!(holder.wait().code(), Some(0));
+    let second = stderr.find("waiting");
+    assert_eq!(
+        second,
+        format!(
+            "fpl: {}: open read-write by qemu-io (pid {}, fd {fd}) without locks; waiting",
+            s(&image),
+            opener.pid()
+        )
+    );
+    assert!(hold.child.try_wait().expect("waitpid works").is_none());
+    opener.close_stdin();
+    assert_eq!(opener.wait().code(), Some(0));
+    assert_eq!(hold.wait().code(), Some(0));
+    assert!(stderr.seen.is_empty(), "{:?}", stderr.seen);
 }

@@ -17,6 +17,12 @@
 //	mode.Chain = true
 //	lock, err := fpl.Acquire("top.qcow2", mode) // a conflict names the member
 //
+// Processes that use an image without locks (QEMU with locking=off, an
+// incoming migration's destination) are invisible to QEMU's protocol:
+// QueryWith lists them (Inspect{Openers: true}, Holder.NoLocks), and a
+// Mode with NoUnlockedOpeners set refuses beside them with an *Error
+// wrapping syscall.EBUSY.
+//
 // The bindings speak libfpl's ABI 1 (libfpl.so.1).
 package fpl
 
@@ -90,6 +96,14 @@ type Mode struct {
 	// chain needs the image's path). A lock keeps what it was acquired
 	// with: Update ignores it.
 	Chain bool
+	// NoUnlockedOpeners also refuses, with an *Error wrapping
+	// syscall.EBUSY, while another process has the image (with Chain: any
+	// member) open and holds none of its bytes: QEMU with locking=off, an
+	// incoming migration's destination, which QEMU's protocol cannot see.
+	// The locks are taken first, then /proc is walked once, and everything
+	// is released if one is found. Its message names the file, the process
+	// and the descriptor. For Update it applies to that change.
+	NoUnlockedOpeners bool
 }
 
 // The presets, as the fpl command names them.
@@ -115,12 +129,17 @@ func (m Mode) flags() C.uint32_t {
 	if m.Chain {
 		f |= C.FPL_FLAG_CHAIN
 	}
+	if m.NoUnlockedOpeners {
+		f |= C.FPL_FLAG_NO_UNLOCKED_OPENERS
+	}
 	return f
 }
 
 // Error is a failed libfpl call. It wraps the errno: errors.Is(err,
 // syscall.EAGAIN) is a conflict with another holder, errors.Is(err,
-// fs.ErrNotExist) a missing image.
+// syscall.EBUSY) a process with the image open without locks (asked for
+// with Mode.NoUnlockedOpeners), errors.Is(err, fs.ErrNotExist) a missing
+// image.
 type Error struct {
 	Op    string // "acquire", "update", "release", "check", "verify", "query" or "chain"
 	Path  string // the image, "" for a lock taken on a descriptor
@@ -326,7 +345,8 @@ const (
 	HolderNodeLocks HolderFlag = C.FPL_HOLDER_NODE_LOCKS
 )
 
-// Holder is one process descriptor holding bytes of an image.
+// Holder is one process descriptor holding bytes of an image, or (listed
+// with Inspect.Openers, NoLocks) having it open without any.
 type Holder struct {
 	PID      int
 	FD       int  // the descriptor in that process, -1 if unknown
@@ -336,6 +356,11 @@ type Holder struct {
 	Access   Access // AccessRead, AccessWrite or both
 	Flags    HolderFlag
 }
+
+// NoLocks tells whether h is an opener: the process has the image open on
+// this descriptor and holds none of its bytes (QEMU with locking=off, an
+// incoming migration's destination); Perm and Unshared are 0.
+func (h Holder) NoLocks() bool { return h.Flags&HolderNoLocks != 0 }
 
 func holderOf(h *C.fpl_holder) Holder {
 	return Holder{
@@ -357,27 +382,70 @@ type Status struct {
 	Perm     Perm // permissions whose byte 100+i somebody holds
 	Unshared Perm // permissions whose byte 200+i somebody holds
 	Flags    StatusFlag
-	// Holders found, by pid then descriptor (none unless asked for). Bytes
-	// held with no holder found mean a holder this host cannot see, never
-	// a free image.
+	// Holders found, by pid then descriptor (none unless asked for), and
+	// with Inspect.Openers the openers too (Holder.NoLocks). Bytes held with
+	// no holder found mean a holder this host cannot see, never a free
+	// image.
 	Holders []Holder
 }
 
+// Openers are the holders that are openers (Holder.NoLocks), listed only
+// with Inspect.Openers. An image with openers is in use although InUse is
+// false.
+func (s Status) Openers() []Holder {
+	var out []Holder
+	for _, h := range s.Holders {
+		if h.NoLocks() {
+			out = append(out, h)
+		}
+	}
+	return out
+}
+
 // InUse tells whether anybody holds a byte of the protocol (or libvirt's).
+// Openers hold none: see Openers.
 func (s Status) InUse() bool {
 	return s.Perm != 0 || s.Unshared != 0 || s.Flags&(Legacy|Libvirt) != 0
 }
+
+// Inspect is what a query looks for in /proc besides the held bytes.
+type Inspect struct {
+	// Holders names the processes holding the bytes (FPL_QUERY_HOLDERS).
+	Holders bool
+	// Openers also lists, from the same walk, the processes that have the
+	// image open and hold none of its bytes (FPL_QUERY_OPENERS), flagged
+	// HolderNoLocks; the walk then runs for a free image too. This process
+	// is never listed.
+	Openers bool
+}
+
+func (what Inspect) flags() C.uint32_t {
+	var f C.uint32_t
+	if what.Holders {
+		f |= C.FPL_QUERY_HOLDERS
+	}
+	if what.Openers {
+		f |= C.FPL_QUERY_OPENERS
+	}
+	return f
+}
+
+func (what Inspect) any() bool { return what.Holders || what.Openers }
 
 // Query reports which bytes are held on path, by anybody (this process
 // included); with holders, also the processes holding them (a walk of
 // /proc: ask only when names are needed).
 func Query(path string, holders bool) (Status, error) {
+	return QueryWith(path, Inspect{Holders: holders})
+}
+
+// QueryWith is Query with openers, or other things to look for.
+func QueryWith(path string, what Inspect) (Status, error) {
 	cpath := C.CString(path)
 	defer C.free(unsafe.Pointer(cpath))
-	var flags C.uint32_t
+	flags := what.flags()
 	n := 0
-	if holders {
-		flags = C.FPL_QUERY_HOLDERS
+	if what.any() {
 		n = 8
 	}
 	for {
@@ -413,6 +481,12 @@ type QueryResult struct {
 // a host) costs about one Query. One result per path, in order; one image
 // that cannot be inspected does not hide the others.
 func QueryMany(paths []string, holders bool) []QueryResult {
+	return QueryManyWith(paths, Inspect{Holders: holders})
+}
+
+// QueryManyWith is QueryMany with openers, or other things to look for,
+// found in the same walk of /proc.
+func QueryManyWith(paths []string, what Inspect) []QueryResult {
 	n := len(paths)
 	out := make([]QueryResult, n)
 	if n == 0 {
@@ -423,10 +497,9 @@ func QueryMany(paths []string, holders bool) []QueryResult {
 		cpaths[i] = C.CString(p)
 		defer C.free(unsafe.Pointer(cpaths[i]))
 	}
-	var flags C.uint32_t
+	flags := what.flags()
 	capacity := 0
-	if holders {
-		flags = C.FPL_QUERY_HOLDERS
+	if what.any() {
 		capacity = 8 * n
 	}
 	statuses := make([]C.fpl_status, n)
@@ -461,7 +534,7 @@ func QueryMany(paths []string, holders bool) []QueryResult {
 		switch {
 		case results[i] == 0:
 			count := 0
-			if holders {
+			if what.any() {
 				count = int(statuses[i].n_holders)
 			}
 			out[i].Status = statusOf(&statuses[i], buf[start:start+count])

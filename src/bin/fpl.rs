@@ -2,11 +2,13 @@
 //! The first user of libfpl's Rust API.
 //!
 //! - `fpl status [--chain] [--json] [--no-holders] IMAGE...`: free, or who
-//!   holds each image and for what, in QEMU's words; with `--chain`, for
+//!   holds each image and for what, in QEMU's words, and who has it open
+//!   without locks (QEMU with `locking=off`); with `--chain`, for
 //!   every file of each image (its backing chain, its data file), and which
 //!   of the images named refer to each.
-//! - `fpl check (--mode MODE | --perm LIST --share LIST) [--chain] [--exact] IMAGE...`:
-//!   would taking the locks succeed? Exit 0 yes, 1 conflict, 2 error.
+//! - `fpl check (--mode MODE | --perm LIST --share LIST) [--chain] [--exact]
+//!   [--no-unlocked-openers] IMAGE...`: would taking the locks succeed?
+//!   Exit 0 yes, 1 conflict (or an opener without locks, when asked), 2 error.
 //! - `fpl hold ... [--chain] IMAGE... [-- COMMAND...]`: hold the locks on all
 //!   images (with `--chain`, on every file of each) while a command runs,
 //!   or until a signal.
@@ -59,7 +61,9 @@ use clap::{Parser, Subcommand};
 
 /// Exit status: everything as asked (granted, inspected, held).
 pub const EXIT_OK: u8 = 0;
-/// Exit status: an image is in use in a conflicting way.
+/// Exit status: an image is in use in a conflicting way (or, with
+/// `--no-unlocked-openers`, open without locks: `EBUSY` counts as a
+/// conflict, since waiting or asking the user is the answer to both).
 pub const EXIT_CONFLICT: u8 = 1;
 /// Exit status: something could not be done (and clap's usage errors).
 pub const EXIT_ERROR: u8 = 2;
@@ -83,6 +87,7 @@ pub const EXIT_HOLD_ERROR: u8 = 125;
   fpl status vm.qcow2 base.raw
   fpl status --chain pool/*
   fpl check --mode exclusive vm.qcow2
+  fpl check --no-unlocked-openers --mode write vm.raw
   fpl hold --chain --mode read vm.qcow2 -- qemu-img convert -O raw vm.qcow2 vm.raw
   fpl hold --mode exclusive vm.qcow2 -- cp vm.qcow2 /backup/
   fpl demo

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import time
 from pathlib import Path
-from typing import Callable, Iterator, List
+from typing import Callable, Iterator, List, Optional
 
 import pytest
 
@@ -81,3 +82,52 @@ def qemu_holding() -> Iterator[HoldImage]:
     for proc in started:
         proc.kill()
         proc.wait()
+
+
+@pytest.fixture
+def qemu_unlocked() -> Iterator[HoldImage]:
+    """Starts `qemu-io [-r] --image-opts driver=raw,...,file.locking=off
+    IMAGE` reading commands from a pipe: it has the image open (read-write
+    unless read_only) and takes none of its bytes, as QEMU with
+    locking=off does. Returns once /proc shows its descriptor of the image
+    (read there, not through libfpl); killed when the test ends."""
+    started: List["subprocess.Popen[bytes]"] = []
+
+    def open_image(path: Path, read_only: bool = False) -> "subprocess.Popen[bytes]":
+        opts = f"driver=raw,file.driver=file,file.filename={path},file.locking=off"
+        args = [qemu_tool("qemu-io")] + (["-r"] if read_only else []) + ["--image-opts", opts]
+        proc = subprocess.Popen(
+            args, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        started.append(proc)
+        deadline = time.monotonic() + 20
+        while open_fd(proc.pid, path) is None:
+            if proc.poll() is not None:
+                assert proc.stderr is not None
+                pytest.fail(f"qemu-io exited ({proc.returncode}): {proc.stderr.read()!r}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"qemu-io never opened {path}")
+            time.sleep(0.02)
+        return proc
+
+    yield open_image
+    for proc in started:
+        proc.kill()
+        proc.wait()
+
+
+def open_fd(pid: int, path: Path) -> Optional[int]:
+    """The descriptor of process PID that has PATH open, from /proc."""
+    want = os.stat(path)
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return None
+    for fd in fds:
+        try:
+            st = os.stat(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) == (want.st_dev, want.st_ino):
+            return int(fd)
+    return None

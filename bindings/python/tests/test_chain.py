@@ -9,6 +9,7 @@ import os
 import re
 import struct
 import subprocess
+import time
 from pathlib import Path
 from typing import List
 
@@ -250,6 +251,11 @@ def test_query_many_names_the_qemu_holder_with_its_access(
 ) -> None:
     base = chain_image.parent / "base.raw"
     qemu = qemu_holding(chain_image)  # qemu-io rw: top RWX, its raw base R
+    # qemu_holding returns once the top is locked; the base comes after it.
+    deadline = time.monotonic() + 20
+    while not fpl.query(base).in_use:
+        assert time.monotonic() < deadline, "qemu-io never locked the base"
+        time.sleep(0.02)
     missing = tmp_path / "missing.img"
     top_status, base_status, gone, gone_again = fpl.query_many(
         [chain_image, base, missing, os.fsencode(missing)], holders=True

@@ -336,7 +336,9 @@ def test_constants_and_structs_agree_with_the_header() -> None:
     assert int(defines["FPL_FLAG_EXACT"]) == _perm.FLAG_EXACT
     assert int(defines["FPL_FLAG_ALLOW_POSIX"]) == _perm.FLAG_ALLOW_POSIX
     assert int(defines["FPL_FLAG_CHAIN"]) == _perm.FLAG_CHAIN
+    assert int(defines["FPL_FLAG_NO_UNLOCKED_OPENERS"]) == _perm.FLAG_NO_UNLOCKED_OPENERS
     assert int(defines["FPL_QUERY_HOLDERS"]) == _perm.QUERY_HOLDERS
+    assert int(defines["FPL_QUERY_OPENERS"]) == _perm.QUERY_OPENERS
     assert int(defines["FPL_MESSAGE_SIZE"]) == _library.MESSAGE_SIZE
     assert int(defines["FPL_NAME_SIZE"]) == _library.NAME_SIZE
     assert int(defines["FPL_PATH_SIZE"]) == _library.PATH_SIZE

@@ -6,8 +6,8 @@
 //! the overlays that would need it.
 //!
 //! The files of all the images are inspected together: each file once
-//! (by inode), and `/proc` walked once for all of them
-//! (`fpl::query::query_many`). Remote members (`nbd:`, ...) are listed and
+//! (by inode), and `/proc` walked once for all of them, for holders and
+//! openers alike (`fpl::query::query_many_with`). Remote members (`nbd:`, ...) are listed and
 //! never opened: their server locks its own file.
 
 use std::path::{Path, PathBuf};
@@ -49,7 +49,7 @@ pub struct Tree {
 }
 
 /// Resolves every image's chain, inspects every local file once (one walk
-/// of `/proc` with `holders`), and finds each file's overlays among the
+/// of `/proc` for holders and openers with `holders`), and finds each file's overlays among the
 /// images named.
 pub fn inspect(paths: &[PathBuf], holders: bool) -> Vec<Tree> {
     // The members do not depend on the request; only their derived
@@ -73,10 +73,11 @@ pub fn inspect(paths: &[PathBuf], holders: bool) -> Vec<Tree> {
     }
     let names: Vec<&Path> = files.iter().map(|(_, p)| p.as_path()).collect();
     // One result per file, shared by every member that is that file.
-    let statuses: Vec<Rc<Result<Status, Error>>> = fpl::query::query_many(&names, holders)
-        .into_iter()
-        .map(Rc::new)
-        .collect();
+    let statuses: Vec<Rc<Result<Status, Error>>> =
+        fpl::query::query_many_with(&names, status::looked_up(holders))
+            .into_iter()
+            .map(Rc::new)
+            .collect();
     let status_of = |id: FileId| {
         files
             .iter()
@@ -154,10 +155,11 @@ pub fn run(paths: &[PathBuf], holders: bool, as_json: bool) -> u8 {
                 .collect(),
         );
     } else {
+        let mut notes = status::Notes::default();
         for tree in &trees {
             match &tree.members {
                 Ok(members) => {
-                    for line in describe_tree(members, holders) {
+                    for line in describe_tree(members, holders, &mut notes) {
                         out(&line);
                     }
                 }
@@ -204,8 +206,13 @@ pub fn format_name(format: Format) -> &'static str {
 /// member's data file and backing file are its children. Under it, indented
 /// once more, what `fpl status` says of it, and the other images named
 /// that refer to it (`backing file of b.qcow2 (depth 1)`), leaving out
-/// those in this tree, which the tree shows already.
-pub fn describe_tree(members: &[Inspected], holders: bool) -> Vec<String> {
+/// those in this tree, which the tree shows already. A note said once in
+/// `notes` (what an opener is) is not said again.
+pub fn describe_tree(
+    members: &[Inspected],
+    holders: bool,
+    notes: &mut status::Notes,
+) -> Vec<String> {
     let in_tree: Vec<FileId> = members.iter().filter_map(|m| m.member.file).collect();
     let mut lines = Vec::new();
     for m in members {
@@ -223,7 +230,7 @@ pub fn describe_tree(members: &[Inspected], holders: bool) -> Vec<String> {
         lines.push(head);
         let body = match m.status.as_deref() {
             None => vec!["not opened: its server locks its own file".to_owned()],
-            Some(Ok(status)) => status::describe(status, holders),
+            Some(Ok(status)) => status::describe(status, holders, notes),
             Some(Err(e)) => {
                 // On standard error like every error, and said in the tree.
                 report::print_error(&m.member.path, e);

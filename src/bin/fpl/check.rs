@@ -38,8 +38,16 @@ write); the first file refused is named:
 An image whose chain cannot be resolved (a missing backing file, a loop, a
 format fpl does not follow) is an error (exit status 2).
 
+QEMU's locks cannot show a process that uses the image without them (QEMU
+with locking=off, an incoming migration's destination): such an image is
+granted. --no-unlocked-openers refuses it too, as a conflict (exit status
+1), naming the process (found with one walk of /proc per image):
+  vm.raw: write would be refused: 'vm.raw' is open read-write by qemu-io
+  (pid 4410, fd 9) without locks: ...
+
 Exit status: 0 if the access would be granted on every image, 1 if some image
-is in use in a conflicting way, 2 if some image could not be tested (or the
+is in use in a conflicting way (or, with --no-unlocked-openers, open without
+locks), 2 if some image could not be tested (or the
 command line is wrong, or the output could not be written; a closed pipe, as
 with `| head`, is no error).
 
@@ -51,6 +59,10 @@ each on a line of its own:
                 \"message\": \"Failed to get \\\"write\\\" lock\",
                 \"holder\": {\"pid\": 4410, \"name\": \"qemu-io\"} or null}}
    (with --chain, \"conflict\" also has \"member\": the file refused)
+  {\"path\": \"d.img\", \"ok\": false, \"error\": MESSAGE, \"errno\": 16,
+   \"opener\": {\"pid\": 4410, \"fd\": 9, \"name\": \"qemu-io\",
+              \"access\": [\"read\", \"write\"]}}   (--no-unlocked-openers;
+   with --chain also \"member\")
   {\"path\": \"c.img\", \"ok\": false, \"error\": MESSAGE, \"errno\": 2, \"hint\": ...}";
 
 /// Runs `fpl check`; returns the exit status.
@@ -92,7 +104,7 @@ pub fn print_outcome(path: &Path, what: &str, outcome: &Result<(), Error>) {
     let shown = escape::path(path);
     match outcome {
         Ok(()) => out(&format!("{shown}: {what} would be granted")),
-        Err(e) if e.conflict().is_some() => {
+        Err(e) if report::refused(e) => {
             out(&format!(
                 "{shown}: {what} would be refused{}: {}",
                 report::on_member(path, e),
@@ -103,11 +115,12 @@ pub fn print_outcome(path: &Path, what: &str, outcome: &Result<(), Error>) {
     }
 }
 
-/// 2 if anything could not be tested, else 1 if anything conflicts, else 0.
+/// 2 if anything could not be tested, else 1 if anything conflicts (or,
+/// with `--no-unlocked-openers`, is open without locks), else 0.
 pub fn exit_status<'a>(outcomes: impl Iterator<Item = &'a Result<(), Error>>) -> u8 {
     outcomes.fold(EXIT_OK, |worst, o| match o {
         Ok(()) => worst,
-        Err(e) if e.conflict().is_some() => worst.max(EXIT_CONFLICT),
+        Err(e) if report::refused(e) => worst.max(EXIT_CONFLICT),
         Err(_) => EXIT_ERROR,
     })
 }

@@ -246,7 +246,7 @@ fn show_status(image: &Path) -> Result<Vec<fpl::Holder>, String> {
         let st = i
             .outcome
             .map_err(|e| format!("cannot inspect {}: {e}", image.display()))?;
-        status::describe_status(&i.path, &st, true)
+        status::describe_status(&i.path, &st, true, &mut status::Notes::default())
             .iter()
             .for_each(|line| out(line));
         holders.extend(st.holders);

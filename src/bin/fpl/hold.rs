@@ -5,7 +5,7 @@ use std::ffi::OsString;
 use std::io::ErrorKind;
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
@@ -19,7 +19,9 @@ use nix::unistd::Pid;
 use crate::job::{self, Job, Terminal};
 use crate::request::AccessArgs;
 use crate::signals::{die_of, signal_of, Signals, STOP};
-use crate::{escape, out, report, stdout_failed, EXIT_HOLD_CONFLICT, EXIT_HOLD_ERROR, EXIT_OK};
+use crate::{
+    escape, out, report, status, stdout_failed, EXIT_HOLD_CONFLICT, EXIT_HOLD_ERROR, EXIT_OK,
+};
 
 /// How often `--wait` tries again.
 const RETRY: Duration = Duration::from_millis(100);
@@ -31,7 +33,8 @@ pub struct HoldArgs {
     #[command(flatten)]
     pub access: AccessArgs,
 
-    /// If an image is in use in a conflicting way, try again every 100 ms
+    /// If an image is in use in a conflicting way (or, with
+    /// --no-unlocked-openers, open without locks), try again every 100 ms
     /// for up to SECONDS (fractions allowed) instead of failing at once.
     #[arg(long, value_name = "SECONDS", value_parser = parse_seconds)]
     pub wait: Option<Duration>,
@@ -59,6 +62,15 @@ conflict on any file releases everything and names that file:
   Is another process using the image [base.raw]?
 An image whose chain cannot be resolved is an error (exit status 125).
 
+QEMU's locks cannot show a process that uses the image without them (QEMU
+with locking=off, an incoming migration's destination before it takes
+over): hold takes such an image. With --no-unlocked-openers it refuses to,
+as for a conflict (exit status 75), naming the process; fpl's locks are
+taken first and /proc is walked after, so a QEMU starting meanwhile meets
+them. With --wait it waits for the opener to go (an image in a hand-over),
+then holds:
+  fpl: vm.raw: open read-write by qemu-io (pid 4410, fd 9) without locks; waiting
+
 With a command (after --), runs it with the locks held, passes SIGINT,
 SIGTERM and SIGHUP on to it, releases the locks when it exits and exits with
 its status. The command runs in a process group of its own, so that a signal
@@ -81,7 +93,8 @@ ignore SIGINT): the line names the signals that count.
 
 Exit status:
   0    the command exited 0; without a command, SIGTERM or SIGHUP ended the hold
-  75   an image is in use in a conflicting way (after --wait, if given)
+  75   an image is in use in a conflicting way, or open without locks with
+       --no-unlocked-openers (after --wait, if given)
   125  fpl failed (an image cannot be opened or locked, a wrong command line,
        the line of a hold without command cannot be written)
   126  the command cannot be run
@@ -150,11 +163,14 @@ impl Taken {
     }
 }
 
-/// Takes every lock, retrying conflicts until the `--wait` deadline.
+/// Takes every lock, retrying conflicts (and, with `--no-unlocked-openers`,
+/// openers without locks) until the `--wait` deadline.
 /// On failure the message is printed and the exit status returned.
 fn acquire_waiting(args: &HoldArgs) -> Result<Vec<(PathBuf, Taken)>, u8> {
     let deadline = args.wait.map(|w| Instant::now() + w);
-    let mut announced = false;
+    // What the last "waiting" line said, so that it is said again only
+    // when the reason changes (a holder gone, an opener left in its place).
+    let mut announced: Option<String> = None;
     loop {
         let Failure {
             path,
@@ -168,25 +184,14 @@ fn acquire_waiting(args: &HoldArgs) -> Result<Vec<(PathBuf, Taken)>, u8> {
         // walked for the holder, and only for a line that is printed (never
         // on the silent retries of --wait).
         let left = deadline.and_then(|d| d.checked_duration_since(Instant::now()));
-        match (e.conflict().is_some(), left) {
+        match (report::refused(&e), left) {
             // A conflict with this hold's own locks never ends by waiting.
             (true, Some(left)) if !left.is_zero() && held_by_self.is_none() => {
-                if !announced {
+                let reason = waiting_reason(&path, &e);
+                if announced.as_ref() != Some(&reason) {
                     e.look_up_holder();
-                    let held_by = e
-                        .conflict()
-                        .and_then(|c| c.holder.as_ref())
-                        .map_or_else(String::new, |h| {
-                            format!(", held by {} (pid {})", escape::escape(&h.name), h.pid)
-                        });
-                    let what = report::member(&path, &e)
-                        .map_or_else(|| "in use".to_owned(), |m| format!("{m} in use"));
-                    diag!(
-                        "fpl: {}: {what} ({}{held_by}); waiting",
-                        escape::path(&path),
-                        e.conflict().map(|c| c.qemu_message()).unwrap_or_default()
-                    );
-                    announced = true;
+                    diag!("fpl: {}; waiting", waiting_line(&path, &e));
+                    announced = Some(reason);
                 }
                 sleep(RETRY.min(left));
             }
@@ -210,6 +215,51 @@ fn acquire_waiting(args: &HoldArgs) -> Result<Vec<(PathBuf, Taken)>, u8> {
             }
         }
     }
+}
+
+/// What keeps `path` from being held, as a key that stays the same over
+/// retries while the reason does: the image, the file of its chain and
+/// QEMU's message for a conflict, the image, the file and the process for
+/// an opener. Costs no walk of /proc.
+fn waiting_reason(path: &Path, e: &Error) -> String {
+    match e {
+        Error::Opened { path: file, opener } => {
+            format!("opened {:?} {:?} {} {}", path, file, opener.pid, opener.fd)
+        }
+        _ => format!(
+            "conflict {:?} {:?} {}",
+            path,
+            report::member(path, e),
+            e.conflict().map(|c| c.qemu_message()).unwrap_or_default()
+        ),
+    }
+}
+
+/// `a.raw: in use (Failed to get "write" lock, held by qemu-io (pid 4410))`,
+/// `top.qcow2: base.raw in use (...)`, or `a.raw: open read-write by
+/// qemu-io (pid 4410, fd 9) without locks`, for the "waiting" line.
+fn waiting_line(path: &Path, e: &Error) -> String {
+    let shown = escape::path(path);
+    if let Error::Opened { path: file, opener } = e {
+        let member = if file.as_path() == path {
+            String::new()
+        } else {
+            format!("{} ", escape::path(file))
+        };
+        return format!("{shown}: {member}{}", status::opener_words(opener));
+    }
+    let held_by = e
+        .conflict()
+        .and_then(|c| c.holder.as_ref())
+        .map_or_else(String::new, |h| {
+            format!(", held by {} (pid {})", escape::escape(&h.name), h.pid)
+        });
+    let what =
+        report::member(path, e).map_or_else(|| "in use".to_owned(), |m| format!("{m} in use"));
+    format!(
+        "{shown}: {what} ({}{held_by})",
+        e.conflict().map(|c| c.qemu_message()).unwrap_or_default()
+    )
 }
 
 /// One attempt at every image, in command-line order; on failure nothing

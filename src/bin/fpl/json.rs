@@ -17,7 +17,11 @@
 //!               "access": ["read", "write"]}]}   // how it opened the image
 //! ```
 //!
-//! `holders` is left out with `--no-holders`. Bytes held while `holders` is
+//! An opener (a process with the image open that holds none of its bytes:
+//! QEMU with `locking=off`, an incoming migration's destination) is in
+//! `holders` too, with `"flags": ["no-locks"]` and empty `perm` and
+//! `unshared`. `holders` is left out with `--no-holders`, which looks for
+//! neither. Bytes held while `holders` is
 //! empty mean a holder fpl cannot see, never a free image.
 //!
 //! `status --chain`: `{"path": IMAGE, "members": [...]}`, one object per
@@ -34,6 +38,9 @@
 //! "conflict": {"byte": 201, "perm": "write", "message": QEMU's first line,
 //! "holder": {"pid": ..., "name": ...} or null}}`; with `--chain` the
 //! conflict also has `"member"`, the file of the image's chain refused.
+//! Refused beside an opener (`--no-unlocked-openers`, errno 16, EBUSY):
+//! `"opener": {"pid", "fd", "name", "access"}` instead of `"conflict"`,
+//! with `"member"` too under `--chain`.
 //!
 //! Any command, an image that could not be inspected: `{"path": ...,
 //! "error": MESSAGE, "errno": N}`, plus `"hint"` when there is advice, and
@@ -65,13 +72,17 @@ fn held_flags(held: &Held) -> Vec<&'static str> {
 }
 
 fn holder(h: &Holder) -> Value {
+    let mut flags = held_flags(&h.held);
+    if h.no_locks {
+        flags.push("no-locks");
+    }
     json!({
         "pid": h.pid,
         "fd": h.fd,
         "name": h.name,
         "perm": perm_list(h.held.perm),
         "unshared": perm_list(h.held.unshared),
-        "flags": held_flags(&h.held),
+        "flags": flags,
         "access": access_list(h.access),
     })
 }
@@ -190,6 +201,18 @@ pub fn check(path: &Path, outcome: &Result<(), Error>, chain: bool) -> Value {
             conflict["member"] = member.to_string_lossy().into();
         }
         object.insert("conflict".into(), conflict);
+    }
+    if let Error::Opened { path: file, opener } = e {
+        let mut found = json!({
+            "pid": opener.pid,
+            "fd": opener.fd,
+            "name": opener.name,
+            "access": access_list(opener.access),
+        });
+        if chain {
+            found["member"] = file.to_string_lossy().into();
+        }
+        object.insert("opener".into(), found);
     }
     Value::Object(object)
 }

@@ -7,9 +7,17 @@ use fpl::Error;
 
 use crate::escape;
 
+/// Whether `e` refuses the access because the image is in use: a conflict
+/// with a holder (`EAGAIN`), or an opener without locks (`EBUSY`, asked
+/// for with `--no-unlocked-openers`). Both are "in use" for the exit
+/// status (check: 1, hold: 75), and `hold --wait` waits for both to go.
+pub fn refused(e: &Error) -> bool {
+    e.conflict().is_some() || matches!(e, Error::Opened { .. })
+}
+
 /// What the user can do about `e`, when the errno says it.
 pub fn hint(e: &Error) -> Option<&'static str> {
-    if e.conflict().is_some() {
+    if refused(e) {
         return None;
     }
     match e.errno() {

@@ -39,6 +39,15 @@ pub struct AccessArgs {
     #[arg(long)]
     pub chain: bool,
 
+    /// Also refuse while another process has the image (with --chain: any
+    /// of its files) open without holding any of its locks: QEMU with
+    /// locking=off, or an incoming migration's destination before it
+    /// takes over. QEMU's protocol cannot see them: fpl looks in /proc
+    /// after taking (for check: testing) the locks. Refused like a
+    /// conflict (check: exit status 1, hold: 75).
+    #[arg(long)]
+    pub no_unlocked_openers: bool,
+
     /// On a kernel without open file description locks (before Linux 3.15),
     /// fall back to process-wide POSIX locks instead of failing.
     #[arg(long)]
@@ -66,6 +75,7 @@ impl AccessArgs {
     pub fn options(&self) -> Options {
         Options {
             allow_posix: self.allow_posix,
+            refuse_unlocked_openers: self.no_unlocked_openers,
             ..Options::default()
         }
     }

@@ -1,9 +1,12 @@
 //! `fpl status`: whether each image is free, or who holds it and for what,
-//! in words. `/proc` is walked once for all the images, not once each.
+//! and who has it open without locks, in words. `/proc` is walked once for
+//! all the images, not once each, and finds holders and openers together.
 
 use std::path::{Path, PathBuf};
 
 use clap::Args;
+use fpl::fdinfo::Access;
+use fpl::query::Inspect;
 use fpl::{Error, Held, Holder, Status};
 
 use crate::{chain_status, escape, json, out, report, EXIT_ERROR, EXIT_OK};
@@ -17,7 +20,8 @@ pub struct StatusArgs {
     pub json: bool,
 
     /// Only test the lock bytes; do not look through /proc for the processes
-    /// holding them.
+    /// holding them, nor for those that have the image open without locks
+    /// (`free` then only means that no byte is held).
     #[arg(long)]
     pub no_holders: bool,
 
@@ -37,7 +41,19 @@ Each image is `free`, or one line per holder says what it uses and what it
 does not share, in QEMU's words. Bytes held by nobody visible are reported as
 `held by a process fpl cannot see` (another host sharing the file
 system, another PID namespace, or a process fpl may not inspect): never as
-free. Control characters in process names and paths are shown escaped
+free.
+
+A process that has the image open and holds none of its bytes is an opener:
+  vm.raw: open read-write by qemu-system-x86 (pid 4410, fd 12) without locks
+That is how QEMU with locking=off (Proxmox VE's default) or an incoming
+migration's destination uses an image: such an image is in use, not free,
+though QEMU's protocol sees nothing (`fpl check` and `fpl hold` grant it
+unless given --no-unlocked-openers). Openers are found in the same walk of
+/proc as holders, among the processes fpl may inspect (run as root to see
+every one); --no-holders looks for neither, and its `free` only says that
+no byte is held.
+
+Control characters in process names and paths are shown escaped
 (`\\x1b`, `\\t`, `\\u{9b}`, and `\\\\` for a backslash); --json gives them exactly.
 
 Exit status: 0 if every image could be inspected, 2 otherwise (or if the
@@ -51,8 +67,10 @@ each on a line of its own:
    \"flags\": [],     (\"legacy\": 104/204 held, \"libvirt\": byte 0 held,
                      \"holders-partial\": some process could not be inspected)
    \"holders\": [{\"pid\": 4410, \"fd\": 12, \"name\": \"qemu-storage-da\",
-                \"perm\": [...], \"unshared\": [...], \"flags\": [...]}]}
-`holders` is left out with --no-holders. An image that could not be
+                \"perm\": [...], \"unshared\": [...], \"flags\": [...],
+                \"access\": [\"read\", \"write\"]}]}
+An opener is in `holders` too, with empty perm and unshared and
+\"flags\": [\"no-locks\"]. `holders` is left out with --no-holders. An image that could not be
 inspected: {\"path\": ..., \"error\": MESSAGE, \"errno\": N} (plus \"hint\").
 
 --chain: each image is the tree of the files QEMU opens for it: the image,
@@ -85,10 +103,11 @@ pub struct Inspected {
     pub outcome: Result<Status, Error>,
 }
 
-/// Tests each image's bytes, then (with `holders`) names the holders of all
-/// of them with one walk of `/proc` (`fpl::query_many`).
+/// Tests each image's bytes, then (with `holders`) names the holders and
+/// the openers of all of them with one walk of `/proc`
+/// (`fpl::query::query_many_with`).
 pub fn inspect(paths: &[PathBuf], holders: bool) -> Vec<Inspected> {
-    fpl::query::query_many(paths, holders)
+    fpl::query::query_many_with(paths, looked_up(holders))
         .into_iter()
         .zip(paths)
         .map(|(outcome, path)| Inspected {
@@ -96,6 +115,15 @@ pub fn inspect(paths: &[PathBuf], holders: bool) -> Vec<Inspected> {
             outcome,
         })
         .collect()
+}
+
+/// What `status` looks for in `/proc`: holders and openers, or nothing
+/// (`--no-holders`).
+pub fn looked_up(holders: bool) -> Inspect {
+    Inspect {
+        holders,
+        openers: holders,
+    }
 }
 
 /// Runs `fpl status`; returns the exit status.
@@ -116,10 +144,11 @@ pub fn run(args: &StatusArgs) -> u8 {
             .collect();
         json::print(objects);
     } else {
+        let mut notes = Notes::default();
         for i in &inspected {
             match &i.outcome {
                 Ok(status) => {
-                    for line in describe_status(&i.path, status, holders) {
+                    for line in describe_status(&i.path, status, holders, &mut notes) {
                         out(&line);
                     }
                 }
@@ -134,30 +163,65 @@ pub fn run(args: &StatusArgs) -> u8 {
     }
 }
 
+/// The notes already given in this run, so that each is given once.
+#[derive(Debug, Default)]
+pub struct Notes {
+    /// What an opener is has been said.
+    openers: bool,
+}
+
 /// The lines `fpl status` prints for one inspected image.
-pub fn describe_status(path: &Path, status: &Status, holders_looked_up: bool) -> Vec<String> {
+pub fn describe_status(
+    path: &Path,
+    status: &Status,
+    holders_looked_up: bool,
+    notes: &mut Notes,
+) -> Vec<String> {
     let path = escape::path(path);
-    describe(status, holders_looked_up)
+    describe(status, holders_looked_up, notes)
         .into_iter()
         .map(|line| format!("{path}: {line}"))
         .collect()
 }
 
 /// What `fpl status` says of one image, a line each, without the image's
-/// name: `free`, `in use by qemu-io (pid 4410, fd 12): uses ...`, or bytes
-/// held by a process fpl cannot see and a note on why.
-pub fn describe(status: &Status, holders_looked_up: bool) -> Vec<String> {
+/// name: `free`, `in use by qemu-io (pid 4410, fd 12): uses ...`, `open
+/// read-write by qemu-io (pid 4410, fd 12) without locks` (with a note the
+/// first time in `notes`), or bytes held by a process fpl cannot see and a
+/// note on why.
+pub fn describe(status: &Status, holders_looked_up: bool, notes: &mut Notes) -> Vec<String> {
+    if !holders_looked_up {
+        // Nothing was looked for in /proc: openers cannot be known.
+        if status.held.is_empty() {
+            return vec!["free (no byte held; openers not looked for)".to_owned()];
+        }
+        return vec![format!("in use: {}", describe_held(&status.held))];
+    }
     if status.held.is_empty() && status.holders.is_empty() {
         return vec!["free".to_owned()];
-    }
-    if !holders_looked_up {
-        return vec![format!("in use: {}", describe_held(&status.held))];
     }
     let mut lines: Vec<String> = status
         .holders
         .iter()
-        .map(|h| format!("in use by {}: {}", who(h), describe_held(&h.held)))
+        .map(|h| {
+            if h.no_locks {
+                opener_words(h)
+            } else {
+                format!("in use by {}: {}", who(h), describe_held(&h.held))
+            }
+        })
         .collect();
+    let holding = status.holders.iter().filter(|h| !h.no_locks).count();
+    if holding < status.holders.len() && !notes.openers {
+        notes.openers = true;
+        lines.push(
+            "note: a process that has the image open and holds no lock is how QEMU \
+             with locking=off (Proxmox VE's default) or an incoming migration's \
+             destination looks: the image is in use, not free, although QEMU's locks \
+             do not show it"
+                .to_owned(),
+        );
+    }
     // Bytes the test found that no holder in /proc accounts for.
     let seen = status
         .holders
@@ -165,7 +229,7 @@ pub fn describe(status: &Status, holders_looked_up: bool) -> Vec<String> {
         .fold(Held::default(), |all, h| all.union(h.held));
     let unseen = minus(status.held, seen);
     if !unseen.is_empty() {
-        let (prefix, held) = if lines.is_empty() {
+        let (prefix, held) = if holding == 0 {
             ("held", status.held)
         } else {
             ("also held", unseen)
@@ -186,6 +250,22 @@ pub fn describe(status: &Status, holders_looked_up: bool) -> Vec<String> {
         });
     }
     lines
+}
+
+/// `open read-write by qemu-io (pid 4410, fd 12) without locks`.
+pub fn opener_words(h: &Holder) -> String {
+    format!("open {}by {} without locks", open_mode(h.access), who(h))
+}
+
+/// `read-write `, `read-only `, `write-only `: how an opener's descriptor
+/// was opened; nothing when fdinfo did not say.
+fn open_mode(a: Access) -> &'static str {
+    match (a.read, a.write) {
+        (true, true) => "read-write ",
+        (true, false) => "read-only ",
+        (false, true) => "write-only ",
+        (false, false) => "",
+    }
 }
 
 /// `qemu-io (pid 4410, fd 12)`.

@@ -20,12 +20,20 @@ Whole images (a qcow2 overlay, its backing chain, its data file)::
     with fpl.acquire("top.qcow2", mode="write", chain=True) as lock:
         lock.verify()                    # every member's bytes still held?
 
+Processes that use an image without locks (QEMU with ``locking=off``, an
+incoming migration's destination) are invisible to QEMU's protocol; ask
+for them::
+
+    status = fpl.query("vm.raw", holders=True, openers=True)
+    print([h.pid for h in status.openers])
+    fpl.acquire("vm.raw", mode="write", no_unlocked_openers=True)  # fpl.Opened
+
 The library is loaded on first use: from the path in the ``FPL_LIBRARY``
 environment variable if set, else as ``libfpl.so.1`` by the system's loader.
 """
 
 from ._chain import Member, chain
-from ._errors import Conflict, Error
+from ._errors import Conflict, Error, Opened
 from ._lock import Lock, acquire, acquire_fd, check, version
 from ._perm import MODES, Access, Format, HolderFlag, Mode, Perm, Role, StatusFlag
 from ._query import Holder, Status, query, query_many
@@ -44,6 +52,7 @@ __all__ = [
     "Lock",
     "Member",
     "Mode",
+    "Opened",
     "Perm",
     "Role",
     "Status",

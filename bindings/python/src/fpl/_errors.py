@@ -46,6 +46,18 @@ class Conflict(Error, BlockingIOError):
         return str(self.strerror)
 
 
+class Opened(Error):
+    """Another process has the image open and holds none of its bytes
+    (``errno.EBUSY``): QEMU with ``locking=off``, or an incoming
+    migration's destination before it takes over. Raised only when asked
+    for with ``no_unlocked_openers=True``; nothing is left held.
+
+    ``str(opened)`` names the file (with ``chain=True``: the member), the
+    process and its descriptor: ``'vm.raw' is open read-write by qemu-io
+    (pid 4410, fd 9) without locks: ...``. :func:`fpl.query` with
+    ``openers=True`` lists such processes."""
+
+
 _by_base: Dict[Type[OSError], Type[Error]] = {}
 
 
@@ -61,9 +73,16 @@ def _error_class(code: int) -> Type[Error]:
     return cls
 
 
+def _class_of(code: int) -> Type[Error]:
+    if code == _errno.EAGAIN:
+        return Conflict
+    if code == _errno.EBUSY:
+        return Opened
+    return _error_class(code)
+
+
 def _rebuild(code: int, text: str, filename: Optional[str]) -> Error:
-    cls = Conflict if code == _errno.EAGAIN else _error_class(code)
-    return cls(code, text, filename)
+    return _class_of(code)(code, text, filename)
 
 
 def from_struct(
@@ -79,4 +98,4 @@ def from_struct(
         conflict.byte = err.byte
         conflict.holder_pid = err.holder_pid if err.holder_pid > 0 else None
         return conflict
-    return _error_class(code)(code, text, filename)
+    return _class_of(code)(code, text, filename)

@@ -68,18 +68,25 @@ class Lock:
         perm: Optional[PermLike] = None,
         shared: Optional[PermLike] = None,
         exact: bool = False,
+        no_unlocked_openers: bool = False,
     ) -> None:
         """Change the permissions (QEMU's prepare / commit / abort). On
-        failure (:class:`Conflict` when somebody holds what is asked for)
-        the lock is left exactly as it was; loosening never conflicts. A
-        chain lock changes every member, all or nothing."""
+        failure (:class:`Conflict` when somebody holds what is asked for,
+        :class:`Opened` with ``no_unlocked_openers=True`` beside a process
+        that has the image open without locks) the lock is left exactly as
+        it was; loosening never conflicts. A chain lock changes every
+        member, all or nothing."""
         p, s = _perm.request(mode, perm, shared)
         err = ErrorStruct()
         with self._mutex:
             if self._handle is None:
                 raise ValueError("update of a released lock")
             rc = lib().fpl_update(
-                self._handle, p, s, _perm.flags(exact, False, self._chain), ctypes.byref(err)
+                self._handle,
+                p,
+                s,
+                _perm.flags(exact, False, self._chain, no_unlocked_openers),
+                ctypes.byref(err),
             )
             if rc != 0:
                 raise _errors.from_struct(err, rc, self._filename())
@@ -154,6 +161,7 @@ def acquire(
     exact: bool = False,
     allow_posix: bool = False,
     chain: bool = False,
+    no_unlocked_openers: bool = False,
 ) -> Lock:
     """Open PATH read-only and take QEMU's locks for MODE (``"read-shared"``,
     ``"read"``, ``"write"``, ``"exclusive"``) or for explicit ``perm`` and
@@ -171,6 +179,13 @@ def acquire(
     with the request QEMU derives for it, all or nothing: a conflict on any
     member leaves none held and names that member's path.
 
+    ``no_unlocked_openers=True`` also refuses, with :class:`Opened`
+    (``errno.EBUSY``), while another process has the image (with
+    ``chain=True``: any member) open and holds none of its bytes: QEMU with
+    ``locking=off``, an incoming migration's destination. QEMU's protocol
+    cannot see those; the locks are taken first, then /proc is walked once,
+    and everything is released if one is found.
+
     Raises :class:`Conflict` when somebody holds the image in a way that
     conflicts (nothing is left held), another :class:`Error` otherwise
     (``FileNotFoundError``, ``IsADirectoryError``, ...)."""
@@ -182,7 +197,7 @@ def acquire(
         raw,
         p,
         s,
-        _perm.flags(exact, allow_posix, chain),
+        _perm.flags(exact, allow_posix, chain, no_unlocked_openers),
         ctypes.byref(handle),
         ctypes.byref(err),
     )
@@ -200,6 +215,7 @@ def acquire_fd(
     shared: Optional[PermLike] = None,
     exact: bool = False,
     allow_posix: bool = False,
+    no_unlocked_openers: bool = False,
 ) -> Lock:
     """As :func:`acquire`, on a descriptor (or a file object) the caller
     opened for reading. The locks belong to its open file description; the
@@ -209,7 +225,12 @@ def acquire_fd(
     handle = ctypes.c_void_p()
     err = ErrorStruct()
     rc = lib().fpl_acquire_fd(
-        number, p, s, _perm.flags(exact, allow_posix), ctypes.byref(handle), ctypes.byref(err)
+        number,
+        p,
+        s,
+        _perm.flags(exact, allow_posix, False, no_unlocked_openers),
+        ctypes.byref(handle),
+        ctypes.byref(err),
     )
     if rc != 0:
         raise _errors.from_struct(err, rc, None)
@@ -226,14 +247,21 @@ def check(
     exact: bool = False,
     allow_posix: bool = False,
     chain: bool = False,
+    no_unlocked_openers: bool = False,
 ) -> None:
     """Would :func:`acquire` with these arguments succeed right now? Takes no
-    lock. Returns None if it would; raises the :class:`Conflict` (or other
-    :class:`Error`) that acquire would raise."""
+    lock. Returns None if it would; raises the :class:`Conflict` (or
+    :class:`Opened`, or other :class:`Error`) that acquire would raise."""
     p, s = _perm.request(mode, perm, shared)
     raw = _encode(path)
     err = ErrorStruct()
-    rc = lib().fpl_check(raw, p, s, _perm.flags(exact, allow_posix, chain), ctypes.byref(err))
+    rc = lib().fpl_check(
+        raw,
+        p,
+        s,
+        _perm.flags(exact, allow_posix, chain, no_unlocked_openers),
+        ctypes.byref(err),
+    )
     if rc != 0:
         raise _errors.from_struct(err, rc, os.fsdecode(raw))
 

@@ -107,7 +107,9 @@ class Format(_OpenEnum):
 FLAG_EXACT = 0x01
 FLAG_ALLOW_POSIX = 0x02
 FLAG_CHAIN = 0x04
+FLAG_NO_UNLOCKED_OPENERS = 0x08
 QUERY_HOLDERS = 0x01
+QUERY_OPENERS = 0x02
 
 PermLike = Union[Perm, int]
 
@@ -131,9 +133,16 @@ def request(
     return int(perm), int(shared)
 
 
-def flags(exact: bool, allow_posix: bool, chain: bool = False) -> int:
+def flags(
+    exact: bool, allow_posix: bool, chain: bool = False, no_unlocked_openers: bool = False
+) -> int:
     return (
         (FLAG_EXACT if exact else 0)
         | (FLAG_ALLOW_POSIX if allow_posix else 0)
         | (FLAG_CHAIN if chain else 0)
+        | (FLAG_NO_UNLOCKED_OPENERS if no_unlocked_openers else 0)
     )
+
+
+def query_flags(holders: bool, openers: bool) -> int:
+    return (QUERY_HOLDERS if holders else 0) | (QUERY_OPENERS if openers else 0)

@@ -11,12 +11,13 @@ from typing import Iterable, List, Optional, Tuple, Union
 from . import _errors
 from ._library import ErrorStruct, HolderStruct, StatusStruct, lib
 from ._lock import StrOrBytesPath
-from ._perm import QUERY_HOLDERS, Access, HolderFlag, Perm, StatusFlag
+from ._perm import Access, HolderFlag, Perm, StatusFlag, query_flags
 
 
 @dataclass(frozen=True)
 class Holder:
-    """One process descriptor holding bytes of the image."""
+    """One process descriptor holding bytes of the image, or (with
+    ``openers=True``, :attr:`no_locks`) having it open without any."""
 
     pid: int
     #: the descriptor in that process, None if unknown
@@ -35,6 +36,13 @@ class Holder:
     #: device node of the same block device
     flags: HolderFlag = HolderFlag.NONE
 
+    @property
+    def no_locks(self) -> bool:
+        """An opener: the process has the image open on this descriptor and
+        holds none of its bytes (QEMU with ``locking=off``, an incoming
+        migration's destination); ``perm`` and ``unshared`` are empty."""
+        return bool(self.flags & HolderFlag.NO_LOCKS)
+
 
 @dataclass(frozen=True)
 class Status:
@@ -48,11 +56,21 @@ class Status:
     #: the holders found, by pid then descriptor (empty unless asked for).
     #: Bytes held with no holder found mean a holder this host cannot see
     #: (another host, PID namespace or user): never "free".
+    #: With ``openers=True``, the openers too (:attr:`Holder.no_locks`), in
+    #: the same (pid, descriptor) order.
     holders: Tuple[Holder, ...]
 
     @property
+    def openers(self) -> Tuple[Holder, ...]:
+        """The holders that are openers: processes with the image open and
+        none of its bytes (listed only with ``openers=True``). An image
+        with openers is in use although :attr:`in_use` is False."""
+        return tuple(h for h in self.holders if h.no_locks)
+
+    @property
     def in_use(self) -> bool:
-        """Somebody holds a byte of QEMU's protocol (or libvirt's)."""
+        """Somebody holds a byte of QEMU's protocol (or libvirt's). Openers
+        hold none: see :attr:`openers`."""
         return bool(
             self.perm or self.unshared or self.flags & (StatusFlag.LEGACY | StatusFlag.LIBVIRT)
         )
@@ -73,19 +91,24 @@ class Status:
         return bool(self.flags & StatusFlag.HOLDERS_PARTIAL)
 
 
-def query(path: StrOrBytesPath, holders: bool = False) -> Status:
+def query(path: StrOrBytesPath, holders: bool = False, openers: bool = False) -> Status:
     """Which bytes are held on PATH, by anybody (this process included).
     With ``holders=True`` also find the processes holding them (a walk of
-    /proc: ask only when you need names)."""
+    /proc: ask only when you need names). With ``openers=True`` also list,
+    from the same walk, the processes that have the image open and hold
+    none of its bytes (:attr:`Holder.no_locks`: QEMU with
+    ``locking=off``, an incoming migration's destination), which QEMU's
+    protocol cannot see; this process is never one."""
     raw = os.fsencode(path)
     status = StatusStruct()
     err = ErrorStruct()
-    cap = 8 if holders else 0
+    listed = holders or openers
+    cap = 8 if listed else 0
     while True:
         array = (HolderStruct * cap)()
         rc = lib().fpl_query(
             raw,
-            QUERY_HOLDERS if holders else 0,
+            query_flags(holders, openers),
             ctypes.byref(status),
             array if cap else None,
             cap,
@@ -97,7 +120,7 @@ def query(path: StrOrBytesPath, holders: bool = False) -> Status:
         if status.n_holders <= cap:
             break
         cap = status.n_holders + 8
-    return _status(status, array[: status.n_holders] if holders else [])
+    return _status(status, array[: status.n_holders] if listed else [])
 
 
 def _holder(h: HolderStruct) -> Holder:
@@ -122,11 +145,11 @@ def _status(status: StatusStruct, holders: Iterable[HolderStruct]) -> Status:
 
 
 def query_many(
-    paths: Iterable[StrOrBytesPath], holders: bool = False
+    paths: Iterable[StrOrBytesPath], holders: bool = False, openers: bool = False
 ) -> List[Union[Status, _errors.Error]]:
     """:func:`query` for many images at once: each image's bytes are
-    tested, then the holders of all of them are found with one walk of
-    /proc, so asking about N images (the members of a chain, every disk of
+    tested, then the holders (and with ``openers=True`` the openers) of all
+    of them are found with one walk of /proc, so asking about N images (the members of a chain, every disk of
     a host) costs about one :func:`query`.
 
     Returns one entry per path, in order: its :class:`Status`, or the
@@ -146,13 +169,14 @@ def query_many(
     results = (ctypes.c_int32 * n)()
     err = ErrorStruct()
     total = ctypes.c_size_t()
-    cap = 8 * n if holders else 0
+    listed = holders or openers
+    cap = 8 * n if listed else 0
     while True:
         array = (HolderStruct * cap)()
         rc = lib().fpl_query_many(
             c_paths,
             n,
-            QUERY_HOLDERS if holders else 0,
+            query_flags(holders, openers),
             statuses,
             results,
             array if cap else None,
@@ -174,7 +198,7 @@ def query_many(
     for i in range(n):
         name = os.fsdecode(raws[i])
         if results[i] == 0:
-            count = statuses[i].n_holders if holders else 0
+            count = statuses[i].n_holders if listed else 0
             out.append(_status(statuses[i], array[start : start + count]))
             start += count
         elif first:
