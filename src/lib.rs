@@ -34,6 +34,7 @@ pub mod error;
 pub mod fcntl;
 pub mod fdinfo;
 pub mod ffi;
+pub mod handover;
 pub mod holders;
 pub mod image;
 mod json;
