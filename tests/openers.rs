@@ -202,7 +202,11 @@ fn a_qemu_with_locking_off_is_listed_as_an_opener_and_refused_beside() {
         )
     };
     assert_eq!(rc, -libc::EBUSY, "{}", message(&e));
-    assert_eq!(e.holder_pid, qemu.pid(), "the opener is named in holder_pid");
+    assert_eq!(
+        e.holder_pid,
+        qemu.pid(),
+        "the opener is named in holder_pid"
+    );
     assert!(lock.is_null());
     assert!(message(&e).contains("without locks"), "{}", message(&e));
     assert_eq!(ours(&img), 0);
