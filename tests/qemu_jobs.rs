@@ -714,28 +714,41 @@ fn assert_phase(scene: &Scene, vm: &mut Vm, phase: &str, want: &[(&str, Want)]) 
             .find(|(f, _)| *f == name)
             .map(|(_, w)| *w)
             .unwrap_or_else(|| panic!("{phase}: {name} is not in the row"));
-        let holders: Vec<i64> = m["holders"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|h| h["pid"].as_i64().unwrap_or(-1))
-            .collect();
-        let mut holders = holders;
-        holders.sort_unstable();
-        // One entry per descriptor: a process may hold a file on several.
-        holders.dedup();
-        let (bytes, mut pids): (&[u32], Vec<i64>) = match w {
-            Held(b) => (b, vec![i64::from(vm.pid())]),
+        // Holders, and openers (open without locks: flag "no-locks"),
+        // apart; one entry per descriptor, so a pid may repeat.
+        let pids_where = |opener: bool| -> Vec<i64> {
+            let mut pids: Vec<i64> = m["holders"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|h| {
+                    let no_locks = h["flags"]
+                        .as_array()
+                        .is_some_and(|f| f.iter().any(|x| x == "no-locks"));
+                    no_locks == opener
+                })
+                .map(|h| h["pid"].as_i64().unwrap_or(-1))
+                .collect();
+            pids.sort_unstable();
+            pids.dedup();
+            pids
+        };
+        let (holders, openers) = (pids_where(false), pids_where(true));
+        let (bytes, mut pids, want_openers): (&[u32], Vec<i64>, Vec<i64>) = match w {
+            Held(b) => (b, vec![i64::from(vm.pid())], vec![]),
             Beside { all, .. } => (
                 all,
                 vec![i64::from(vm.pid()), i64::from(std::process::id())],
+                vec![],
             ),
-            Open | Closed => (&[], vec![]),
+            // A dropped node: the QEMU process has it open, holding nothing.
+            Open => (&[], vec![], vec![i64::from(vm.pid())]),
+            Closed => (&[], vec![], vec![]),
         };
         pids.sort_unstable();
         assert_eq!(
-            (json_bytes(m), holders),
-            (bytes.to_vec(), pids),
+            (json_bytes(m), holders, openers),
+            (bytes.to_vec(), pids, want_openers),
             "{phase}: fpl status --chain --json on {name}: {m}"
         );
     }
