@@ -724,6 +724,23 @@ fn assert_query_names(p: &Proc, holder: Holder, shape: Shape, members: &[Member]
         assert!(!status.holders_partial, "{what}: holders partial");
         if want.is_empty() {
             assert_eq!(status.holders, [], "{what}");
+            // Open with no lock (CHAINS.md §1): an opener.
+            let inspect = fpl::query::Inspect {
+                holders: true,
+                openers: true,
+            };
+            let status = fpl::query::query_with(&m.path, inspect)
+                .unwrap_or_else(|e| panic!("query {:?}: {e}", m.path));
+            let openers: Vec<(i32, &str, bool, bool)> = status
+                .holders
+                .iter()
+                .map(|h| (h.pid, h.name.as_str(), h.no_locks, h.access.write))
+                .collect();
+            assert_eq!(
+                openers,
+                [(p.pid(), holder.comm(), true, false)],
+                "{what}: opened read-only, no lock"
+            );
             continue;
         }
         assert_eq!(status.holders.len(), 1, "{what}: {:?}", status.holders);
