@@ -943,6 +943,15 @@ fn growth(b: &mut Bench, pool: &Pool) {
         ));
         by_pool.push((part.len() as f64, total.as_secs_f64() * 1e3));
     }
+    b.say("\n```");
+    bars(
+        b,
+        "backing files",
+        &by_depth,
+        "µs ChainLock acquire + release",
+    );
+    bars(b, "overlays", &by_pool, "ms resolve all + query_many");
+    b.say("```");
     let svg = plot(
         (
             &by_depth,
@@ -954,4 +963,16 @@ fn growth(b: &mut Bench, pool: &Pool) {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench/chain-growth.svg");
     fs::write(&path, svg).expect("write the plot");
     b.say(format!("\nPlot: `{}`\n", path.display()));
+}
+
+/// A text bar chart of `data` (x, y), bars proportional to y, for the
+/// report itself (the SVG beside it has linear axes, where small x crowd).
+fn bars(b: &mut Bench, xlabel: &str, data: &[(f64, f64)], unit: &str) {
+    const WIDTH: f64 = 50.0;
+    let max = data.iter().map(|p| p.1).fold(1e-12, f64::max);
+    b.say(format!("{xlabel:>14} | {unit}"));
+    for &(x, y) in data {
+        let n = (y / max * WIDTH).round() as usize;
+        b.say(format!("{x:>14} | {} {y:.0}", "#".repeat(n.max(1))));
+    }
 }
