@@ -756,16 +756,24 @@ fn who_uses(b: &mut Bench, pool: &Pool) {
     cli(b, pool);
 }
 
-/// `fpl status --chain` over the pool, if the CLI has it.
+/// `fpl status --chain` over the pool, if the CLI has it: this build's
+/// `fpl`, or the one `FPL_BENCH_CLI` names (another branch's build).
 fn cli(b: &mut Bench, pool: &Pool) {
-    let fpl = Path::new(env!("CARGO_BIN_EXE_fpl"));
-    let help = crate::run_out(Command::new(fpl).args(["status", "--help"]));
+    let other = std::env::var_os("FPL_BENCH_CLI").map(PathBuf::from);
+    let fpl = other
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_fpl")));
+    let which = match &other {
+        Some(p) => format!("`{}` (from FPL_BENCH_CLI)", p.display()),
+        None => "this build of the CLI".to_owned(),
+    };
+    let help = crate::run_out(Command::new(&fpl).args(["status", "--help"]));
     if !help.contains("--chain") {
-        b.say("`fpl status --chain`: not in this build of the CLI (`fpl status --help` has no `--chain`), so not timed.\n");
+        b.say(format!("`fpl status --chain`: not in {which} (`fpl status --help` has no `--chain`), so not timed.\n"));
         return;
     }
     let start = Instant::now();
-    let out = Command::new(fpl)
+    let out = Command::new(&fpl)
         .args(["status", "--chain", "--json"])
         .args(&pool.overlays)
         .output()
@@ -773,13 +781,13 @@ fn cli(b: &mut Bench, pool: &Pool) {
     let t = start.elapsed();
     if out.status.success() {
         b.say(format!(
-            "`fpl status --chain --json` over the {} overlays (spawned): {}.\n",
+            "`fpl status --chain --json` over the {} overlays (spawned), {which}: {}.\n",
             pool.overlays.len(),
             millis(t)
         ));
     } else {
         b.say(format!(
-            "`fpl status --chain --json` over the pool failed ({}): {}\n",
+            "`fpl status --chain --json` over the pool failed, {which} ({}): {}\n",
             out.status,
             first_line_of(&out.stderr)
         ));
