@@ -772,18 +772,25 @@ fn cli(b: &mut Bench, pool: &Pool) {
         b.say(format!("`fpl status --chain`: not in {which} (`fpl status --help` has no `--chain`), so not timed.\n"));
         return;
     }
+    // The output is counted, not kept: a pool view can be large.
     let start = Instant::now();
-    let out = Command::new(&fpl)
+    let mut child = Command::new(&fpl)
         .args(["status", "--chain", "--json"])
         .args(&pool.overlays)
-        .output()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .expect("fpl status --chain");
+    let mut stdout = child.stdout.take().expect("piped");
+    let bytes = std::io::copy(&mut stdout, &mut std::io::sink()).unwrap_or(0);
+    let out = child.wait_with_output().expect("fpl status --chain");
     let t = start.elapsed();
     if out.status.success() {
         b.say(format!(
-            "`fpl status --chain --json` over the {} overlays (spawned), {which}: {}.\n",
+            "`fpl status --chain --json` over the {} overlays (spawned), {which}: {} ({:.1} MB of JSON).\n",
             pool.overlays.len(),
-            millis(t)
+            millis(t),
+            bytes as f64 / 1e6
         ));
     } else {
         b.say(format!(
