@@ -86,9 +86,38 @@
 #define FPL_FLAG_CHAIN 4
 
 /**
+ * Flag for fpl_acquire, fpl_check and fpl_update (with FPL_FLAG_CHAIN:
+ * any member): also refuse, with `-EBUSY`, while another process has the
+ * image open and holds none of its bytes (QEMU with locking=off, an
+ * incoming migration's destination before it activates); ERR's message
+ * names it. The locks are taken (an update's: prepared) first, then one
+ * walk of /proc looks for openers, and everything is rolled back if one
+ * is found: a QEMU starting meanwhile meets the locks. Not seen: a
+ * process opening the image after the walk without locks (locks are
+ * advisory). Refused beside for that instant: a process that has just
+ * opened the image and is about to lock it, or one inspecting it
+ * (fpl_query's own open lasts microseconds). This process's descriptors
+ * never count. For a block device, a process using the device through
+ * another device node (FPL_HOLDER_OTHER_NODE) is refused beside too,
+ * whether or not it locks its own node. fpl_acquire_fd accepts it too.
+ */
+#define FPL_FLAG_NO_UNLOCKED_OPENERS 8
+
+/**
  * Flag for fpl_query: also find the processes holding the bytes.
  */
 #define FPL_QUERY_HOLDERS 1
+
+/**
+ * Flag for fpl_query and fpl_query_many: also list the processes that
+ * have the image open and hold none of its bytes, flagged
+ * FPL_HOLDER_NO_LOCKS (with `access`), found in the same walk of /proc as
+ * the holders (which then runs for a free image too). This process is
+ * never listed. Counted in n_holders like holders. For a block device,
+ * descriptors of other device nodes of the same device are listed too
+ * (FPL_HOLDER_OTHER_NODE).
+ */
+#define FPL_QUERY_OPENERS 2
 
 /**
  * fpl_status.flags: byte 104 or 204 is held (QEMU <= 6.2's graph-mod).
@@ -120,8 +149,8 @@
 #define FPL_ACCESS_WRITE 2
 
 /**
- * fpl_holder.flags: an opener, holding none of the image's bytes (listed
- * by a later version's FPL_QUERY_OPENERS; never set in 1.0).
+ * fpl_holder.flags: an opener, holding none of the image's bytes on any
+ * descriptor (listed with FPL_QUERY_OPENERS); its perm and unshared are 0.
  */
 #define FPL_HOLDER_NO_LOCKS 1
 
@@ -131,6 +160,24 @@
  * never set in 1.0.
  */
 #define FPL_HOLDER_INFERRED 2
+
+/**
+ * fpl_holder.flags, with FPL_HOLDER_NO_LOCKS: the descriptor is another
+ * device node of the image's block device (same st_rdev, another inode: a
+ * container's own /dev, a node made with mknod). Locks belong to a node's
+ * inode, so whatever it locks is invisible through the image's node, and
+ * it is listed as an opener even when it locks its own node. Its path, in
+ * its own mount namespace, is the link /proc/PID/fd/FD. Set only for a
+ * block device image.
+ */
+#define FPL_HOLDER_OTHER_NODE 4
+
+/**
+ * fpl_holder.flags, with FPL_HOLDER_OTHER_NODE: the descriptor holds
+ * protocol bytes on its own node (a QEMU with locking on, using that
+ * node); perm and unshared stay 0, as they count the image's bytes only.
+ */
+#define FPL_HOLDER_NODE_LOCKS 8
 
 /**
  * fpl_member.role: the image named by the caller.
@@ -222,8 +269,9 @@
 
 /**
  * An opaque handle: one set of held bytes on one image, with its own
- * close-on-exec descriptor. Created by fpl_acquire or fpl_acquire_fd, freed
- * by fpl_release. Not thread-safe: use a handle from one thread at a time
+ * close-on-exec descriptor (with FPL_FLAG_CHAIN: one per local member of
+ * the image). Created by fpl_acquire or fpl_acquire_fd, freed by
+ * fpl_release. Not thread-safe: use a handle from one thread at a time
  * (it may be released on another thread than it was acquired on).
  *
  * Fork: a child inherits the handle's descriptor, which shares the
@@ -407,9 +455,18 @@ extern "C" {
  * on the image: while it holds one, the descriptor is kept open, holding
  * nothing, and closed by a later libfpl call once the process holds none.
  *
+ * With FPL_FLAG_CHAIN, the whole image: its members are resolved from
+ * their headers (see fpl_chain) and each local member is locked, in the
+ * order QEMU opens them, with what fpl_chain lists for it; a conflict on
+ * any member releases the members already taken and is reported with that
+ * member's path (`Is another process using the image [base.raw]?`) and
+ * holder, with nothing held. The chain is resolved again once everything
+ * is held, and locked again if a header changed meanwhile (a rebase or
+ * commit that finished); after three tries, `-EAGAIN`.
+ *
  * Returns 0 and stores a new handle in *OUT; or `-EAGAIN` on a conflict
- * (details in ERR, nothing held), `-EINVAL` for NULL PATH or OUT or unknown
- * bits, `-EISDIR` for a directory, `-EINVAL` for anything but a regular
+ * (details in ERR, nothing held), a resolution error of fpl_chain with
+ * FPL_FLAG_CHAIN, `-EINVAL` for NULL PATH or OUT or unknown bits, `-EISDIR` for a directory, `-EINVAL` for anything but a regular
  * file or block device, `-ENOLCK` without OFD locks (see
  * FPL_FLAG_ALLOW_POSIX), or the error of open(2).
  *
@@ -452,7 +509,13 @@ int fpl_acquire_fd(int fd,
  * QEMU's prepare / commit / abort: lock the union of old and new bytes,
  * test the new set, then drop what is no longer needed or what was just
  * added. On a conflict the lock is left exactly as it was. A change that
- * only loosens is never tested and never fails on a conflict.
+ * only loosens is never tested and never fails on a conflict. FLAGS has
+ * FPL_FLAG_CHAIN exactly when the handle was acquired with it (else
+ * `-EINVAL`); a chain handle is changed all or nothing: every member is
+ * prepared, then all are committed, or all aborted on the first conflict
+ * (the members stay those of the acquire: `-ESTALE` if a header now
+ * names other files, which a chain locked without sharing write cannot
+ * see happen).
  *
  * Returns 0, `-EAGAIN` on a conflict, `-EINVAL` for a NULL LOCK or unknown
  * bits, `-EPERM` in another process than the one that acquired the lock (a
@@ -474,7 +537,9 @@ int fpl_update(struct fpl_lock *lock,
                struct fpl_error *err);
 
 /**
- * Unlocks every byte the handle locked, closes its descriptor and frees it.
+ * Unlocks every byte the handle locked (with FPL_FLAG_CHAIN: on every
+ * member, all of them even if one fails), closes its descriptor and frees
+ * it.
  * The bytes are always unlocked explicitly (one fcntl call for a handle of
  * fpl_acquire, one per run of bytes for fpl_acquire_fd, whose description
  * may hold other locks of the caller's that are never touched), so a child
@@ -495,7 +560,9 @@ int fpl_release(struct fpl_lock *lock);
 /**
  * Would fpl_acquire(PATH, PERM, SHARED, FLAGS) succeed right now? Takes no
  * lock (the answer can change at once; acquire to be sure). Locks of this
- * process's own handles count, as they would for fpl_acquire.
+ * process's own handles count, as they would for fpl_acquire. With
+ * FPL_FLAG_CHAIN, every local member is checked with its own request; the
+ * first refusal is the answer, naming that member.
  *
  * Returns 0 = yes, `-EAGAIN` = no (the conflict in ERR), or an error as fpl_acquire.
  *
@@ -515,9 +582,12 @@ int fpl_check(const char *path,
  * bits, 104/204 as
  * FPL_STATUS_LEGACY, byte 0 as FPL_STATUS_LIBVIRT. With FPL_QUERY_HOLDERS,
  * the processes holding them are found in /proc: up to CAP are written to
- * HOLDERS (by pid, then descriptor), and STATUS->n_holders counts all. A
- * process that cannot be inspected sets FPL_STATUS_HOLDERS_PARTIAL and
- * never fails the query.
+ * HOLDERS (by pid, then descriptor), and STATUS->n_holders counts all. With
+ * FPL_QUERY_OPENERS, the processes that have the image open without
+ * holding any of its bytes are listed there too (flag
+ * FPL_HOLDER_NO_LOCKS; for a block device also users of its other device
+ * nodes, FPL_HOLDER_OTHER_NODE), from the same walk. A process that cannot be
+ * inspected sets FPL_STATUS_HOLDERS_PARTIAL and never fails the query.
  *
  * Returns 0, `-EINVAL` for NULL PATH or STATUS, NULL HOLDERS with CAP > 0,
  * or unknown flags, or an error as fpl_acquire.

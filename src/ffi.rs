@@ -24,7 +24,7 @@ use crate::lock::{self, Lock, Options};
 use crate::panic;
 use crate::perm::PermSet;
 use crate::protocol::Request;
-use crate::query;
+use crate::query::{self, Inspect};
 
 /// Permission "consistent read": bytes 100 / 200 (QEMU's `BLK_PERM_CONSISTENT_READ`).
 pub const FPL_PERM_CONSISTENT_READ: u32 = 0x01;
@@ -69,8 +69,32 @@ pub const FPL_FLAG_NO_HOLDER_LOOKUP: u32 = 0x10;
 /// backing names resolve against the image's path.
 pub const FPL_FLAG_CHAIN: u32 = 0x04;
 
+/// Flag for fpl_acquire, fpl_check and fpl_update (with FPL_FLAG_CHAIN:
+/// any member): also refuse, with `-EBUSY`, while another process has the
+/// image open and holds none of its bytes (QEMU with locking=off, an
+/// incoming migration's destination before it activates); ERR's message
+/// names it. The locks are taken (an update's: prepared) first, then one
+/// walk of /proc looks for openers, and everything is rolled back if one
+/// is found: a QEMU starting meanwhile meets the locks. Not seen: a
+/// process opening the image after the walk without locks (locks are
+/// advisory). Refused beside for that instant: a process that has just
+/// opened the image and is about to lock it, or one inspecting it
+/// (fpl_query's own open lasts microseconds). This process's descriptors
+/// never count. For a block device, a process using the device through
+/// another device node (FPL_HOLDER_OTHER_NODE) is refused beside too,
+/// whether or not it locks its own node. fpl_acquire_fd accepts it too.
+pub const FPL_FLAG_NO_UNLOCKED_OPENERS: u32 = 0x08;
+
 /// Flag for fpl_query: also find the processes holding the bytes.
 pub const FPL_QUERY_HOLDERS: u32 = 0x01;
+/// Flag for fpl_query and fpl_query_many: also list the processes that
+/// have the image open and hold none of its bytes, flagged
+/// FPL_HOLDER_NO_LOCKS (with `access`), found in the same walk of /proc as
+/// the holders (which then runs for a free image too). This process is
+/// never listed. Counted in n_holders like holders. For a block device,
+/// descriptors of other device nodes of the same device are listed too
+/// (FPL_HOLDER_OTHER_NODE).
+pub const FPL_QUERY_OPENERS: u32 = 0x02;
 
 /// fpl_status.flags: byte 104 or 204 is held (QEMU <= 6.2's graph-mod).
 pub const FPL_STATUS_LEGACY: u32 = 0x01;
@@ -87,13 +111,25 @@ pub const FPL_STATUS_HOLDERS_PARTIAL: u32 = 0x04;
 pub const FPL_ACCESS_READ: u32 = 0x01;
 /// fpl_holder.access: the descriptor was opened for writing.
 pub const FPL_ACCESS_WRITE: u32 = 0x02;
-/// fpl_holder.flags: an opener, holding none of the image's bytes (listed
-/// by a later version's FPL_QUERY_OPENERS; never set in 1.0).
+/// fpl_holder.flags: an opener, holding none of the image's bytes on any
+/// descriptor (listed with FPL_QUERY_OPENERS); its perm and unshared are 0.
 pub const FPL_HOLDER_NO_LOCKS: u32 = 0x01;
 /// fpl_holder.flags: named because it has the image open while its bytes
 /// are held, on a file system that keeps its locks out of /proc (FUSE);
 /// never set in 1.0.
 pub const FPL_HOLDER_INFERRED: u32 = 0x02;
+/// fpl_holder.flags, with FPL_HOLDER_NO_LOCKS: the descriptor is another
+/// device node of the image's block device (same st_rdev, another inode: a
+/// container's own /dev, a node made with mknod). Locks belong to a node's
+/// inode, so whatever it locks is invisible through the image's node, and
+/// it is listed as an opener even when it locks its own node. Its path, in
+/// its own mount namespace, is the link /proc/PID/fd/FD. Set only for a
+/// block device image.
+pub const FPL_HOLDER_OTHER_NODE: u32 = 0x04;
+/// fpl_holder.flags, with FPL_HOLDER_OTHER_NODE: the descriptor holds
+/// protocol bytes on its own node (a QEMU with locking on, using that
+/// node); perm and unshared stay 0, as they count the image's bytes only.
+pub const FPL_HOLDER_NODE_LOCKS: u32 = 0x08;
 
 /// fpl_member.role: the image named by the caller.
 pub const FPL_ROLE_IMAGE: u32 = 0;
@@ -137,8 +173,9 @@ pub const FPL_NAME_SIZE: usize = 64;
 pub const FPL_PATH_SIZE: usize = 4096;
 
 /// An opaque handle: one set of held bytes on one image, with its own
-/// close-on-exec descriptor. Created by fpl_acquire or fpl_acquire_fd, freed
-/// by fpl_release. Not thread-safe: use a handle from one thread at a time
+/// close-on-exec descriptor (with FPL_FLAG_CHAIN: one per local member of
+/// the image). Created by fpl_acquire or fpl_acquire_fd, freed by
+/// fpl_release. Not thread-safe: use a handle from one thread at a time
 /// (it may be released on another thread than it was acquired on).
 ///
 /// Fork: a child inherits the handle's descriptor, which shares the
@@ -346,11 +383,15 @@ struct Args {
 }
 
 fn request(perm: u32, shared: u32, flags: u32) -> Result<Args, Error> {
-    let known = FPL_FLAG_EXACT | FPL_FLAG_ALLOW_POSIX | FPL_FLAG_CHAIN | FPL_FLAG_NO_HOLDER_LOOKUP;
+    let known = FPL_FLAG_EXACT
+        | FPL_FLAG_ALLOW_POSIX
+        | FPL_FLAG_CHAIN
+        | FPL_FLAG_NO_UNLOCKED_OPENERS
+        | FPL_FLAG_NO_HOLDER_LOOKUP;
     if flags & !known != 0 {
         return Err(Error::invalid(format!(
             "invalid flags 0x{flags:x}: only FPL_FLAG_EXACT, FPL_FLAG_ALLOW_POSIX, \
-             FPL_FLAG_CHAIN and FPL_FLAG_NO_HOLDER_LOOKUP exist"
+             FPL_FLAG_CHAIN, FPL_FLAG_NO_UNLOCKED_OPENERS and FPL_FLAG_NO_HOLDER_LOOKUP exist"
         )));
     }
     let perm = PermSet::try_from(perm)?;
@@ -367,6 +408,7 @@ fn request(perm: u32, shared: u32, flags: u32) -> Result<Args, Error> {
     let options = Options {
         allow_posix: flags & FPL_FLAG_ALLOW_POSIX != 0,
         skip_holder_lookup: flags & FPL_FLAG_NO_HOLDER_LOOKUP != 0,
+        refuse_unlocked_openers: flags & FPL_FLAG_NO_UNLOCKED_OPENERS != 0,
     };
     Ok(Args {
         request: req,
@@ -375,17 +417,20 @@ fn request(perm: u32, shared: u32, flags: u32) -> Result<Args, Error> {
     })
 }
 
-/// Validates a query's flags and holder buffer; whether holders are wanted.
-fn query_args(flags: u32, holders_null: bool, cap: usize) -> Result<bool, Error> {
+/// Validates a query's flags and holder buffer; what to look for.
+fn query_args(flags: u32, holders_null: bool, cap: usize) -> Result<Inspect, Error> {
     if holders_null && cap > 0 {
         return Err(Error::invalid("holders is NULL but cap is not 0"));
     }
-    if flags & !FPL_QUERY_HOLDERS != 0 {
+    if flags & !(FPL_QUERY_HOLDERS | FPL_QUERY_OPENERS) != 0 {
         return Err(Error::invalid(format!(
-            "invalid query flags 0x{flags:x}: only FPL_QUERY_HOLDERS exists"
+            "invalid query flags 0x{flags:x}: only FPL_QUERY_HOLDERS and FPL_QUERY_OPENERS exist"
         )));
     }
-    Ok(flags & FPL_QUERY_HOLDERS != 0)
+    Ok(Inspect {
+        holders: flags & FPL_QUERY_HOLDERS != 0,
+        openers: flags & FPL_QUERY_OPENERS != 0,
+    })
 }
 
 fn status_out(found: &query::Status) -> fpl_status {
@@ -416,11 +461,25 @@ fn holder_out(h: &crate::holders::Holder) -> fpl_holder {
         unshared: h.held.unshared.bits(),
         name: [0; FPL_NAME_SIZE],
         access: h.access.bits(),
-        flags: 0,
+        flags: holder_flags(h),
         reserved: [0; 6],
     };
     copy_text(&mut out.name, h.name.as_bytes());
     out
+}
+
+fn holder_flags(h: &crate::holders::Holder) -> u32 {
+    let mut flags = 0;
+    if h.no_locks {
+        flags |= FPL_HOLDER_NO_LOCKS;
+    }
+    if let Some(node) = &h.node {
+        flags |= FPL_HOLDER_OTHER_NODE;
+        if !node.held.is_empty() {
+            flags |= FPL_HOLDER_NODE_LOCKS;
+        }
+    }
+    flags
 }
 
 /// What an `fpl_lock` points at: one file's locks, or a whole image's.
@@ -474,9 +533,18 @@ unsafe fn handle_ref<'a>(lock: *const fpl_lock) -> Result<&'a Handle, Error> {
 /// on the image: while it holds one, the descriptor is kept open, holding
 /// nothing, and closed by a later libfpl call once the process holds none.
 ///
+/// With FPL_FLAG_CHAIN, the whole image: its members are resolved from
+/// their headers (see fpl_chain) and each local member is locked, in the
+/// order QEMU opens them, with what fpl_chain lists for it; a conflict on
+/// any member releases the members already taken and is reported with that
+/// member's path (`Is another process using the image [base.raw]?`) and
+/// holder, with nothing held. The chain is resolved again once everything
+/// is held, and locked again if a header changed meanwhile (a rebase or
+/// commit that finished); after three tries, `-EAGAIN`.
+///
 /// Returns 0 and stores a new handle in *OUT; or `-EAGAIN` on a conflict
-/// (details in ERR, nothing held), `-EINVAL` for NULL PATH or OUT or unknown
-/// bits, `-EISDIR` for a directory, `-EINVAL` for anything but a regular
+/// (details in ERR, nothing held), a resolution error of fpl_chain with
+/// FPL_FLAG_CHAIN, `-EINVAL` for NULL PATH or OUT or unknown bits, `-EISDIR` for a directory, `-EINVAL` for anything but a regular
 /// file or block device, `-ENOLCK` without OFD locks (see
 /// FPL_FLAG_ALLOW_POSIX), or the error of open(2).
 ///
@@ -564,7 +632,13 @@ pub unsafe extern "C" fn fpl_acquire_fd(
 /// QEMU's prepare / commit / abort: lock the union of old and new bytes,
 /// test the new set, then drop what is no longer needed or what was just
 /// added. On a conflict the lock is left exactly as it was. A change that
-/// only loosens is never tested and never fails on a conflict.
+/// only loosens is never tested and never fails on a conflict. FLAGS has
+/// FPL_FLAG_CHAIN exactly when the handle was acquired with it (else
+/// `-EINVAL`); a chain handle is changed all or nothing: every member is
+/// prepared, then all are committed, or all aborted on the first conflict
+/// (the members stay those of the acquire: `-ESTALE` if a header now
+/// names other files, which a chain locked without sharing write cannot
+/// see happen).
 ///
 /// Returns 0, `-EAGAIN` on a conflict, `-EINVAL` for a NULL LOCK or unknown
 /// bits, `-EPERM` in another process than the one that acquired the lock (a
@@ -603,7 +677,9 @@ pub unsafe extern "C" fn fpl_update(
     })
 }
 
-/// Unlocks every byte the handle locked, closes its descriptor and frees it.
+/// Unlocks every byte the handle locked (with FPL_FLAG_CHAIN: on every
+/// member, all of them even if one fails), closes its descriptor and frees
+/// it.
 /// The bytes are always unlocked explicitly (one fcntl call for a handle of
 /// fpl_acquire, one per run of bytes for fpl_acquire_fd, whose description
 /// may hold other locks of the caller's that are never touched), so a child
@@ -630,7 +706,9 @@ pub unsafe extern "C" fn fpl_release(lock: *mut fpl_lock) -> c_int {
 
 /// Would fpl_acquire(PATH, PERM, SHARED, FLAGS) succeed right now? Takes no
 /// lock (the answer can change at once; acquire to be sure). Locks of this
-/// process's own handles count, as they would for fpl_acquire.
+/// process's own handles count, as they would for fpl_acquire. With
+/// FPL_FLAG_CHAIN, every local member is checked with its own request; the
+/// first refusal is the answer, naming that member.
 ///
 /// Returns 0 = yes, `-EAGAIN` = no (the conflict in ERR), or an error as fpl_acquire.
 ///
@@ -662,9 +740,12 @@ pub unsafe extern "C" fn fpl_check(
 /// bits, 104/204 as
 /// FPL_STATUS_LEGACY, byte 0 as FPL_STATUS_LIBVIRT. With FPL_QUERY_HOLDERS,
 /// the processes holding them are found in /proc: up to CAP are written to
-/// HOLDERS (by pid, then descriptor), and STATUS->n_holders counts all. A
-/// process that cannot be inspected sets FPL_STATUS_HOLDERS_PARTIAL and
-/// never fails the query.
+/// HOLDERS (by pid, then descriptor), and STATUS->n_holders counts all. With
+/// FPL_QUERY_OPENERS, the processes that have the image open without
+/// holding any of its bytes are listed there too (flag
+/// FPL_HOLDER_NO_LOCKS; for a block device also users of its other device
+/// nodes, FPL_HOLDER_OTHER_NODE), from the same walk. A process that cannot be
+/// inspected sets FPL_STATUS_HOLDERS_PARTIAL and never fails the query.
 ///
 /// Returns 0, `-EINVAL` for NULL PATH or STATUS, NULL HOLDERS with CAP > 0,
 /// or unknown flags, or an error as fpl_acquire.
@@ -687,8 +768,8 @@ pub unsafe extern "C" fn fpl_query(
         if status.is_null() {
             return Err(Error::invalid("status is NULL"));
         }
-        let with_holders = query_args(flags, holders.is_null(), cap)?;
-        let found = query::query(path, with_holders)?;
+        let inspect = query_args(flags, holders.is_null(), cap)?;
+        let found = query::query_with(path, inspect)?;
         for (i, h) in found.holders.iter().take(cap).enumerate() {
             // SAFETY: i < cap, and HOLDERS has CAP writable elements (contract).
             unsafe { holders.add(i).write(holder_out(h)) };
@@ -741,7 +822,7 @@ pub unsafe extern "C" fn fpl_query_many(
                 "paths, statuses and results must not be NULL",
             ));
         }
-        let with_holders = query_args(flags, holders.is_null(), cap)?;
+        let inspect = query_args(flags, holders.is_null(), cap)?;
         let mut list: Vec<&Path> = Vec::with_capacity(n);
         for i in 0..n {
             // SAFETY: PATHS has N elements (contract).
@@ -757,7 +838,7 @@ pub unsafe extern "C" fn fpl_query_many(
                 Err(_) => list.push(Path::new("")),
             }
         }
-        let found = query::query_many(&list, with_holders);
+        let found = query::query_many_with(&list, inspect);
         let mut first_error: Option<Error> = None;
         let mut written = 0usize;
         let mut total = 0usize;

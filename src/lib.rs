@@ -38,6 +38,7 @@ pub mod holders;
 pub mod image;
 mod json;
 pub mod lock;
+mod openers;
 mod panic;
 pub mod perm;
 pub mod protocol;
@@ -46,7 +47,7 @@ pub mod query;
 
 pub use chain_lock::ChainLock;
 pub use error::{Conflict, ConflictKind, Error, HolderId, Result};
-pub use holders::{FileId, Holder};
+pub use holders::{FileId, Holder, Node};
 pub use lock::{check, Lock, Options};
 pub use perm::{Mode, Perm, PermSet};
 pub use protocol::{ByteSet, Held, Request};

@@ -67,7 +67,7 @@ fn python_package_installs_with_pip_and_passes_pytest_against_qemu() {
         .args(["install", "--quiet", "--force-reinstall", "--no-deps"])
         .arg(&pkg));
     let tmp = TempDir::new("python");
-    let lib = libfpl_dir().join("libfpl.so.0");
+    let lib = libfpl_dir().join("libfpl.so.1");
     let out = run(Command::new(&python)
         .args([
             "-c",
@@ -136,6 +136,19 @@ fn go(prefix: &Path, args: &[&str]) -> Command {
         .env("GOTOOLCHAIN", "local")
         .env("GO111MODULE", "on")
         .env("CGO_ENABLED", "1")
+        // go's build cache keys a cgo package on the CGO_* variables, not on
+        // pkg-config's output nor on headers outside the package: without
+        // the prefix named here, a second run (a new temporary prefix)
+        // reuses the package built against the last one, its fpl.h and its
+        // deleted -L folder.
+        .env(
+            "CGO_CFLAGS",
+            format!("-O2 -g -I{}", prefix.join("include").display()),
+        )
+        .env(
+            "CGO_LDFLAGS",
+            format!("-O2 -g -L{}", prefix.join("lib").display()),
+        )
         .env("PKG_CONFIG_LIBDIR", prefix.join("lib/pkgconfig"))
         .env_remove("PKG_CONFIG_PATH")
         .env_remove("PKG_CONFIG_SYSROOT_DIR")

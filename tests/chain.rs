@@ -122,8 +122,85 @@ fn ours(members: &[Member]) -> Vec<(String, String, Option<String>)> {
         .collect()
 }
 
+/// The chain of `top`, by the Rust API; the C ABI's fpl_chain must list
+/// exactly the same members, so every comparison with qemu-img below
+/// holds for both.
 fn resolve(top: &str) -> Vec<Member> {
-    chain::resolve(Path::new(top), req(Mode::Write)).unwrap_or_else(|e| panic!("{top}: {e}"))
+    let members =
+        chain::resolve(Path::new(top), req(Mode::Write)).unwrap_or_else(|e| panic!("{top}: {e}"));
+    assert_eq!(
+        c_chain(top),
+        rust_rows(&members),
+        "fpl_chain vs resolve for {top}"
+    );
+    members
+}
+
+type Row = (u32, u32, u32, u32, u32, Vec<u8>);
+
+fn rust_rows(members: &[Member]) -> Vec<Row> {
+    use fpl::ffi::*;
+    members
+        .iter()
+        .map(|m| {
+            (
+                match m.role {
+                    Role::Image => FPL_ROLE_IMAGE,
+                    Role::Backing => FPL_ROLE_BACKING,
+                    Role::DataFile => FPL_ROLE_DATA_FILE,
+                },
+                match m.format {
+                    Format::Raw => FPL_FORMAT_RAW,
+                    Format::Qcow2 => FPL_FORMAT_QCOW2,
+                    Format::Remote => FPL_FORMAT_REMOTE,
+                },
+                m.depth,
+                m.request.perm.bits(),
+                m.request.shared.bits(),
+                m.path.as_os_str().as_bytes().to_vec(),
+            )
+        })
+        .collect()
+}
+
+/// fpl_chain (write preset), asked for the count first, then all members.
+fn c_chain(top: &str) -> Vec<Row> {
+    use fpl::ffi::*;
+    let path = std::ffi::CString::new(top).expect("no NUL");
+    let mut err = fpl_error::default();
+    let mut n = 0usize;
+    let call = |members: *mut fpl_member, cap: usize, n: &mut usize, err: &mut fpl_error| unsafe {
+        fpl_chain(
+            path.as_ptr(),
+            FPL_MODE_WRITE_PERM,
+            FPL_MODE_WRITE_SHARE,
+            0,
+            members,
+            cap,
+            n,
+            err,
+        )
+    };
+    assert_eq!(call(std::ptr::null_mut(), 0, &mut n, &mut err), 0);
+    let mut members: Vec<fpl_member> = (0..n).map(|_| fpl_member::default()).collect();
+    let mut again = 0usize;
+    assert_eq!(call(members.as_mut_ptr(), n, &mut again, &mut err), 0);
+    assert_eq!(again, n);
+    members
+        .iter()
+        .map(|m| {
+            // SAFETY: libfpl NUL-terminates the path.
+            let p = unsafe { std::ffi::CStr::from_ptr(m.path.as_ptr()) };
+            (
+                m.role,
+                m.format,
+                m.depth,
+                m.perm,
+                m.shared,
+                p.to_bytes().to_vec(),
+            )
+        })
+        .collect()
 }
 
 #[test]
@@ -808,9 +885,43 @@ fn hostile_images_give_their_documented_errors() {
                     "{name} (round {round}): {got_msg:?} lacks {msg:?}"
                 );
             }
+            // The chain lock refuses the same way, through both APIs.
+            let e = fpl::ChainLock::acquire(&p(name), req(Mode::Write), Default::default())
+                .err()
+                .unwrap_or_else(|| panic!("{name}: locked, expected errno {errno}"));
+            assert_eq!(e.errno(), *errno, "{name}: {e}");
+            let c = std::ffi::CString::new(p(name).as_os_str().as_bytes()).expect("no NUL");
+            let mut lock: *mut fpl::ffi::fpl_lock = std::ptr::null_mut();
+            let mut err = fpl::ffi::fpl_error::default();
+            // SAFETY: valid pointers.
+            let rc = unsafe {
+                fpl::ffi::fpl_acquire(
+                    c.as_ptr(),
+                    fpl::ffi::FPL_MODE_READ_PERM,
+                    fpl::ffi::FPL_MODE_READ_SHARE,
+                    fpl::ffi::FPL_FLAG_CHAIN,
+                    &mut lock,
+                    &mut err,
+                )
+            };
+            assert_eq!(rc, -errno, "{name}");
+            assert!(lock.is_null());
         }
     }
     assert_eq!(fd_count(), before, "descriptors left open");
+    // And no lock of this process is left on any file of the corpus.
+    let me = std::process::id() as i32;
+    for entry in std::fs::read_dir(d).expect("list the corpus") {
+        let f = entry.expect("entry").path();
+        if f.is_file() {
+            if let Ok(st) = fpl::query(&f, true) {
+                assert!(
+                    st.holders.iter().all(|h| h.pid != me),
+                    "{f:?}: a lock of ours is left"
+                );
+            }
+        }
+    }
 
     // Cases that resolve, as QEMU resolves them.
     let shared_data = v3(&[(DATA, abs("shared.raw").as_bytes())], 4, None);

@@ -1587,3 +1587,729 @@ fn exit_status_of_a_killed_hold_is_not_success() {
     assert_eq!(hold.wait().signal(), Some(libc::SIGKILL));
     assert!(held(&image).perm.is_empty());
 }
+
+// ---------------------------------------------------------------- chains
+
+/// `qemu-img create -f qcow2 -b BACKING -F FORMAT dir/NAME`: BACKING is
+/// written into the header as given (relative to the overlay's folder).
+fn overlay(dir: &TempDir, name: &str, backing: &str, format: &str) -> PathBuf {
+    let path = dir.path().join(name);
+    let out = Command::new(qemu("qemu-img"))
+        .args(["create", "-q", "-f", "qcow2", "-b", backing, "-F", format])
+        .arg(&path)
+        .output()
+        .expect("qemu-img runs");
+    assert!(
+        out.status.success(),
+        "qemu-img create: {}",
+        text(&out.stderr)
+    );
+    path
+}
+
+/// Bits of a permission set, as CHAINS.md writes them: RWX = 100,101,103
+/// + 201,203; RP = 100 + 201,203; R = 100.
+fn bits(perm: u32, unshared: u32) -> (PermSet, PermSet) {
+    (
+        PermSet::from_bits(perm).expect("valid bits"),
+        PermSet::from_bits(unshared).expect("valid bits"),
+    )
+}
+const RWX: (u32, u32) = (0x0b, 0x0a);
+const RP: (u32, u32) = (0x01, 0x0a);
+const R: (u32, u32) = (0x01, 0x00);
+
+/// `qemu-io IMAGE` (format probed, read-write) run in `cwd` and reading
+/// commands from a pipe: it holds every file of the image's chain until
+/// the pipe closes. Returns once each of `expect` holds its bytes.
+fn qemu_io_chain(image: &Path, cwd: &Path, expect: &[(&Path, (u32, u32))]) -> Running {
+    let running = Running::spawn(
+        Command::new(qemu("qemu-io"))
+            .arg(image)
+            .current_dir(cwd)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
+    for (file, (perm, unshared)) in expect {
+        wait_until(&format!("qemu-io to lock {}", file.display()), || {
+            let held = held(&cwd.join(file));
+            (held.perm, held.unshared) == bits(*perm, *unshared)
+        });
+    }
+    running
+}
+
+/// `fpl ARGS` run in `cwd`.
+fn fpl_in(cwd: &Path, args: &[&str]) -> Output {
+    Command::new(FPL)
+        .args(args)
+        .current_dir(cwd)
+        .stdin(Stdio::null())
+        .output()
+        .expect("fpl runs")
+}
+
+/// `fpl status --chain --json ARGS`, parsed: one array element per image.
+fn chain_json(cwd: &Path, args: &[&str], code: i32) -> Vec<Value> {
+    let mut all = vec!["status", "--chain", "--json"];
+    all.extend_from_slice(args);
+    let json = expect_status(&fpl_in(cwd, &all), code);
+    let value: Value = serde_json::from_str(&json).expect("status --chain --json prints JSON");
+    value.as_array().expect("an array").clone()
+}
+
+/// Asserts that a member object describes `path` held with `bytes` by one
+/// descriptor of process `pid` that really holds locks on that inode, and
+/// that the bytes are those `/proc/locks` shows.
+fn assert_member_held(member: &Value, path: &Path, bytes: (u32, u32), pid: i32) {
+    let (perm, unshared) = bits(bytes.0, bytes.1);
+    let kernel = proc_locks(path);
+    assert_eq!((kernel.perm, kernel.unshared), (perm, unshared), "{member}");
+    assert_eq!(names(&member["perm"]), perm, "{member}");
+    assert_eq!(names(&member["unshared"]), unshared, "{member}");
+    let holders = member["holders"].as_array().expect("holders are listed");
+    assert_eq!(holders.len(), 1, "{member}");
+    let holder = &holders[0];
+    assert_eq!(holder["pid"], pid, "{member}");
+    assert_eq!(holder["name"], "qemu-io", "{member}");
+    assert_eq!(names(&holder["perm"]), perm, "{member}");
+    assert_eq!(names(&holder["unshared"]), unshared, "{member}");
+    let fd = holder["fd"].as_i64().expect("fd is a number");
+    let fdinfo = fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}"))
+        .expect("the holder's fdinfo is readable");
+    let ino = fs::metadata(path).expect("the member exists").ino();
+    assert!(lock_lines(&fdinfo).any(|l| l.ino == ino), "{fdinfo}");
+    // `access` is the open mode of that descriptor, from the same fdinfo.
+    let mode = fdinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("flags:"))
+        .and_then(|f| u32::from_str_radix(f.trim(), 8).ok())
+        .expect("fdinfo has flags")
+        & 3;
+    let want: &[&str] = match mode {
+        0 => &["read"],
+        1 => &["write"],
+        _ => &["read", "write"],
+    };
+    assert_eq!(holder["access"], serde_json::json!(want), "{member}");
+}
+
+/// The lines of `out` from the one equal to `first`, `n` of them.
+fn lines_from(out: &str, first: &str, n: usize) -> Vec<String> {
+    let lines: Vec<&str> = out.lines().collect();
+    let start = lines
+        .iter()
+        .position(|l| *l == first)
+        .unwrap_or_else(|| panic!("no line {first:?} in:\n{out}"));
+    lines[start..(start + n).min(lines.len())]
+        .iter()
+        .map(|l| (*l).to_owned())
+        .collect()
+}
+
+#[test]
+fn status_chain_names_the_holder_on_every_member() {
+    let dir = TempDir::new("chain-status");
+    let base = dir.raw("base.raw");
+    let mid = overlay(&dir, "mid.qcow2", "base.raw", "raw");
+    let top = overlay(&dir, "top.qcow2", "mid.qcow2", "qcow2");
+    // CHAINS.md §1: qemu-io read-write holds RWX on top, RP on the qcow2
+    // mid, R on the raw base (a raw backing file passes write sharing on).
+    let qemu_io = qemu_io_chain(&top, dir.path(), &[(&top, RWX), (&mid, RP), (&base, R)]);
+    let pid = qemu_io.pid();
+
+    let out = expect_status(&fpl(&["status", "--chain", s(&top)]), 0);
+    let who = format!("in use by qemu-io (pid {pid}, fd ");
+    let tree = lines_from(&out, &format!("{}: qcow2 image", s(&top)), 6);
+    assert_eq!(tree.len(), 6, "{out}");
+    assert!(tree[1].starts_with(&format!("  {who}")), "{out}");
+    assert!(
+        tree[1].ends_with("uses consistent read, write, resize; does not share write, resize"),
+        "{out}"
+    );
+    assert_eq!(
+        tree[2],
+        format!("  {}: qcow2 backing file, depth 1", s(&mid))
+    );
+    assert!(tree[3].starts_with(&format!("    {who}")), "{out}");
+    assert!(
+        tree[3].ends_with("uses consistent read; does not share write, resize"),
+        "{out}"
+    );
+    assert_eq!(
+        tree[4],
+        format!("    {}: raw backing file, depth 2", s(&base))
+    );
+    assert!(tree[5].starts_with(&format!("      {who}")), "{out}");
+    assert!(
+        tree[5].ends_with("uses consistent read; shares everything"),
+        "{out}"
+    );
+    assert_eq!(out.lines().count(), 6, "{out}");
+
+    let images = chain_json(dir.path(), &[s(&top)], 0);
+    assert_eq!(images.len(), 1);
+    assert_eq!(images[0]["path"], s(&top));
+    let members = images[0]["members"].as_array().expect("members").clone();
+    assert_eq!(members.len(), 3, "{}", images[0]);
+    for (member, path, role, format, depth, bytes) in [
+        (&members[0], &top, "image", "qcow2", 0, RWX),
+        (&members[1], &mid, "backing", "qcow2", 1, RP),
+        (&members[2], &base, "backing", "raw", 2, R),
+    ] {
+        assert_eq!(member["path"], s(path), "{member}");
+        assert_eq!(member["role"], role, "{member}");
+        assert_eq!(member["format"], format, "{member}");
+        assert_eq!(member["depth"], depth, "{member}");
+        assert_member_held(member, path, bytes, pid);
+    }
+    // Only the image itself is named: no overlay of the top, and the chain's
+    // own overlays on the others.
+    assert_eq!(members[0]["overlays"], serde_json::json!([]));
+    assert_eq!(
+        members[2]["overlays"],
+        serde_json::json!([{"path": s(&top), "role": "backing", "depth": 2}])
+    );
+
+    // Once qemu-io is gone, every member is free.
+    let mut qemu_io = qemu_io;
+    qemu_io.close_stdin();
+    qemu_io.wait();
+    let out = expect_status(&fpl(&["status", "--chain", "--no-holders", s(&top)]), 0);
+    assert_eq!(
+        out.lines().filter(|l| l.trim() == "free").count(),
+        3,
+        "{out}"
+    );
+}
+
+#[test]
+fn status_chain_over_a_pool_shows_who_uses_a_base() {
+    let dir = TempDir::new("chain-pool");
+    let base = dir.raw("base.raw");
+    let a = overlay(&dir, "a.qcow2", "base.raw", "raw");
+    let b = overlay(&dir, "b.qcow2", "base.raw", "raw");
+    let qemu_io = qemu_io_chain(&a, dir.path(), &[(&a, RWX), (&base, R)]);
+    let pid = qemu_io.pid();
+
+    // As a shell expands pool/*: sorted.
+    let pool = [s(&a), s(&b), s(&base)];
+    let mut args = vec!["status", "--chain"];
+    args.extend(pool);
+    let out = expect_status(&fpl(&args), 0);
+    let tree = lines_from(&out, &format!("{}: raw image", s(&base)), 4);
+    assert!(
+        tree[1].starts_with(&format!("  in use by qemu-io (pid {pid}, fd ")),
+        "{out}"
+    );
+    assert!(
+        tree[1].ends_with("uses consistent read; shares everything"),
+        "{out}"
+    );
+    assert_eq!(tree[2], format!("  backing file of {} (depth 1)", s(&a)));
+    assert_eq!(tree[3], format!("  backing file of {} (depth 1)", s(&b)));
+    assert_eq!(tree.len(), 4, "{out}");
+    // Under b.qcow2, which nobody holds, the base names its holder and the
+    // other overlay.
+    let tree = lines_from(&out, &format!("{}: qcow2 image", s(&b)), 5);
+    assert_eq!(tree[1], "  free", "{out}");
+    assert_eq!(
+        tree[2],
+        format!("  {}: raw backing file, depth 1", s(&base))
+    );
+    assert!(
+        tree[3].starts_with(&format!("    in use by qemu-io (pid {pid}, fd ")),
+        "{out}"
+    );
+    assert_eq!(tree[4], format!("    backing file of {} (depth 1)", s(&a)));
+
+    let images = chain_json(dir.path(), &pool, 0);
+    assert_eq!(images.len(), 3);
+    let base_object = &images[2];
+    assert_eq!(base_object["path"], s(&base));
+    let members = base_object["members"].as_array().expect("members");
+    assert_eq!(members.len(), 1, "{base_object}");
+    assert_eq!(members[0]["role"], "image");
+    assert_member_held(&members[0], &base, R, pid);
+    assert_eq!(
+        members[0]["overlays"],
+        serde_json::json!([
+            {"path": s(&a), "role": "backing", "depth": 1},
+            {"path": s(&b), "role": "backing", "depth": 1},
+        ])
+    );
+    let b_members = images[1]["members"].as_array().expect("members");
+    assert_eq!(b_members[0]["holders"], serde_json::json!([]));
+    assert_eq!(b_members[0]["perm"], serde_json::json!([]));
+    assert_member_held(&b_members[1], &base, R, pid);
+
+    // Files are compared by inode: the base named through a symbolic link
+    // in another folder is still the base of both overlays.
+    let elsewhere = TempDir::new("chain-pool-link");
+    let link = elsewhere.path().join("link.raw");
+    std::os::unix::fs::symlink(&base, &link).expect("symlink");
+    let images = chain_json(dir.path(), &[s(&a), s(&b), s(&link)], 0);
+    assert_eq!(
+        images[2]["members"][0]["overlays"],
+        serde_json::json!([
+            {"path": s(&a), "role": "backing", "depth": 1},
+            {"path": s(&b), "role": "backing", "depth": 1},
+        ])
+    );
+    assert_eq!(images[2]["members"][0]["holders"][0]["pid"], pid);
+}
+
+#[test]
+fn status_chain_follows_a_data_file_and_lists_a_remote_member() {
+    let dir = TempDir::new("chain-data");
+    // A relative data file name is relative to the working directory (of
+    // qemu-img, qemu-io and fpl alike): all run in the folder.
+    let out = Command::new(qemu("qemu-img"))
+        .args(["create", "-q", "-f", "qcow2", "-o"])
+        .args(["data_file=d.raw,data_file_raw=on", "x.qcow2", "64M"])
+        .current_dir(dir.path())
+        .output()
+        .expect("qemu-img runs");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let data = dir.path().join("d.raw");
+    // CHAINS.md §2: under qemu-io the data file holds 100, 101, 103 and 203.
+    let qemu_io = qemu_io_chain(
+        Path::new("x.qcow2"),
+        dir.path(),
+        &[
+            (Path::new("x.qcow2"), RWX),
+            (Path::new("d.raw"), (0x0b, 0x08)),
+        ],
+    );
+    let out = Command::new(qemu("qemu-img"))
+        .args(["create", "-q", "-f", "qcow2", "-u", "-F", "raw", "-b"])
+        .arg(format!("nbd+unix:///exp?socket={}/nbd.sock", s(dir.path())))
+        .args(["r.qcow2", "64M"])
+        .current_dir(dir.path())
+        .output()
+        .expect("qemu-img runs");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    let images = chain_json(dir.path(), &["x.qcow2", "r.qcow2"], 0);
+    let members = images[0]["members"].as_array().expect("members");
+    assert_eq!(members.len(), 2, "{}", images[0]);
+    assert_eq!(members[1]["path"], "d.raw");
+    assert_eq!(members[1]["role"], "data-file");
+    assert_eq!(members[1]["format"], "raw");
+    assert_eq!(members[1]["depth"], 0);
+    assert_member_held(&members[1], &data, (0x0b, 0x08), qemu_io.pid());
+    assert_eq!(
+        members[1]["overlays"],
+        serde_json::json!([{"path": "x.qcow2", "role": "data-file", "depth": 0}])
+    );
+    // The remote backing file is listed, with nothing fpl could only have
+    // learnt by opening it.
+    let remote = &images[1]["members"][1];
+    assert_eq!(remote["format"], "remote", "{remote}");
+    assert_eq!(remote["role"], "backing", "{remote}");
+    assert_eq!(remote["depth"], 1, "{remote}");
+    assert!(remote.get("holders").is_none(), "{remote}");
+    assert!(remote.get("perm").is_none(), "{remote}");
+
+    let out = expect_status(&fpl_in(dir.path(), &["status", "--chain", "r.qcow2"]), 0);
+    assert!(
+        out.contains(&format!(
+            "  nbd+unix:///exp?socket={}/nbd.sock: remote backing file, depth 1\n    not opened",
+            s(dir.path())
+        )),
+        "{out}"
+    );
+}
+
+#[test]
+fn status_chain_reports_what_stops_resolution() {
+    let dir = TempDir::new("chain-errors");
+    dir.raw("base.raw");
+    let orphan = overlay(&dir, "orphan.qcow2", "base.raw", "raw");
+    fs::rename(dir.path().join("base.raw"), dir.path().join("moved.raw")).expect("rename");
+    let ok = overlay(&dir, "ok.qcow2", "moved.raw", "raw");
+    // A loop, made with an unsafe rebase as a careless user would.
+    let x = overlay(&dir, "x.qcow2", "moved.raw", "raw");
+    let y = overlay(&dir, "y.qcow2", "x.qcow2", "qcow2");
+    let rebase = Command::new(qemu("qemu-img"))
+        .args(["rebase", "-u", "-F", "qcow2", "-b", "y.qcow2"])
+        .arg(&x)
+        .output()
+        .expect("qemu-img runs");
+    assert!(rebase.status.success(), "{}", text(&rebase.stderr));
+    let vmdk = dir.path().join("v.vmdk");
+    let out = Command::new(qemu("qemu-img"))
+        .args(["create", "-q", "-f", "vmdk"])
+        .arg(&vmdk)
+        .arg("1M")
+        .output()
+        .expect("qemu-img runs");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    let out = fpl(&["status", "--chain", s(&orphan), s(&ok), s(&y), s(&vmdk)]);
+    let stdout = expect_status(&out, 2);
+    let stderr = text(&out.stderr);
+    // QEMU's wording (qemu-io: "can't open device ...: Could not open
+    // backing file: Could not open '.../base.raw': No such file or directory").
+    assert!(
+        stderr.contains(&format!(
+            "fpl: {}: Could not open backing file: Could not open '{}': No such file or directory",
+            s(&orphan),
+            s(&dir.path().join("base.raw"))
+        )),
+        "{stderr}"
+    );
+    assert!(stderr.contains("infinite loop"), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "fpl: Could not open '{}': it is a vmdk image",
+            s(&vmdk)
+        )),
+        "{stderr}"
+    );
+    // No advice about locks: resolving takes none.
+    assert!(!stderr.contains("byte-range locks"), "{stderr}");
+    // The image that resolves is still shown.
+    assert!(
+        stdout.contains(&format!("{}: qcow2 image\n  free\n", s(&ok))),
+        "{stdout}"
+    );
+
+    let images = chain_json(dir.path(), &[s(&orphan), s(&ok), s(&y), s(&vmdk)], 2);
+    assert_eq!(images[0]["errno"], libc::ENOENT, "{}", images[0]);
+    assert!(images[1].get("members").is_some(), "{}", images[1]);
+    assert_eq!(images[2]["errno"], libc::ELOOP, "{}", images[2]);
+    assert_eq!(images[3]["errno"], libc::ENOTSUP, "{}", images[3]);
+    for object in [&images[0], &images[2], &images[3]] {
+        assert!(object["error"].is_string(), "{object}");
+        assert!(object.get("members").is_none(), "{object}");
+    }
+}
+
+/// `base.raw <- mid.qcow2 <- top.qcow2` in `dir`.
+fn chain_of_three(dir: &TempDir) -> (PathBuf, PathBuf, PathBuf) {
+    let base = dir.raw("base.raw");
+    let mid = overlay(dir, "mid.qcow2", "base.raw", "raw");
+    let top = overlay(dir, "top.qcow2", "mid.qcow2", "qcow2");
+    (base, mid, top)
+}
+
+/// `qemu-io -f raw -c "write 0 512" IMAGE`: a QEMU writer.
+fn qemu_write(image: &Path) -> Output {
+    Command::new(qemu("qemu-io"))
+        .args(["-f", "raw", "-c", "write 0 512"])
+        .arg(image)
+        .stdin(Stdio::null())
+        .output()
+        .expect("qemu-io runs")
+}
+
+#[test]
+fn check_chain_names_the_member_in_conflict() {
+    let dir = TempDir::new("check-chain");
+    let (base, mid, top) = chain_of_three(&dir);
+    // A writer of the base: QEMU would refuse to read the chain now (a
+    // backing file under a user that does not share write is protected).
+    let qemu_io = qemu_io_holding(&base);
+
+    // The image alone would be granted; its chain is not.
+    expect_status(&fpl(&["check", "--mode", "read", s(&top)]), 0);
+    let out = fpl(&["check", "--chain", "--mode", "read", s(&top)]);
+    let stdout = expect_status(&out, 1);
+    assert_eq!(
+        stdout,
+        format!(
+            "{}: read would be refused on {}: Failed to get shared \"write\" lock \
+             (held by qemu-io, pid {})\nIs another process using the image [{}]?\n",
+            s(&top),
+            s(&base),
+            qemu_io.pid(),
+            s(&base)
+        )
+    );
+    // QEMU agrees: qemu-img convert reads the chain as fpl's read does
+    // (CHAINS.md §1: RP on every member), and is refused on the base with
+    // the same message.
+    let copy = dir.path().join("copy.raw");
+    let qemu = Command::new(qemu("qemu-img"))
+        .args(["convert", "-f", "qcow2", "-O", "raw"])
+        .arg(&top)
+        .arg(&copy)
+        .stdin(Stdio::null())
+        .output()
+        .expect("qemu-img runs");
+    assert!(!qemu.status.success());
+    assert!(
+        text(&qemu.stderr).contains(&format!(
+            "Failed to get shared \"write\" lock\nIs another process using the image [{}]?",
+            s(&base)
+        )),
+        "{}",
+        text(&qemu.stderr)
+    );
+    // A read that shares everything (qemu-img -U) is granted on the chain.
+    let stdout = expect_status(
+        &fpl(&["check", "--chain", "--mode", "read-shared", s(&top)]),
+        0,
+    );
+    assert_eq!(
+        stdout,
+        format!("{}: read-shared would be granted\n", s(&top))
+    );
+
+    let json = expect_status(
+        &fpl(&["check", "--chain", "--json", "--mode", "read", s(&top)]),
+        1,
+    );
+    let value: Value = serde_json::from_str(&json).expect("check --json prints JSON");
+    let refused = &value[0];
+    assert_eq!(refused["path"], s(&top), "{json}");
+    assert_eq!(refused["ok"], false, "{json}");
+    assert_eq!(refused["conflict"]["member"], s(&base), "{json}");
+    assert_eq!(refused["conflict"]["byte"], 101, "{json}");
+    assert_eq!(
+        refused["conflict"]["holder"]["pid"],
+        qemu_io.pid(),
+        "{json}"
+    );
+
+    // check takes nothing: the members hold only what qemu-io holds.
+    assert!(proc_locks(&top).is_empty() && proc_locks(&mid).is_empty());
+    assert_eq!(proc_locks(&base).perm.bits(), 0x03);
+    assert!(proc_locks(&base).unshared.is_empty());
+
+    // An unresolvable chain is an error, not a refusal.
+    fs::rename(&mid, dir.path().join("moved.qcow2")).expect("rename");
+    let out = fpl(&["check", "--chain", "--mode", "read", s(&top)]);
+    expect_status(&out, 2);
+    assert!(
+        text(&out.stderr).contains(&format!(
+            "Could not open backing file: Could not open '{}': No such file or directory",
+            s(&mid)
+        )),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn hold_chain_locks_every_member_and_keeps_qemu_writers_off_the_base() {
+    let dir = TempDir::new("hold-chain");
+    let (base, mid, top) = chain_of_three(&dir);
+    let other = overlay(&dir, "other.qcow2", "base.raw", "raw");
+    // Two overlays of one base held together: the base is only read by
+    // each, so they do not conflict.
+    let mut hold = Running::spawn(
+        Command::new(FPL)
+            .args(["hold", "--chain", "--mode", "write", s(&top), s(&other)])
+            .stdout(Stdio::piped()),
+    );
+    let line = hold.stdout_lines().find("holding");
+    assert!(
+        line.contains(&format!(
+            "holding {} and 2 files of its chain, {} and 1 file of its chain (write)",
+            s(&top),
+            s(&other)
+        )),
+        "{line}"
+    );
+
+    // As QEMU's own VM disk: the overlays read-write, the backing files
+    // read and protected from writers and resizers (strict mode adds 202).
+    let rw = bits(0x0b, 0x0e);
+    let protected = bits(0x01, 0x0e);
+    for (path, bytes) in [
+        (&top, rw),
+        (&other, rw),
+        (&mid, protected),
+        (&base, protected),
+    ] {
+        let kernel = proc_locks(path);
+        assert_eq!((kernel.perm, kernel.unshared), bytes, "{}", path.display());
+    }
+    let images = chain_json(dir.path(), &[s(&top)], 0);
+    for member in images[0]["members"].as_array().expect("members") {
+        let holders = member["holders"].as_array().expect("holders");
+        assert!(holders.iter().all(|h| h["pid"] == hold.pid()), "{member}");
+        assert!(!holders.is_empty(), "{member}");
+    }
+    let write = qemu_write(&base);
+    assert!(
+        !write.status.success(),
+        "QEMU wrote the base under a held chain"
+    );
+    assert!(
+        text(&write.stderr).contains("Failed to get \"write\" lock"),
+        "{}",
+        text(&write.stderr)
+    );
+
+    hold.signal(Signal::SIGTERM);
+    assert_eq!(hold.wait().code(), Some(0));
+    for path in [&top, &other, &mid, &base] {
+        assert!(proc_locks(path).is_empty(), "{} still held", path.display());
+    }
+    assert!(qemu_write(&base).status.success());
+}
+
+#[test]
+fn hold_chain_takes_every_member_or_none() {
+    let dir = TempDir::new("hold-chain-none");
+    let (base, mid, top) = chain_of_three(&dir);
+    let free_base = dir.raw("free-base.raw");
+    let free = overlay(&dir, "free.qcow2", "free-base.raw", "raw");
+    let marker = dir.path().join("ran");
+    let qemu_io = qemu_io_holding(&base);
+
+    // The free image's chain is taken first, then the conflict on the
+    // third file of the second image releases everything.
+    let out = fpl(&[
+        "hold",
+        "--chain",
+        "--mode",
+        "read",
+        s(&free),
+        s(&top),
+        "--",
+        "touch",
+        s(&marker),
+    ]);
+    expect_status(&out, 75);
+    let err = text(&out.stderr);
+    assert_eq!(
+        err,
+        format!(
+            "fpl: {}: cannot take read on {}: Failed to get shared \"write\" lock \
+             (held by qemu-io, pid {})\nIs another process using the image [{}]?\n",
+            s(&top),
+            s(&base),
+            qemu_io.pid(),
+            s(&base)
+        )
+    );
+    assert!(!marker.exists(), "the command ran without the locks");
+    for path in [&free, &free_base, &top, &mid] {
+        assert!(proc_locks(path).is_empty(), "{} left held", path.display());
+    }
+    // The base holds qemu-io's bytes only.
+    let kernel = proc_locks(&base);
+    assert_eq!((kernel.perm.bits(), kernel.unshared.bits()), (0x03, 0));
+    let images = chain_json(dir.path(), &[s(&top)], 0);
+    let base_holders = &images[0]["members"][2]["holders"];
+    assert_eq!(
+        base_holders.as_array().map(Vec::len),
+        Some(1),
+        "{base_holders}"
+    );
+    assert_eq!(base_holders[0]["pid"], qemu_io.pid());
+
+    // An image whose chain cannot be resolved: fpl's own error, 125.
+    fs::remove_file(&free_base).expect("remove");
+    let out = fpl(&["hold", "--chain", "--mode", "read", s(&free), "--", "true"]);
+    expect_status(&out, 125);
+    assert!(
+        text(&out.stderr).contains(&format!(
+            "Could not open backing file: Could not open '{}': No such file or directory",
+            s(&free_base)
+        )),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(proc_locks(&free).is_empty());
+}
+
+#[test]
+fn hold_chain_tells_a_conflict_with_itself_and_does_not_wait_for_it() {
+    let dir = TempDir::new("hold-chain-self");
+    let (base, mid, top) = chain_of_three(&dir);
+    let marker = dir.path().join("ran");
+    // The overlay's chain protects its base from writers: writing the base
+    // as well can never be granted, however long fpl waits.
+    let out = fpl(&[
+        "hold",
+        "--chain",
+        "--wait",
+        "600",
+        "--mode",
+        "write",
+        s(&top),
+        s(&base),
+        "--",
+        "touch",
+        s(&marker),
+    ]);
+    expect_status(&out, 75);
+    let err = text(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "fpl: {}: cannot take write: Failed to get \"write\" lock\n",
+            s(&base)
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "fpl: note: {} is a backing file of {}, named before: \
+             this hold would conflict with itself",
+            s(&base),
+            s(&top)
+        )),
+        "{err}"
+    );
+    assert!(!err.contains("waiting"), "{err}");
+    assert!(!marker.exists(), "the command ran without the locks");
+    for path in [&top, &mid, &base] {
+        assert!(proc_locks(path).is_empty(), "{} left held", path.display());
+    }
+    // Reading the base besides its overlay is no conflict.
+    let out = fpl(&[
+        "hold",
+        "--chain",
+        "--mode",
+        "read",
+        s(&top),
+        s(&base),
+        "--",
+        "touch",
+        s(&marker),
+    ]);
+    expect_status(&out, 0);
+    assert!(marker.exists());
+}
+
+#[test]
+fn hold_chain_waits_for_a_writer_of_the_base_to_quit() {
+    let dir = TempDir::new("hold-chain-wait");
+    let (base, _mid, top) = chain_of_three(&dir);
+    let mut qemu_io = qemu_io_holding(&base);
+    let mut hold = Running::spawn(
+        Command::new(FPL)
+            .args(["hold", "--chain", "--wait", "600", "--mode", "read"])
+            .arg(&top)
+            .args(["--", "qemu-img", "convert", "-O", "raw"])
+            .arg(&top)
+            .arg(dir.path().join("copy.raw"))
+            .stderr(Stdio::piped()),
+    );
+    // fpl says once which file it waits for; only then does QEMU quit.
+    let line = hold.stderr_lines().find("waiting");
+    assert_eq!(
+        line,
+        format!(
+            "fpl: {}: {} in use (Failed to get shared \"write\" lock, held by qemu-io (pid {})); waiting",
+            s(&top),
+            s(&base),
+            qemu_io.pid()
+        )
+    );
+    assert!(hold.child.try_wait().expect("waitpid works").is_none());
+
+    qemu_io.close_stdin();
+    assert_eq!(qemu_io.wait().code(), Some(0));
+    // The command, qemu-img convert, reads the chain under fpl's read
+    // locks: they admit it (CHAINS.md §1: it takes RP everywhere).
+    assert_eq!(hold.wait().code(), Some(0));
+    assert!(dir.path().join("copy.raw").exists());
+    assert!(proc_locks(&base).is_empty());
+}

@@ -8,6 +8,16 @@
 //		// in use: err is an *fpl.Error with QEMU's message and the holder
 //	}
 //	defer lock.Release()
+//
+// Whole images: Chain lists the files QEMU opens for an image (a qcow2
+// overlay, its data file, its backing chain), and a Mode with Chain set
+// locks all of them, all or nothing:
+//
+//	mode := fpl.Write
+//	mode.Chain = true
+//	lock, err := fpl.Acquire("top.qcow2", mode) // a conflict names the member
+//
+// The bindings speak libfpl's ABI 1 (libfpl.so.1).
 package fpl
 
 /*
@@ -21,9 +31,31 @@ import (
 	"errors"
 	"os"
 	"runtime"
+	"strconv"
 	"sync"
 	"syscall"
 	"unsafe"
+)
+
+// ABI 1's sizes of the structures the caller allocates (libfpl writes into
+// them): building against another fpl.h fails here rather than corrupting
+// memory at run time.
+const (
+	errorSize  = 304
+	statusSize = 32
+	holderSize = 112
+	memberSize = 4148
+)
+
+var (
+	_ [unsafe.Sizeof(C.fpl_error{}) - errorSize]struct{}
+	_ [errorSize - unsafe.Sizeof(C.fpl_error{})]struct{}
+	_ [unsafe.Sizeof(C.fpl_status{}) - statusSize]struct{}
+	_ [statusSize - unsafe.Sizeof(C.fpl_status{})]struct{}
+	_ [unsafe.Sizeof(C.fpl_holder{}) - holderSize]struct{}
+	_ [holderSize - unsafe.Sizeof(C.fpl_holder{})]struct{}
+	_ [unsafe.Sizeof(C.fpl_member{}) - memberSize]struct{}
+	_ [memberSize - unsafe.Sizeof(C.fpl_member{})]struct{}
 )
 
 // Perm is a set of QEMU's permissions: bit i is byte 100+i ("I use it") or
@@ -51,6 +83,13 @@ type Mode struct {
 	// OFD locks (with their hazard: any close of the image in the process
 	// drops them).
 	AllowPOSIX bool
+	// Chain acts on every file of the image as QEMU opens it (the image,
+	// its qcow2 data file, its backing chain: see Chain), each with the
+	// request QEMU derives for it, all or nothing: a conflict on any member
+	// leaves none held and names that member. Not for AcquireFile (the
+	// chain needs the image's path). A lock keeps what it was acquired
+	// with: Update ignores it.
+	Chain bool
 }
 
 // The presets, as the fpl command names them.
@@ -73,6 +112,9 @@ func (m Mode) flags() C.uint32_t {
 	if m.AllowPOSIX {
 		f |= C.FPL_FLAG_ALLOW_POSIX
 	}
+	if m.Chain {
+		f |= C.FPL_FLAG_CHAIN
+	}
 	return f
 }
 
@@ -80,7 +122,7 @@ func (m Mode) flags() C.uint32_t {
 // syscall.EAGAIN) is a conflict with another holder, errors.Is(err,
 // fs.ErrNotExist) a missing image.
 type Error struct {
-	Op    string // "acquire", "update", "release", "check" or "query"
+	Op    string // "acquire", "update", "release", "check", "verify", "query" or "chain"
 	Path  string // the image, "" for a lock taken on a descriptor
 	Errno syscall.Errno
 	// For a conflict: the permission in conflict, the lock byte (e.g. 201)
@@ -167,13 +209,16 @@ func AcquireFile(f *os.File, mode Mode) (*Lock, error) {
 }
 
 // Update changes the lock to mode (QEMU's prepare / commit / abort). On
-// failure the lock is left exactly as it was; loosening never conflicts.
+// failure the lock is left exactly as it was; loosening never conflicts. A
+// chain lock changes every member, all or nothing, and stays a chain lock
+// (mode.Chain is ignored: the lock's own applies).
 func (l *Lock) Update(mode Mode) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.c == nil {
 		return ErrReleased
 	}
+	mode.Chain = l.mode.Chain
 	var err C.fpl_error
 	if rc := C.fpl_update(l.c, C.uint32_t(mode.Perm), C.uint32_t(mode.Shared), mode.flags(), &err); rc != 0 {
 		return newError("update", l.path, rc, &err)
@@ -187,6 +232,27 @@ func (l *Lock) Mode() Mode {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.mode
+}
+
+// Verify tells whether all the bytes the lock took (for a chain lock: on
+// every member) are still held on the file, as other processes see it from
+// an open file description of their own. nil if they are; an *Error
+// wrapping syscall.ENOLCK when they were lost (a file system that dropped
+// them: a GlusterFS brick restart, an expired NFS lease), its message
+// naming the file and the byte; syscall.ENOTSUP for a lock that fell back
+// to POSIX locks (AllowPOSIX: its own process cannot test them). Changes
+// nothing.
+func (l *Lock) Verify() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.c == nil {
+		return ErrReleased
+	}
+	var err C.fpl_error
+	if rc := C.fpl_verify(l.c, &err); rc != 0 {
+		return newError("verify", l.path, rc, &err)
+	}
+	return nil
 }
 
 // Release unlocks every byte the lock took and closes its descriptor. A
@@ -231,6 +297,35 @@ const (
 	HoldersPartial StatusFlag = C.FPL_STATUS_HOLDERS_PARTIAL
 )
 
+// Access is how a holder's descriptor was opened.
+type Access uint32
+
+// The bits of Access.
+const (
+	AccessRead  Access = C.FPL_ACCESS_READ
+	AccessWrite Access = C.FPL_ACCESS_WRITE
+)
+
+// HolderFlag qualifies a Holder.
+type HolderFlag uint32
+
+// The flags of Holder.
+const (
+	// HolderNoLocks: an opener, with the image open and none of its bytes.
+	HolderNoLocks HolderFlag = C.FPL_HOLDER_NO_LOCKS
+	// HolderInferred: the file system keeps its locks out of /proc (FUSE:
+	// GlusterFS, ...); named because it has the image open while its bytes
+	// are held, not from its lock lines.
+	HolderInferred HolderFlag = C.FPL_HOLDER_INFERRED
+	// HolderOtherNode: with HolderNoLocks, another device node of the
+	// image's block device (a container's /dev): whatever it locks is its
+	// node's, never the image's. Its path is /proc/PID/fd/FD's link.
+	HolderOtherNode HolderFlag = C.FPL_HOLDER_OTHER_NODE
+	// HolderNodeLocks: with HolderOtherNode, it holds protocol bytes on
+	// its own node (a QEMU with locking on).
+	HolderNodeLocks HolderFlag = C.FPL_HOLDER_NODE_LOCKS
+)
+
 // Holder is one process descriptor holding bytes of an image.
 type Holder struct {
 	PID      int
@@ -238,6 +333,23 @@ type Holder struct {
 	Perm     Perm // permission bytes (100+i) it locks
 	Unshared Perm // unshare bytes (200+i) it locks
 	Name     string
+	Access   Access // AccessRead, AccessWrite or both
+	Flags    HolderFlag
+}
+
+func holderOf(h *C.fpl_holder) Holder {
+	return Holder{
+		PID: int(h.pid), FD: int(h.fd), Perm: Perm(h.perm), Unshared: Perm(h.unshared),
+		Name: C.GoString(&h.name[0]), Access: Access(h.access), Flags: HolderFlag(h.flags),
+	}
+}
+
+func statusOf(st *C.fpl_status, holders []C.fpl_holder) Status {
+	s := Status{Perm: Perm(st.perm), Unshared: Perm(st.unshared), Flags: StatusFlag(st.flags)}
+	for i := range holders {
+		s.Holders = append(s.Holders, holderOf(&holders[i]))
+	}
+	return s
 }
 
 // Status is which bytes of an image are held, by anybody.
@@ -284,18 +396,199 @@ func Query(path string, holders bool) (Status, error) {
 			n = int(st.n_holders) + 8
 			continue
 		}
-		s := Status{Perm: Perm(st.perm), Unshared: Perm(st.unshared), Flags: StatusFlag(st.flags)}
-		for _, h := range buf[:st.n_holders] {
-			s.Holders = append(s.Holders, Holder{
-				PID: int(h.pid), FD: int(h.fd), Perm: Perm(h.perm), Unshared: Perm(h.unshared),
-				Name: C.GoString(&h.name[0]),
-			})
-		}
-		return s, nil
+		return statusOf(&st, buf[:st.n_holders]), nil
 	}
 }
 
-// Version is the loaded libfpl's version, e.g. "0.1.0".
+// QueryResult is one image's answer from QueryMany.
+type QueryResult struct {
+	Status Status
+	// nil, or the error Query would have returned for this image.
+	Err error
+}
+
+// QueryMany is Query for many images at once: each image's bytes are
+// tested, then the holders of all of them are found with one walk of
+// /proc, so asking about N images (the members of a chain, every disk of
+// a host) costs about one Query. One result per path, in order; one image
+// that cannot be inspected does not hide the others.
+func QueryMany(paths []string, holders bool) []QueryResult {
+	n := len(paths)
+	out := make([]QueryResult, n)
+	if n == 0 {
+		return out
+	}
+	cpaths := make([]*C.char, n)
+	for i, p := range paths {
+		cpaths[i] = C.CString(p)
+		defer C.free(unsafe.Pointer(cpaths[i]))
+	}
+	var flags C.uint32_t
+	capacity := 0
+	if holders {
+		flags = C.FPL_QUERY_HOLDERS
+		capacity = 8 * n
+	}
+	statuses := make([]C.fpl_status, n)
+	results := make([]C.int32_t, n)
+	var buf []C.fpl_holder
+	var err C.fpl_error
+	for {
+		buf = make([]C.fpl_holder, capacity)
+		var first *C.fpl_holder
+		if capacity > 0 {
+			first = &buf[0]
+		}
+		var total C.size_t
+		rc := C.fpl_query_many(&cpaths[0], C.size_t(n), flags, &statuses[0], &results[0],
+			first, C.size_t(capacity), &total, &err)
+		if rc != 0 && !contains(results, C.int32_t(rc)) {
+			// A bad argument: nothing was inspected.
+			for i := range out {
+				out[i].Err = newError("query", paths[i], rc, &err)
+			}
+			return out
+		}
+		// Holders come and go between calls: ask again until all fit.
+		if int(total) <= capacity {
+			break
+		}
+		capacity = int(total) + 8
+	}
+	described := false
+	start := 0
+	for i := range out {
+		switch {
+		case results[i] == 0:
+			count := 0
+			if holders {
+				count = int(statuses[i].n_holders)
+			}
+			out[i].Status = statusOf(&statuses[i], buf[start:start+count])
+			start += count
+		case !described:
+			// err describes the first image that could not be inspected.
+			described = true
+			out[i].Err = newError("query", paths[i], C.int(results[i]), &err)
+		default:
+			// Only its errno is known: worded like libfpl's messages.
+			e := newError("query", paths[i], C.int(results[i]), nil).(*Error)
+			e.Message = "cannot inspect '" + paths[i] + "': " + e.Errno.Error()
+			out[i].Err = e
+		}
+	}
+	return out
+}
+
+func contains(results []C.int32_t, rc C.int32_t) bool {
+	for _, r := range results {
+		if r == rc {
+			return true
+		}
+	}
+	return false
+}
+
+// Role is what a file is to an image.
+type Role uint32
+
+// The roles of Member.
+const (
+	RoleImage    Role = C.FPL_ROLE_IMAGE     // the image itself
+	RoleBacking  Role = C.FPL_ROLE_BACKING   // a backing file, at some depth
+	RoleDataFile Role = C.FPL_ROLE_DATA_FILE // a qcow2 external data file
+)
+
+func (r Role) String() string {
+	switch r {
+	case RoleImage:
+		return "image"
+	case RoleBacking:
+		return "backing"
+	case RoleDataFile:
+		return "data-file"
+	}
+	return "role(" + strconv.FormatUint(uint64(r), 10) + ")"
+}
+
+// Format is a member's format.
+type Format uint32
+
+// The formats of Member.
+const (
+	FormatRaw   Format = C.FPL_FORMAT_RAW
+	FormatQcow2 Format = C.FPL_FORMAT_QCOW2
+	// FormatRemote: reached through a protocol (nbd:, ...): listed, never
+	// opened, locked or followed, as QEMU's client locks nothing there.
+	FormatRemote Format = C.FPL_FORMAT_REMOTE
+)
+
+func (f Format) String() string {
+	switch f {
+	case FormatRaw:
+		return "raw"
+	case FormatQcow2:
+		return "qcow2"
+	case FormatRemote:
+		return "remote"
+	}
+	return "format(" + strconv.FormatUint(uint64(f), 10) + ")"
+}
+
+// Member is one file of an image.
+type Member struct {
+	// As QEMU opens it: a relative backing name joined to the overlay's
+	// directory as given, symlinks not resolved; a relative data-file name
+	// as written (QEMU opens it from the working directory).
+	Path   string
+	Role   Role
+	Format Format
+	// 0: the image and its data file; 1: its backing file and that file's
+	// data file; ...
+	Depth int
+	// What a lock with Mode.Chain takes on this member for the mode asked
+	// about (QEMU's derivation, strict or Exact).
+	Perm   Perm
+	Shared Perm
+}
+
+// Chain lists the files of the image at path in the order QEMU opens them
+// (the image first, then its data file, its backing file, ...), each with
+// what Acquire(path, mode) with mode.Chain would take on it. It reads only
+// their headers and takes no lock. A member that cannot be opened is an
+// *Error in QEMU's words (`Could not open backing file: Could not open
+// ...`, wrapping ENOENT); a loop or a chain too deep wraps ELOOP, a
+// malformed header EINVAL, a format libfpl does not follow ENOTSUP.
+func Chain(path string, mode Mode) ([]Member, error) {
+	cpath := C.CString(path)
+	defer C.free(unsafe.Pointer(cpath))
+	capacity := 8
+	for {
+		buf := make([]C.fpl_member, capacity)
+		var n C.size_t
+		var err C.fpl_error
+		if rc := C.fpl_chain(cpath, C.uint32_t(mode.Perm), C.uint32_t(mode.Shared), mode.flags(),
+			&buf[0], C.size_t(capacity), &n, &err); rc != 0 {
+			return nil, newError("chain", path, rc, &err)
+		}
+		// The headers may change between calls: ask until all fit.
+		if int(n) > capacity {
+			capacity = int(n)
+			continue
+		}
+		members := make([]Member, n)
+		for i := range members {
+			m := &buf[i]
+			members[i] = Member{
+				Path: C.GoString(&m.path[0]), Role: Role(m.role), Format: Format(m.format),
+				Depth: int(m.depth), Perm: Perm(m.perm), Shared: Perm(m.shared),
+			}
+		}
+		return members, nil
+	}
+}
+
+// Version is the loaded libfpl's version, e.g. "1.0.0".
 func Version() string { return C.GoString(C.fpl_version()) }
 
 // HeaderVersion is the version of the fpl.h these bindings were built with.

@@ -45,7 +45,13 @@ func newImage(t *testing.T) string {
 // locks to show up.
 func holdWithQEMU(t *testing.T, image string, readOnly bool) *exec.Cmd {
 	t.Helper()
-	args := []string{"-f", "qcow2"}
+	return holdWithQEMUAs(t, image, "qcow2", readOnly)
+}
+
+// holdWithQEMUAs is holdWithQEMU for an image of the given format.
+func holdWithQEMUAs(t *testing.T, image, format string, readOnly bool) *exec.Cmd {
+	t.Helper()
+	args := []string{"-f", format}
 	if readOnly {
 		args = append(args, "-r")
 	}
@@ -113,6 +119,10 @@ func TestWriteLockIsSeenThenReleased(t *testing.T) {
 	if len(st.Holders) != 1 || st.Holders[0].PID != os.Getpid() || st.Holders[0].FD < 0 {
 		t.Fatalf("holders %+v, want this process (%d)", st.Holders, os.Getpid())
 	}
+	// libfpl opens images read-only, whatever it locks.
+	if h := st.Holders[0]; h.Access != fpl.AccessRead || h.Flags != 0 {
+		t.Fatalf("holder %+v, want read access and no flags", h)
+	}
 	if err := lock.Release(); err != nil {
 		t.Fatal(err)
 	}
@@ -152,6 +162,9 @@ func TestQEMUWriterRefusesASecondWriter(t *testing.T) {
 	}
 	if len(st.Holders) != 1 || st.Holders[0].PID != qemu.Process.Pid || st.Holders[0].Name != "qemu-io" {
 		t.Fatalf("holders %+v, want qemu-io %d", st.Holders, qemu.Process.Pid)
+	}
+	if st.Holders[0].Access != fpl.AccessRead|fpl.AccessWrite {
+		t.Fatalf("qemu-io's access %v, want read and write", st.Holders[0].Access)
 	}
 	// Check predicts the same, taking nothing; reading beside QEMU is fine.
 	if e := conflict(t, fpl.Check(image, fpl.Read)); e.Byte != 101 || !strings.HasPrefix(e.Message, "Failed to get shared \"write\" lock") {

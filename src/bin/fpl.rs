@@ -1,12 +1,15 @@
 //! `fpl`: inspect, test and take QEMU's image locks from the command line.
 //! The first user of libfpl's Rust API.
 //!
-//! - `fpl status [--json] [--no-holders] IMAGE...`: free, or who holds
-//!   each image and for what, in QEMU's words.
-//! - `fpl check (--mode MODE | --perm LIST --share LIST) [--exact] IMAGE...`:
+//! - `fpl status [--chain] [--json] [--no-holders] IMAGE...`: free, or who
+//!   holds each image and for what, in QEMU's words; with `--chain`, for
+//!   every file of each image (its backing chain, its data file), and which
+//!   of the images named refer to each.
+//! - `fpl check (--mode MODE | --perm LIST --share LIST) [--chain] [--exact] IMAGE...`:
 //!   would taking the locks succeed? Exit 0 yes, 1 conflict, 2 error.
-//! - `fpl hold ... IMAGE... [-- COMMAND...]`: hold the locks on all images
-//!   while a command runs, or until a signal.
+//! - `fpl hold ... [--chain] IMAGE... [-- COMMAND...]`: hold the locks on all
+//!   images (with `--chain`, on every file of each) while a command runs,
+//!   or until a signal.
 //! - `fpl demo`: the above against a real qemu-storage-daemon.
 //!
 //! `--json` prints one JSON array with one object per image, in command-line
@@ -25,6 +28,8 @@ macro_rules! diag {
 }
 
 // The crate root is src/bin/fpl.rs, so its modules are named by path.
+#[path = "fpl/chain_status.rs"]
+mod chain_status;
 #[path = "fpl/check.rs"]
 mod check;
 #[path = "fpl/demo.rs"]
@@ -76,7 +81,9 @@ pub const EXIT_HOLD_ERROR: u8 = 125;
                   scripts and other programs can share images with QEMU safely.",
     after_help = "Examples:
   fpl status vm.qcow2 base.raw
+  fpl status --chain pool/*
   fpl check --mode exclusive vm.qcow2
+  fpl hold --chain --mode read vm.qcow2 -- qemu-img convert -O raw vm.qcow2 vm.raw
   fpl hold --mode exclusive vm.qcow2 -- cp vm.qcow2 /backup/
   fpl demo
 

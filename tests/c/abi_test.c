@@ -445,7 +445,7 @@ static void test_bad_input(void) {
     CHECK_RC(rc, -EINVAL, err);
     rc = fpl_acquire(img, FPL_MODE_READ_PERM, 0x1f, 0, &lock, &err);
     CHECK_RC(rc, -EINVAL, err);
-    rc = fpl_acquire(img, FPL_MODE_READ_PERM, FPL_MODE_READ_SHARE, 0x4, &lock, &err);
+    rc = fpl_acquire(img, FPL_MODE_READ_PERM, FPL_MODE_READ_SHARE, 0x40, &lock, &err);
     CHECK_RC(rc, -EINVAL, err);
     rc = fpl_acquire(img, FPL_MODE_READ_PERM, FPL_MODE_READ_SHARE, 0, &lock, NULL);
     CHECK(rc == 0, "NULL err on success: %d", rc);
@@ -466,7 +466,7 @@ static void test_bad_input(void) {
     CHECK_RC(rc, -EINVAL, err);
     rc = fpl_query(img, FPL_QUERY_HOLDERS, &st, NULL, 1, &err);
     CHECK_RC(rc, -EINVAL, err);
-    rc = fpl_query(img, 0x2, &st, holders, 1, &err);
+    rc = fpl_query(img, 0x40, &st, holders, 1, &err);
     CHECK_RC(rc, -EINVAL, err);
 
     /* Paths. */

@@ -23,6 +23,11 @@ def qemu_tool(name: str) -> str:
     return path
 
 
+def qemu_img(*args: str) -> None:
+    done = subprocess.run([qemu_tool("qemu-img"), *args], capture_output=True, text=True)
+    assert done.returncode == 0, f"qemu-img {' '.join(args)}: {done.stderr}"
+
+
 @pytest.fixture
 def image(tmp_path: Path) -> Path:
     """A fresh 16 MiB qcow2 image."""
@@ -33,18 +38,31 @@ def image(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.fixture
+def chain_image(tmp_path: Path) -> Path:
+    """top.qcow2 over base.raw (a relative backing name), made by qemu-img;
+    returns top's path (base.raw is beside it)."""
+    qemu_img("create", "-q", "-f", "raw", str(tmp_path / "base.raw"), "16M")
+    qemu_img(
+        "create", "-q", "-f", "qcow2", "-b", "base.raw", "-F", "raw", str(tmp_path / "top.qcow2")
+    )
+    return tmp_path / "top.qcow2"
+
+
 HoldImage = Callable[..., "subprocess.Popen[bytes]"]
 
 
 @pytest.fixture
 def qemu_holding() -> Iterator[HoldImage]:
-    """Starts `qemu-io -f qcow2 [-r] IMAGE` reading commands from a pipe:
-    it holds the image until the pipe closes. Returns once QEMU's bytes
-    show up; every process is killed when the test ends."""
+    """Starts `qemu-io -f FMT [-r] IMAGE` (FMT qcow2 unless given) reading
+    commands from a pipe: it holds the image until the pipe closes. Returns
+    once QEMU's bytes show up; every process is killed when the test ends."""
     started: List["subprocess.Popen[bytes]"] = []
 
-    def hold(path: Path, read_only: bool = False) -> "subprocess.Popen[bytes]":
-        args = [qemu_tool("qemu-io"), "-f", "qcow2"] + (["-r"] if read_only else []) + [str(path)]
+    def hold(
+        path: Path, read_only: bool = False, fmt: str = "qcow2"
+    ) -> "subprocess.Popen[bytes]":
+        args = [qemu_tool("qemu-io"), "-f", fmt] + (["-r"] if read_only else []) + [str(path)]
         proc = subprocess.Popen(
             args, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import fcntl
 import gc
@@ -49,6 +50,8 @@ def test_write_lock_is_seen_then_released(image: Path) -> None:
         assert me.pid == os.getpid()
         assert me.fd is not None and me.fd >= 0
         assert (me.perm, me.unshared) == (status.perm, status.unshared)
+        # libfpl opens images read-only, whatever it locks.
+        assert (me.access, me.flags) == (fpl.Access.READ, fpl.HolderFlag.NONE)
     assert lock.released
     after = fpl.query(image, holders=True)
     assert not after.in_use
@@ -96,6 +99,7 @@ def test_query_names_the_qemu_holder(image: Path, qemu_holding: HoldImage) -> No
     status = fpl.query(image, holders=True)
     assert (status.perm, status.unshared) == (QEMU_RW_PERM, QEMU_RW_UNSHARED)
     assert [(h.pid, h.name) for h in status.holders] == [(qemu.pid, "qemu-io")]
+    assert status.holders[0].access == fpl.Access.READ | fpl.Access.WRITE
     assert (status.holders[0].perm, status.holders[0].unshared) == (QEMU_RW_PERM, QEMU_RW_UNSHARED)
     assert fpl.query(image).holders == ()  # not asked for
 
@@ -264,11 +268,11 @@ def _run_python(code: str, env: Dict[str, str], cwd: Path) -> "subprocess.Comple
 
 def test_library_is_found_by_soname_or_fpl_library(tmp_path: Path) -> None:
     built = os.environ.get("FPL_LIBRARY")
-    assert built, "run with FPL_LIBRARY set to the built libfpl.so.0"
+    assert built, "run with FPL_LIBRARY set to the built libfpl.so.1"
     base = {k: v for k, v in os.environ.items() if k not in ("FPL_LIBRARY", "LD_LIBRARY_PATH")}
     code = "import fpl; print(fpl.version())"
 
-    # No FPL_LIBRARY: the loader finds libfpl.so.0 on LD_LIBRARY_PATH.
+    # No FPL_LIBRARY: the loader finds libfpl.so.1 on LD_LIBRARY_PATH.
     found = _run_python(code, dict(base, LD_LIBRARY_PATH=str(Path(built).parent)), tmp_path)
     assert found.returncode == 0, found.stderr
     assert found.stdout.strip() == fpl.version()
@@ -276,11 +280,40 @@ def test_library_is_found_by_soname_or_fpl_library(tmp_path: Path) -> None:
     # An explicit FPL_LIBRARY that does not exist is an error, never a fallback.
     wrong = _run_python(
         code,
-        dict(base, FPL_LIBRARY=str(tmp_path / "libfpl.so.0"), LD_LIBRARY_PATH=str(Path(built).parent)),
+        dict(base, FPL_LIBRARY=str(tmp_path / "libfpl.so.1"), LD_LIBRARY_PATH=str(Path(built).parent)),
         tmp_path,
     )
     assert wrong.returncode != 0
-    assert str(tmp_path / "libfpl.so.0") in wrong.stderr
+    assert str(tmp_path / "libfpl.so.1") in wrong.stderr
+
+
+def test_a_libfpl_of_another_abi_is_refused_by_name(tmp_path: Path) -> None:
+    """A libfpl.so.0 (no fpl_chain) or a future 2.x is refused when loaded,
+    naming the library and the SONAME these bindings need, rather than
+    called with structures of the wrong size."""
+    import shutil
+
+    cc = shutil.which("cc")
+    assert cc, "this test needs a C compiler (apt-get install gcc)"
+    v0 = ["fpl_acquire", "fpl_acquire_fd", "fpl_update", "fpl_release", "fpl_check",
+          "fpl_query", "fpl_query_many"]
+    v1 = v0 + ["fpl_chain", "fpl_verify"]
+    code = "import fpl; fpl.version()"
+    for name, functions, version, expected in (
+        ("libfpl-v0.so", v0, "0.1.0", "lacks fpl_chain: not a libfpl.so.1"),
+        ("libfpl-v2.so", v1, "2.0.0", "is libfpl 2.0.0, not a libfpl.so.1"),
+    ):
+        source = tmp_path / (name + ".c")
+        source.write_text(
+            "".join(f"int {f}(void) {{ return -22; }}\n" for f in functions)
+            + f'const char *fpl_version(void) {{ return "{version}"; }}\n'
+        )
+        lib = tmp_path / name
+        subprocess.run([cc, "-shared", "-fPIC", "-o", str(lib), str(source)], check=True)
+        env = {k: v for k, v in os.environ.items() if k != "LD_LIBRARY_PATH"}
+        refused = _run_python(code, dict(env, FPL_LIBRARY=str(lib)), tmp_path)
+        assert refused.returncode != 0
+        assert f"{lib} {expected}" in refused.stderr, refused.stderr
 
 
 def test_package_is_typed() -> None:
@@ -302,9 +335,20 @@ def test_constants_and_structs_agree_with_the_header() -> None:
         assert int(defines[f"FPL_STATUS_{flag.name}"]) == flag
     assert int(defines["FPL_FLAG_EXACT"]) == _perm.FLAG_EXACT
     assert int(defines["FPL_FLAG_ALLOW_POSIX"]) == _perm.FLAG_ALLOW_POSIX
+    assert int(defines["FPL_FLAG_CHAIN"]) == _perm.FLAG_CHAIN
     assert int(defines["FPL_QUERY_HOLDERS"]) == _perm.QUERY_HOLDERS
     assert int(defines["FPL_MESSAGE_SIZE"]) == _library.MESSAGE_SIZE
     assert int(defines["FPL_NAME_SIZE"]) == _library.NAME_SIZE
+    assert int(defines["FPL_PATH_SIZE"]) == _library.PATH_SIZE
+    for enum_type, prefix in (
+        (fpl.Access, "FPL_ACCESS_"),
+        (fpl.HolderFlag, "FPL_HOLDER_"),
+        (fpl.Role, "FPL_ROLE_"),
+        (fpl.Format, "FPL_FORMAT_"),
+    ):
+        in_header = {k[len(prefix):]: int(v) for k, v in defines.items() if k.startswith(prefix)}
+        in_python = {m.name: int(m) for m in enum_type if m.name != "NONE"}
+        assert in_python == in_header, prefix
     names = {"FPL_PERM_CONSISTENT_READ": Perm.CONSISTENT_READ, "FPL_PERM_WRITE": Perm.WRITE,
              "FPL_PERM_RESIZE": Perm.RESIZE, "FPL_PERM_ALL": Perm.ALL}
     for mode, (perm, shared) in fpl.MODES.items():
@@ -313,13 +357,51 @@ def test_constants_and_structs_agree_with_the_header() -> None:
         assert eval(defines[key + "_SHARE"], {}, dict(names)) == shared, mode
 
     header = Path(os.environ.get("FPL_HEADER", REPO / "include" / "fpl.h")).read_text()
-    for struct in (_library.ErrorStruct, _library.StatusStruct, _library.HolderStruct):
+    for struct in _library.SIZES:
         c_name = {"ErrorStruct": "fpl_error", "StatusStruct": "fpl_status",
-                  "HolderStruct": "fpl_holder"}[struct.__name__]
+                  "HolderStruct": "fpl_holder", "MemberStruct": "fpl_member"}[struct.__name__]
         body = re.search(r"typedef struct %s \{(.*?)\} %s;" % (c_name, c_name), header, re.S)
         assert body, c_name
         fields = re.findall(r"^\s+\w+ (\w+)(?:\[\w+\])?;$", body.group(1), re.M)
         assert fields == [f[0] for f in struct._fields_], c_name
+
+
+def test_struct_layouts_agree_with_a_c_compiler(tmp_path: Path) -> None:
+    """Every field's offset and every structure's size, as cc lays out
+    include/fpl.h, equals ctypes' (the reserved words included): libfpl
+    writes into these structures, so any difference corrupts memory."""
+    import shutil
+
+    from fpl import _library
+
+    cc = shutil.which("cc")
+    assert cc, "this test needs a C compiler (apt-get install gcc)"
+    header = Path(os.environ.get("FPL_HEADER", REPO / "include" / "fpl.h"))
+    c_names = {_library.ErrorStruct: "fpl_error", _library.StatusStruct: "fpl_status",
+               _library.HolderStruct: "fpl_holder", _library.MemberStruct: "fpl_member"}
+    lines = []
+    for struct_type, c_name in c_names.items():
+        lines.append(f'printf("{c_name} sizeof %zu\\n", sizeof({c_name}));')
+        for field, *_ in struct_type._fields_:
+            lines.append(f'printf("{c_name} {field} %zu\\n", offsetof({c_name}, {field}));')
+    source = tmp_path / "layout.c"
+    source.write_text(
+        "#include <stdio.h>\n#include <stddef.h>\n"
+        f'#include "{header}"\n'
+        "int main(void) {\n" + "\n".join(lines) + "\nreturn 0;\n}\n"
+    )
+    exe = tmp_path / "layout"
+    subprocess.run([cc, "-Wall", "-Werror", "-o", str(exe), str(source)], check=True)
+    printed = subprocess.run([str(exe)], capture_output=True, text=True, check=True).stdout
+    expected = []
+    for struct_type, c_name in c_names.items():
+        expected.append(f"{c_name} sizeof {ctypes.sizeof(struct_type)}")
+        for field, *_ in struct_type._fields_:
+            expected.append(f"{c_name} {field} {getattr(struct_type, field).offset}")
+    assert printed.splitlines() == expected
+    # And the sizes _library checks at import are ABI 1's.
+    assert {c_names[t]: n for t, n in _library.SIZES.items()} == {
+        "fpl_error": 304, "fpl_status": 32, "fpl_holder": 112, "fpl_member": 4148}
 
 
 def test_readme_example_runs_as_written(tmp_path: Path, qemu_holding: HoldImage) -> None:

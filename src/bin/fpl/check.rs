@@ -28,6 +28,16 @@ const AFTER_HELP: &str = "\
 For each image, says whether the access would be granted, or QEMU's message
 for the conflict and the process in the way. Nothing is locked.
 
+With --chain, every file of each image is tested (its data file, its
+backing chain), each with what QEMU takes on it for this access (a backing
+file is only read, and protected from writers unless the access shares
+write); the first file refused is named:
+  top.qcow2: write would be refused on base.raw: Failed to get shared
+  \"write\" lock (held by qemu-io, pid 4410)
+  Is another process using the image [base.raw]?
+An image whose chain cannot be resolved (a missing backing file, a loop, a
+format fpl does not follow) is an error (exit status 2).
+
 Exit status: 0 if the access would be granted on every image, 1 if some image
 is in use in a conflicting way, 2 if some image could not be tested (or the
 command line is wrong, or the output could not be written; a closed pipe, as
@@ -40,6 +50,7 @@ each on a line of its own:
    \"conflict\": {\"byte\": 201, \"perm\": \"write\",
                 \"message\": \"Failed to get \\\"write\\\" lock\",
                 \"holder\": {\"pid\": 4410, \"name\": \"qemu-io\"} or null}}
+   (with --chain, \"conflict\" also has \"member\": the file refused)
   {\"path\": \"c.img\", \"ok\": false, \"error\": MESSAGE, \"errno\": 2, \"hint\": ...}";
 
 /// Runs `fpl check`; returns the exit status.
@@ -50,10 +61,22 @@ pub fn run(args: &CheckArgs) -> u8 {
     let outcomes: Vec<(&Path, Result<(), Error>)> = args
         .images
         .iter()
-        .map(|path| (path.as_path(), fpl::check(path, request, options)))
+        .map(|path| {
+            let outcome = if args.access.chain {
+                fpl::ChainLock::check(path, request, options)
+            } else {
+                fpl::check(path, request, options)
+            };
+            (path.as_path(), outcome)
+        })
         .collect();
     if args.json {
-        json::print(outcomes.iter().map(|(p, o)| json::check(p, o)).collect());
+        json::print(
+            outcomes
+                .iter()
+                .map(|(p, o)| json::check(p, o, args.access.chain))
+                .collect(),
+        );
     } else {
         for (path, outcome) in &outcomes {
             print_outcome(path, &what, outcome);
@@ -63,14 +86,16 @@ pub fn run(args: &CheckArgs) -> u8 {
 }
 
 /// `a.img: exclusive would be granted`, or refused with QEMU's message on
-/// standard output; an error on standard error.
+/// standard output; an error on standard error. A refusal on another file
+/// than the one named (a member of its chain) says which.
 pub fn print_outcome(path: &Path, what: &str, outcome: &Result<(), Error>) {
     let shown = escape::path(path);
     match outcome {
         Ok(()) => out(&format!("{shown}: {what} would be granted")),
         Err(e) if e.conflict().is_some() => {
             out(&format!(
-                "{shown}: {what} would be refused: {}",
+                "{shown}: {what} would be refused{}: {}",
+                report::on_member(path, e),
                 escape::error(e)
             ));
         }

@@ -11,7 +11,8 @@ use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use fpl::{Error, Lock, Options};
+use fpl::chain::Role;
+use fpl::{ChainLock, Error, FileId, Lock, Options};
 use nix::sys::signal::{signal, SigHandler, Signal};
 use nix::unistd::Pid;
 
@@ -48,6 +49,15 @@ const AFTER_HELP: &str = "\
 Takes the locks on all the images, or on none: if one image cannot be locked,
 those already locked are released. The locks are QEMU's, so QEMU processes
 that conflict with them are refused while they are held.
+
+With --chain, every file of each image is locked (its data file, its backing
+chain), each with what QEMU takes on it for this access: a backing file is
+only read, and protected from writers unless the access shares write. A
+conflict on any file releases everything and names that file:
+  fpl: top.qcow2: cannot take read on base.raw: Failed to get shared
+  \"write\" lock (held by qemu-io, pid 4410)
+  Is another process using the image [base.raw]?
+An image whose chain cannot be resolved is an error (exit status 125).
 
 With a command (after --), runs it with the locks held, passes SIGINT,
 SIGTERM and SIGHUP on to it, releases the locks when it exits and exits with
@@ -102,7 +112,7 @@ pub fn run(args: &HoldArgs) -> u8 {
         Err(status) => return status,
     };
     let outcome = match args.command.split_first() {
-        None => hold_until_signal(args),
+        None => hold_until_signal(args, &locks),
         Some((program, rest)) => run_command(program, rest),
     };
     release_all(locks);
@@ -125,13 +135,32 @@ enum Ended {
     Signal(Signal),
 }
 
+/// What is held for one image: its file, or every file of its chain.
+enum Taken {
+    File(Lock),
+    Chain(ChainLock),
+}
+
+impl Taken {
+    fn release(self) -> Result<(), Error> {
+        match self {
+            Taken::File(lock) => lock.release(),
+            Taken::Chain(lock) => lock.release(),
+        }
+    }
+}
+
 /// Takes every lock, retrying conflicts until the `--wait` deadline.
 /// On failure the message is printed and the exit status returned.
-fn acquire_waiting(args: &HoldArgs) -> Result<Vec<(PathBuf, Lock)>, u8> {
+fn acquire_waiting(args: &HoldArgs) -> Result<Vec<(PathBuf, Taken)>, u8> {
     let deadline = args.wait.map(|w| Instant::now() + w);
     let mut announced = false;
     loop {
-        let (path, mut e) = match acquire_all(args) {
+        let Failure {
+            path,
+            error: mut e,
+            held_by_self,
+        } = match acquire_all(args) {
             Ok(locks) => return Ok(locks),
             Err(failure) => failure,
         };
@@ -140,7 +169,8 @@ fn acquire_waiting(args: &HoldArgs) -> Result<Vec<(PathBuf, Lock)>, u8> {
         // on the silent retries of --wait).
         let left = deadline.and_then(|d| d.checked_duration_since(Instant::now()));
         match (e.conflict().is_some(), left) {
-            (true, Some(left)) if !left.is_zero() => {
+            // A conflict with this hold's own locks never ends by waiting.
+            (true, Some(left)) if !left.is_zero() && held_by_self.is_none() => {
                 if !announced {
                     e.look_up_holder();
                     let held_by = e
@@ -149,8 +179,10 @@ fn acquire_waiting(args: &HoldArgs) -> Result<Vec<(PathBuf, Lock)>, u8> {
                         .map_or_else(String::new, |h| {
                             format!(", held by {} (pid {})", escape::escape(&h.name), h.pid)
                         });
+                    let what = report::member(&path, &e)
+                        .map_or_else(|| "in use".to_owned(), |m| format!("{m} in use"));
                     diag!(
-                        "fpl: {}: in use ({}{held_by}); waiting",
+                        "fpl: {}: {what} ({}{held_by}); waiting",
                         escape::path(&path),
                         e.conflict().map(|c| c.qemu_message()).unwrap_or_default()
                     );
@@ -161,11 +193,15 @@ fn acquire_waiting(args: &HoldArgs) -> Result<Vec<(PathBuf, Lock)>, u8> {
             (true, _) => {
                 e.look_up_holder();
                 diag!(
-                    "fpl: {}: cannot take {}: {}",
+                    "fpl: {}: cannot take {}{}: {}",
                     escape::path(&path),
                     args.access.describe(),
+                    report::on_member(&path, &e),
                     escape::error(&e)
                 );
+                if let Some(note) = held_by_self {
+                    diag!("fpl: note: {note}: this hold would conflict with itself");
+                }
                 return Err(EXIT_HOLD_CONFLICT);
             }
             (false, _) => {
@@ -179,8 +215,9 @@ fn acquire_waiting(args: &HoldArgs) -> Result<Vec<(PathBuf, Lock)>, u8> {
 /// One attempt at every image, in command-line order; on failure nothing
 /// stays locked. Two names of one inode (symlink, hard link) are locked
 /// once: the locks belong to the inode, and a second description of it
-/// would conflict with the first.
-fn acquire_all(args: &HoldArgs) -> Result<Vec<(PathBuf, Lock)>, (PathBuf, Error)> {
+/// would conflict with the first. With `--chain`, each image is every file
+/// of its chain (`fpl::ChainLock`, itself all or nothing).
+fn acquire_all(args: &HoldArgs) -> Result<Vec<(PathBuf, Taken)>, Failure> {
     let request = args.access.request();
     // No holder is looked up while this attempt still holds other images:
     // the caller does it once everything is released.
@@ -188,7 +225,7 @@ fn acquire_all(args: &HoldArgs) -> Result<Vec<(PathBuf, Lock)>, (PathBuf, Error)
         skip_holder_lookup: true,
         ..args.access.options()
     };
-    let mut locks: Vec<(PathBuf, Lock)> = Vec::with_capacity(args.images.len());
+    let mut locks: Vec<(PathBuf, Taken)> = Vec::with_capacity(args.images.len());
     let mut inodes = Vec::with_capacity(args.images.len());
     for path in &args.images {
         if let Ok(meta) = std::fs::metadata(path) {
@@ -198,18 +235,71 @@ fn acquire_all(args: &HoldArgs) -> Result<Vec<(PathBuf, Lock)>, (PathBuf, Error)
             }
             inodes.push(inode);
         }
-        match Lock::acquire(path, request, options) {
-            Ok(lock) => locks.push((path.clone(), lock)),
+        let taken = if args.access.chain {
+            ChainLock::acquire(path, request, options).map(Taken::Chain)
+        } else {
+            Lock::acquire(path, request, options).map(Taken::File)
+        };
+        match taken {
+            Ok(taken) => locks.push((path.clone(), taken)),
             Err(e) => {
+                let held_by_self = taken_by(&locks, &e);
                 release_all(locks);
-                return Err((path.clone(), e));
+                return Err(Failure {
+                    path: path.clone(),
+                    error: e,
+                    held_by_self,
+                });
             }
         }
     }
     Ok(locks)
 }
 
-fn release_all(locks: Vec<(PathBuf, Lock)>) {
+/// Why an attempt failed.
+struct Failure {
+    /// The image named.
+    path: PathBuf,
+    error: Error,
+    /// For a conflict on a file this attempt had already locked (an image
+    /// named with its own backing file, `--chain`), which image took it.
+    held_by_self: Option<String>,
+}
+
+/// When the conflict `e` is on a file `locks` already hold: says which
+/// image named before took it, and as what.
+fn taken_by(locks: &[(PathBuf, Taken)], e: &Error) -> Option<String> {
+    let conflicted = e.conflict()?.path.as_deref()?;
+    let meta = std::fs::metadata(conflicted).ok()?;
+    let file = FileId {
+        dev: meta.dev(),
+        ino: meta.ino(),
+    };
+    let shown = escape::path(conflicted);
+    locks.iter().find_map(|(path, taken)| {
+        let member = match taken {
+            Taken::File(lock) => (lock.file_id() == file).then_some(Role::Image),
+            Taken::Chain(chain) => chain
+                .members()
+                .iter()
+                .find(|m| m.file == Some(file))
+                .map(|m| m.role),
+        }?;
+        Some(match member {
+            Role::Image => format!("{shown} was named before, and is held already"),
+            Role::Backing => format!(
+                "{shown} is a backing file of {}, named before",
+                escape::path(path)
+            ),
+            Role::DataFile => format!(
+                "{shown} is the data file of {}, named before",
+                escape::path(path)
+            ),
+        })
+    })
+}
+
+fn release_all(locks: Vec<(PathBuf, Taken)>) {
     for (path, lock) in locks {
         if let Err(e) = lock.release() {
             // Exiting closes the descriptor, which drops the locks anyway.
@@ -221,9 +311,19 @@ fn release_all(locks: Vec<(PathBuf, Lock)>) {
 /// Holds until a stop signal. SIGINT (Ctrl-C) ends fpl by SIGINT, so that
 /// the shell loop or script that ran it stops too, as it would have for
 /// any program; SIGTERM and SIGHUP are the planned ends of a hold: exit 0.
-fn hold_until_signal(args: &HoldArgs) -> Result<Ended, String> {
+fn hold_until_signal(args: &HoldArgs, locks: &[(PathBuf, Taken)]) -> Result<Ended, String> {
     let signals = Signals::block(&STOP, false)?;
-    let names: Vec<_> = args.images.iter().map(|p| escape::path(p)).collect();
+    let names: Vec<_> = locks
+        .iter()
+        .map(|(path, taken)| match taken {
+            Taken::Chain(chain) if chain.members().len() > 1 => {
+                let n = chain.members().len() - 1;
+                let files = if n == 1 { "file" } else { "files" };
+                format!("{} and {n} {files} of its chain", escape::path(path))
+            }
+            _ => escape::path(path),
+        })
+        .collect();
     out(&format!(
         "fpl: holding {} ({}) until {}; pid {}",
         names.join(", "),

@@ -13,16 +13,27 @@
 //!  "flags": [],               // "legacy" (104/204), "libvirt" (byte 0),
 //!                             // "holders-partial" (some process not inspectable)
 //!  "holders": [{"pid": 4410, "fd": 12, "name": "qemu-storage-da",
-//!               "perm": [...], "unshared": [...], "flags": [...]}]}
+//!               "perm": [...], "unshared": [...], "flags": [...],
+//!               "access": ["read", "write"]}]}   // how it opened the image
 //! ```
 //!
 //! `holders` is left out with `--no-holders`. Bytes held while `holders` is
 //! empty mean a holder fpl cannot see, never a free image.
 //!
+//! `status --chain`: `{"path": IMAGE, "members": [...]}`, one object per
+//! file of the image, top first: `path` (as QEMU opens it), `role`
+//! (`image`, `backing`, `data-file`), `format` (`raw`, `qcow2`, `remote`),
+//! `depth`, then the keys of a `status` object (`perm`, `unshared`, `flags`,
+//! `holders`; or `error`, `errno`, `hint`; none for a remote member, which
+//! is never opened), then `overlays`: the images named whose chain holds
+//! this file below their top, `[{"path", "role", "depth"}]` (its role and
+//! depth in that image's chain).
+//!
 //! `check`: `{"path": ..., "ok": true}` when the access would be granted;
 //! on a conflict `{"path": ..., "ok": false, "error": MESSAGE, "errno": 11,
 //! "conflict": {"byte": 201, "perm": "write", "message": QEMU's first line,
-//! "holder": {"pid": ..., "name": ...} or null}}`.
+//! "holder": {"pid": ..., "name": ...} or null}}`; with `--chain` the
+//! conflict also has `"member"`, the file of the image's chain refused.
 //!
 //! Any command, an image that could not be inspected: `{"path": ...,
 //! "error": MESSAGE, "errno": N}`, plus `"hint"` when there is advice, and
@@ -31,6 +42,8 @@
 use std::path::Path;
 
 use fpl::{Error, Held, Holder, PermSet, Status};
+
+use crate::chain_status::{format_name, role_name, Inspected};
 use serde_json::{json, Map, Value};
 
 use crate::report;
@@ -59,7 +72,21 @@ fn holder(h: &Holder) -> Value {
         "perm": perm_list(h.held.perm),
         "unshared": perm_list(h.held.unshared),
         "flags": held_flags(&h.held),
+        "access": access_list(h.access),
     })
+}
+
+/// How the holder's descriptor was opened: `["read"]`, `["read", "write"]`,
+/// `["write"]`, or `[]` when fdinfo did not say.
+fn access_list(a: fpl::fdinfo::Access) -> Value {
+    let mut list = Vec::new();
+    if a.read {
+        list.push("read");
+    }
+    if a.write {
+        list.push("write");
+    }
+    json!(list)
 }
 
 /// The `status` object of an inspected image; `holders` when they were looked up.
@@ -80,6 +107,48 @@ pub fn status(path: &Path, status: &Status, holders: bool) -> Value {
     object
 }
 
+/// The `status --chain` object of an image whose chain was resolved:
+/// `{"path", "members": [...]}`, one member object per file, top first.
+pub fn chain(path: &Path, members: &[Inspected], holders: bool) -> Value {
+    json!({
+        "path": path.to_string_lossy(),
+        "members": members.iter().map(|m| member(m, holders)).collect::<Value>(),
+    })
+}
+
+/// A member: `path`, `role`, `format`, `depth`, then what `status` says
+/// of it (`perm`, `unshared`, `flags`, `holders`; or `error`, `errno`,
+/// `hint`; nothing for a remote member, which is never opened), then
+/// `overlays`: the images named that refer to it.
+fn member(m: &Inspected, holders: bool) -> Value {
+    let mut object = Map::new();
+    object.insert("path".into(), m.member.path.to_string_lossy().into());
+    object.insert("role".into(), role_name(m.member.role).into());
+    object.insert("format".into(), format_name(m.member.format).into());
+    object.insert("depth".into(), m.member.depth.into());
+    let fields = match m.status.as_deref() {
+        None => Value::Null,
+        Some(Ok(s)) => status(&m.member.path, s, holders),
+        Some(Err(e)) => error(&m.member.path, e),
+    };
+    if let Value::Object(fields) = fields {
+        object.extend(fields.into_iter().filter(|(k, _)| k != "path"));
+    }
+    let overlays = m
+        .overlays
+        .iter()
+        .map(|o| {
+            json!({
+                "path": o.path.to_string_lossy(),
+                "role": role_name(o.role),
+                "depth": o.depth,
+            })
+        })
+        .collect();
+    object.insert("overlays".into(), overlays);
+    Value::Object(object)
+}
+
 /// The object of an image that could not be inspected.
 pub fn error(path: &Path, e: &Error) -> Value {
     let mut object = Map::new();
@@ -93,7 +162,8 @@ pub fn error(path: &Path, e: &Error) -> Value {
 }
 
 /// The `check` object: granted, refused (with the conflict) or an error.
-pub fn check(path: &Path, outcome: &Result<(), Error>) -> Value {
+/// With `chain`, the conflict names the file refused (`member`).
+pub fn check(path: &Path, outcome: &Result<(), Error>, chain: bool) -> Value {
     let e = match outcome {
         Ok(()) => return json!({"path": path.to_string_lossy(), "ok": true}),
         Err(e) => e,
@@ -109,15 +179,17 @@ pub fn check(path: &Path, outcome: &Result<(), Error>) -> Value {
             .holder
             .as_ref()
             .map_or(Value::Null, |h| json!({"pid": h.pid, "name": h.name}));
-        object.insert(
-            "conflict".into(),
-            json!({
-                "byte": c.byte,
-                "perm": c.perm.cli_name(),
-                "message": c.qemu_message(),
-                "holder": holder,
-            }),
-        );
+        let mut conflict = json!({
+            "byte": c.byte,
+            "perm": c.perm.cli_name(),
+            "message": c.qemu_message(),
+            "holder": holder,
+        });
+        if chain {
+            let member = c.path.as_deref().unwrap_or(path);
+            conflict["member"] = member.to_string_lossy().into();
+        }
+        object.insert("conflict".into(), conflict);
     }
     Value::Object(object)
 }

@@ -18,7 +18,9 @@ pub fn hint(e: &Error) -> Option<&'static str> {
             "fpl opens images read-only: it needs read permission on the image \
              and search permission on its folders (or run it as the image's owner)",
         ),
-        libc::ENOLCK | libc::EOPNOTSUPP => Some(
+        // Resolving a chain locks nothing: there ENOTSUP is a format fpl
+        // does not follow, which the message names.
+        libc::ENOLCK | libc::EOPNOTSUPP if !matches!(e, Error::Chain { .. }) => Some(
             "the file system refuses byte-range locks (some FUSE mounts; NFS without \
              its lock service): QEMU fails to lock images there too. Use a local file \
              system or fix the mount. Only on a kernel without open file description \
@@ -47,4 +49,19 @@ pub fn print_error(path: &Path, e: &Error) {
     if let Some(hint) = hint(e) {
         diag!("fpl: hint: {hint}");
     }
+}
+
+/// The file the conflict `e` is on, shown, when it is another file than
+/// `path` (a member of its chain).
+pub fn member(path: &Path, e: &Error) -> Option<String> {
+    match e.conflict().and_then(|c| c.path.as_deref()) {
+        Some(member) if member != path => Some(escape::path(member)),
+        _ => None,
+    }
+}
+
+/// ` on base.raw` when the conflict `e` is on a member of `path`'s chain,
+/// else nothing.
+pub fn on_member(path: &Path, e: &Error) -> String {
+    member(path, e).map_or_else(String::new, |m| format!(" on {m}"))
 }

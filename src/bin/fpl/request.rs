@@ -1,5 +1,5 @@
 //! The access a command asks for: a preset (`--mode`) or QEMU's permission
-//! lists (`--perm` / `--share`), with `--exact` and `--allow-posix`.
+//! lists (`--perm` / `--share`), with `--exact`, `--chain` and `--allow-posix`.
 
 use clap::{ArgGroup, Args};
 use fpl::{Mode, Options, PermSet, Request};
@@ -32,6 +32,12 @@ pub struct AccessArgs {
     /// write-unchanged as write and make resize imply write).
     #[arg(long)]
     pub exact: bool,
+
+    /// Every file of each image: its data file and its backing chain too,
+    /// each with what QEMU would take on it for this access (a backing
+    /// file is only read). A refusal names the file.
+    #[arg(long)]
+    pub chain: bool,
 
     /// On a kernel without open file description locks (before Linux 3.15),
     /// fall back to process-wide POSIX locks instead of failing.

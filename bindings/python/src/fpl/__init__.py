@@ -1,5 +1,5 @@
 """QEMU-compatible image locks (file-posix byte-range locking), through
-libfpl.so.0.
+libfpl.so.1.
 
 Take, change, test and inspect the locks QEMU puts on disk images, exactly
 as QEMU does, and name the processes holding an image::
@@ -13,31 +13,46 @@ as QEMU does, and name the processes holding an image::
     except fpl.Conflict as e:
         print(e)                         # QEMU's message, the holder named
 
+Whole images (a qcow2 overlay, its backing chain, its data file)::
+
+    for m in fpl.chain("top.qcow2", mode="write"):
+        print(m.path, m.role.name, m.perm, m.shared)
+    with fpl.acquire("top.qcow2", mode="write", chain=True) as lock:
+        lock.verify()                    # every member's bytes still held?
+
 The library is loaded on first use: from the path in the ``FPL_LIBRARY``
-environment variable if set, else as ``libfpl.so.0`` by the system's loader.
+environment variable if set, else as ``libfpl.so.1`` by the system's loader.
 """
 
+from ._chain import Member, chain
 from ._errors import Conflict, Error
 from ._lock import Lock, acquire, acquire_fd, check, version
-from ._perm import MODES, Mode, Perm, StatusFlag
-from ._query import Holder, Status, query
+from ._perm import MODES, Access, Format, HolderFlag, Mode, Perm, Role, StatusFlag
+from ._query import Holder, Status, query, query_many
 
 #: The version of libfpl these bindings were written for.
-__version__ = "0.1.0"
+__version__ = "1.0.0"
 
 __all__ = [
     "MODES",
+    "Access",
     "Conflict",
     "Error",
+    "Format",
     "Holder",
+    "HolderFlag",
     "Lock",
+    "Member",
     "Mode",
     "Perm",
+    "Role",
     "Status",
     "StatusFlag",
     "acquire",
     "acquire_fd",
+    "chain",
     "check",
     "query",
+    "query_many",
     "version",
 ]

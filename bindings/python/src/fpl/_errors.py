@@ -66,10 +66,13 @@ def _rebuild(code: int, text: str, filename: Optional[str]) -> Error:
     return cls(code, text, filename)
 
 
-def from_struct(err: ErrorStruct, rc: int, filename: Optional[str]) -> Error:
-    """The exception for a failed call that returned RC and filled ERR."""
+def from_struct(
+    err: ErrorStruct, rc: int, filename: Optional[str], default: Optional[str] = None
+) -> Error:
+    """The exception for a failed call that returned RC and filled ERR
+    (DEFAULT, or errno's name, when ERR has no message)."""
     code = -rc
-    text = message(err) or _errno.errorcode.get(code, str(code))
+    text = message(err) or default or _errno.errorcode.get(code, str(code))
     if code == _errno.EAGAIN:
         conflict = Conflict(code, text, filename)
         conflict.perm = Perm(err.perm)

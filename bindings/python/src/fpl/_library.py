@@ -1,4 +1,4 @@
-"""Finding and loading libfpl.so.0, and its C types (include/fpl.h)."""
+"""Finding and loading libfpl.so.1, and its C types (include/fpl.h, ABI 1)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,11 @@ import os
 import threading
 from typing import Optional
 
-#: The SONAME these bindings speak to: any libfpl 0.x.
-SONAME = "libfpl.so.0"
+#: The SONAME these bindings speak to: any libfpl 1.x.
+SONAME = "libfpl.so.1"
 MESSAGE_SIZE = 256
 NAME_SIZE = 64
+PATH_SIZE = 4096
 
 
 class ErrorStruct(ctypes.Structure):
@@ -23,6 +24,7 @@ class ErrorStruct(ctypes.Structure):
         ("byte", ctypes.c_uint32),
         ("holder_pid", ctypes.c_int32),
         ("message", ctypes.c_char * MESSAGE_SIZE),
+        ("reserved", ctypes.c_uint32 * 8),
     ]
 
 
@@ -34,6 +36,7 @@ class StatusStruct(ctypes.Structure):
         ("unshared", ctypes.c_uint32),
         ("flags", ctypes.c_uint32),
         ("n_holders", ctypes.c_uint32),
+        ("reserved", ctypes.c_uint32 * 4),
     ]
 
 
@@ -46,7 +49,35 @@ class HolderStruct(ctypes.Structure):
         ("perm", ctypes.c_uint32),
         ("unshared", ctypes.c_uint32),
         ("name", ctypes.c_char * NAME_SIZE),
+        ("access", ctypes.c_uint32),
+        ("flags", ctypes.c_uint32),
+        ("reserved", ctypes.c_uint32 * 6),
     ]
+
+
+class MemberStruct(ctypes.Structure):
+    """``fpl_member``."""
+
+    _fields_ = [
+        ("role", ctypes.c_uint32),
+        ("format", ctypes.c_uint32),
+        ("depth", ctypes.c_uint32),
+        ("perm", ctypes.c_uint32),
+        ("shared", ctypes.c_uint32),
+        ("path", ctypes.c_char * PATH_SIZE),
+        ("reserved", ctypes.c_uint32 * 8),
+    ]
+
+
+# ABI 1's sizes: the caller allocates these structures, so a field added,
+# dropped or resized here would make libfpl write past them. (The tests
+# also compare every offset with a C compiler's, from include/fpl.h.)
+SIZES = {ErrorStruct: 304, StatusStruct: 32, HolderStruct: 112, MemberStruct: 4148}
+for _struct, _size in SIZES.items():
+    if ctypes.sizeof(_struct) != _size:  # pragma: no cover - a broken edit
+        raise ImportError(
+            f"{_struct.__name__} is {ctypes.sizeof(_struct)} bytes, not ABI 1's {_size}"
+        )
 
 
 _u32 = ctypes.c_uint32
@@ -77,6 +108,34 @@ _PROTOTYPES = {
             _err,
         ],
     ),
+    "fpl_query_many": (
+        ctypes.c_int,
+        [
+            ctypes.POINTER(ctypes.c_char_p),
+            ctypes.c_size_t,
+            _u32,
+            ctypes.POINTER(StatusStruct),
+            ctypes.POINTER(ctypes.c_int32),
+            ctypes.POINTER(HolderStruct),
+            ctypes.c_size_t,
+            ctypes.POINTER(ctypes.c_size_t),
+            _err,
+        ],
+    ),
+    "fpl_chain": (
+        ctypes.c_int,
+        [
+            ctypes.c_char_p,
+            _u32,
+            _u32,
+            _u32,
+            ctypes.POINTER(MemberStruct),
+            ctypes.c_size_t,
+            ctypes.POINTER(ctypes.c_size_t),
+            _err,
+        ],
+    ),
+    "fpl_verify": (ctypes.c_int, [ctypes.c_void_p, _err]),
     "fpl_version": (ctypes.c_char_p, []),
 }
 
@@ -93,6 +152,8 @@ def _open() -> ctypes.CDLL:
         # The loader's own search: LD_LIBRARY_PATH, RUNPATH, the ld.so cache.
         return ctypes.CDLL(SONAME)
     except OSError as first:
+        # Else wherever the toolchain would find -lfpl (LIBRARY_PATH, ...);
+        # lib() then refuses a libfpl of another ABI by name.
         found = ctypes.util.find_library("fpl")
         if found is None:
             raise OSError(
@@ -113,7 +174,7 @@ def lib() -> ctypes.CDLL:
                     function = getattr(handle, name)
                 except AttributeError:
                     raise OSError(
-                        f"{handle._name} lacks {name}: not a compatible libfpl"
+                        f"{handle._name} lacks {name}: not a {SONAME} (libfpl ABI 1)"
                     ) from None
                 function.restype = restype
                 function.argtypes = argtypes

@@ -19,12 +19,20 @@ StrOrBytesPath = Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]"]
 class Lock:
     """QEMU's locks on one image, held until :meth:`release` (or the end of
     the ``with`` block). Made by :func:`acquire` and :func:`acquire_fd`.
+    A lock acquired with ``chain=True`` holds every file of the image (see
+    :func:`fpl.chain`) and stays a chain lock: :meth:`update`,
+    :meth:`verify` and :meth:`release` act on all of them.
 
     The lock has a close-on-exec descriptor of its own; it is safe to use
     from several threads (calls on one lock are serialized)."""
 
     def __init__(
-        self, handle: int, path: Optional[Union[str, bytes]], perm: int, shared: int
+        self,
+        handle: int,
+        path: Optional[Union[str, bytes]],
+        perm: int,
+        shared: int,
+        chain: bool = False,
     ) -> None:
         self._handle: Optional[int] = handle
         self._mutex = threading.Lock()
@@ -32,6 +40,7 @@ class Lock:
         self.path = path
         self._perm = Perm(perm)
         self._shared = Perm(shared)
+        self._chain = chain
 
     @property
     def perm(self) -> Perm:
@@ -42,6 +51,11 @@ class Lock:
     def shared(self) -> Perm:
         """The permissions this lock lets others use."""
         return self._shared
+
+    @property
+    def chain(self) -> bool:
+        """Whether the lock covers the image's whole chain."""
+        return self._chain
 
     @property
     def released(self) -> bool:
@@ -57,18 +71,37 @@ class Lock:
     ) -> None:
         """Change the permissions (QEMU's prepare / commit / abort). On
         failure (:class:`Conflict` when somebody holds what is asked for)
-        the lock is left exactly as it was; loosening never conflicts."""
+        the lock is left exactly as it was; loosening never conflicts. A
+        chain lock changes every member, all or nothing."""
         p, s = _perm.request(mode, perm, shared)
         err = ErrorStruct()
         with self._mutex:
             if self._handle is None:
                 raise ValueError("update of a released lock")
             rc = lib().fpl_update(
-                self._handle, p, s, _perm.flags(exact, False), ctypes.byref(err)
+                self._handle, p, s, _perm.flags(exact, False, self._chain), ctypes.byref(err)
             )
             if rc != 0:
                 raise _errors.from_struct(err, rc, self._filename())
             self._perm, self._shared = Perm(p), Perm(s)
+
+    def verify(self) -> None:
+        """Are all the bytes this lock took (for a chain lock: on every
+        member) still held on the file? Tested from a new open file
+        description, as other processes see it. Returns None if they are;
+        raises :class:`Error` with ``errno.ENOLCK`` when they were lost (a
+        file system that dropped them: a GlusterFS brick restart, an
+        expired NFS lease), the message naming the file and the byte;
+        ``errno.ENOTSUP`` for a lock taken with ``allow_posix=True`` that
+        fell back to POSIX locks (its own process cannot test them).
+        Changes nothing."""
+        err = ErrorStruct()
+        with self._mutex:
+            if self._handle is None:
+                raise ValueError("verify of a released lock")
+            rc = lib().fpl_verify(self._handle, ctypes.byref(err))
+        if rc != 0:
+            raise _errors.from_struct(err, rc, self._filename())
 
     def release(self) -> None:
         """Unlock every byte this lock took and close its descriptor.
@@ -104,7 +137,8 @@ class Lock:
 
     def __repr__(self) -> str:
         state = "released" if self._handle is None else f"perm={self._perm!r}"
-        return f"<fpl.Lock {self.path!r} {state}>"
+        kind = "fpl.Lock chain" if self._chain else "fpl.Lock"
+        return f"<{kind} {self.path!r} {state}>"
 
 
 def _encode(path: StrOrBytesPath) -> bytes:
@@ -119,6 +153,7 @@ def acquire(
     shared: Optional[PermLike] = None,
     exact: bool = False,
     allow_posix: bool = False,
+    chain: bool = False,
 ) -> Lock:
     """Open PATH read-only and take QEMU's locks for MODE (``"read-shared"``,
     ``"read"``, ``"write"``, ``"exclusive"``) or for explicit ``perm`` and
@@ -131,6 +166,11 @@ def acquire(
     the strict rules for new software. ``allow_posix=True`` falls back to
     process-wide POSIX locks on kernels without OFD locks.
 
+    ``chain=True`` locks every file of the image as QEMU opens it (the
+    image, its qcow2 data file, its backing chain: :func:`fpl.chain`), each
+    with the request QEMU derives for it, all or nothing: a conflict on any
+    member leaves none held and names that member's path.
+
     Raises :class:`Conflict` when somebody holds the image in a way that
     conflicts (nothing is left held), another :class:`Error` otherwise
     (``FileNotFoundError``, ``IsADirectoryError``, ...)."""
@@ -139,12 +179,17 @@ def acquire(
     handle = ctypes.c_void_p()
     err = ErrorStruct()
     rc = lib().fpl_acquire(
-        raw, p, s, _perm.flags(exact, allow_posix), ctypes.byref(handle), ctypes.byref(err)
+        raw,
+        p,
+        s,
+        _perm.flags(exact, allow_posix, chain),
+        ctypes.byref(handle),
+        ctypes.byref(err),
     )
     if rc != 0:
         raise _errors.from_struct(err, rc, os.fsdecode(raw))
     assert handle.value is not None
-    return Lock(handle.value, os.fspath(path), p, s)
+    return Lock(handle.value, os.fspath(path), p, s, chain)
 
 
 def acquire_fd(
@@ -180,6 +225,7 @@ def check(
     shared: Optional[PermLike] = None,
     exact: bool = False,
     allow_posix: bool = False,
+    chain: bool = False,
 ) -> None:
     """Would :func:`acquire` with these arguments succeed right now? Takes no
     lock. Returns None if it would; raises the :class:`Conflict` (or other
@@ -187,11 +233,11 @@ def check(
     p, s = _perm.request(mode, perm, shared)
     raw = _encode(path)
     err = ErrorStruct()
-    rc = lib().fpl_check(raw, p, s, _perm.flags(exact, allow_posix), ctypes.byref(err))
+    rc = lib().fpl_check(raw, p, s, _perm.flags(exact, allow_posix, chain), ctypes.byref(err))
     if rc != 0:
         raise _errors.from_struct(err, rc, os.fsdecode(raw))
 
 
 def version() -> str:
-    """The loaded libfpl's version, e.g. ``"0.1.0"``."""
+    """The loaded libfpl's version, e.g. ``"1.0.0"``."""
     return str(lib().fpl_version().decode())

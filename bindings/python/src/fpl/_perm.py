@@ -45,8 +45,68 @@ MODES: Dict[str, Tuple[Perm, Perm]] = {
     "exclusive": (_RWR, Perm.NONE),
 }
 
+class Access(enum.IntFlag):
+    """``Holder.access``: how the holder's descriptor was opened."""
+
+    NONE = 0
+    READ = 0x01
+    WRITE = 0x02
+
+
+class HolderFlag(enum.IntFlag):
+    """``Holder.flags``."""
+
+    NONE = 0
+    #: an opener: has the image open and holds none of its bytes
+    NO_LOCKS = 0x01
+    #: the file system keeps its locks out of /proc (FUSE: GlusterFS, ...):
+    #: named because it has the image open while its bytes are held
+    INFERRED = 0x02
+    #: with NO_LOCKS: another device node of the image's block device (a
+    #: container's /dev): its locks are its node's, never the image's
+    OTHER_NODE = 0x04
+    #: with OTHER_NODE: it holds protocol bytes on its own node
+    NODE_LOCKS = 0x08
+
+
+class _OpenEnum(enum.IntEnum):
+    """An IntEnum that keeps values a later libfpl 1.x may add, as
+    ``UNKNOWN_<n>`` members, instead of failing on them."""
+
+    @classmethod
+    def _missing_(cls, value: object) -> Optional["_OpenEnum"]:
+        if not isinstance(value, int) or value < 0:
+            return None
+        member = int.__new__(cls, value)
+        member._name_ = f"UNKNOWN_{value}"
+        member._value_ = value
+        return member
+
+
+class Role(_OpenEnum):
+    """``Member.role``: what a file is to the image."""
+
+    #: the image itself
+    IMAGE = 0
+    #: a backing file (at some depth)
+    BACKING = 1
+    #: a qcow2 external data file
+    DATA_FILE = 2
+
+
+class Format(_OpenEnum):
+    """``Member.format``."""
+
+    RAW = 0
+    QCOW2 = 1
+    #: reached through a protocol (``nbd:``, ...): listed, never opened,
+    #: locked or followed (QEMU's client locks nothing there)
+    REMOTE = 2
+
+
 FLAG_EXACT = 0x01
 FLAG_ALLOW_POSIX = 0x02
+FLAG_CHAIN = 0x04
 QUERY_HOLDERS = 0x01
 
 PermLike = Union[Perm, int]
@@ -71,5 +131,9 @@ def request(
     return int(perm), int(shared)
 
 
-def flags(exact: bool, allow_posix: bool) -> int:
-    return (FLAG_EXACT if exact else 0) | (FLAG_ALLOW_POSIX if allow_posix else 0)
+def flags(exact: bool, allow_posix: bool, chain: bool = False) -> int:
+    return (
+        (FLAG_EXACT if exact else 0)
+        | (FLAG_ALLOW_POSIX if allow_posix else 0)
+        | (FLAG_CHAIN if chain else 0)
+    )

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import ctypes
+import errno as _errno
 import os
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Iterable, List, Optional, Tuple, Union
 
 from . import _errors
 from ._library import ErrorStruct, HolderStruct, StatusStruct, lib
 from ._lock import StrOrBytesPath
-from ._perm import QUERY_HOLDERS, Perm, StatusFlag
+from ._perm import QUERY_HOLDERS, Access, HolderFlag, Perm, StatusFlag
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,13 @@ class Holder:
     unshared: Perm
     #: the process name (/proc/PID/comm), "" if unknown
     name: str
+    #: how that descriptor was opened: READ, WRITE or both
+    access: Access = Access.NONE
+    #: HolderFlag.NO_LOCKS for an opener that holds none of the bytes,
+    #: HolderFlag.INFERRED for a holder named without its lock lines,
+    #: HolderFlag.OTHER_NODE (and NODE_LOCKS) for an opener using another
+    #: device node of the same block device
+    flags: HolderFlag = HolderFlag.NONE
 
 
 @dataclass(frozen=True)
@@ -89,21 +97,94 @@ def query(path: StrOrBytesPath, holders: bool = False) -> Status:
         if status.n_holders <= cap:
             break
         cap = status.n_holders + 8
-    found: Tuple[Holder, ...] = ()
-    if holders:
-        found = tuple(
-            Holder(
-                pid=h.pid,
-                fd=h.fd if h.fd >= 0 else None,
-                perm=Perm(h.perm),
-                unshared=Perm(h.unshared),
-                name=os.fsdecode(h.name),
-            )
-            for h in array[: status.n_holders]
-        )
+    return _status(status, array[: status.n_holders] if holders else [])
+
+
+def _holder(h: HolderStruct) -> Holder:
+    return Holder(
+        pid=h.pid,
+        fd=h.fd if h.fd >= 0 else None,
+        perm=Perm(h.perm),
+        unshared=Perm(h.unshared),
+        name=os.fsdecode(h.name),
+        access=Access(h.access),
+        flags=HolderFlag(h.flags),
+    )
+
+
+def _status(status: StatusStruct, holders: Iterable[HolderStruct]) -> Status:
     return Status(
         perm=Perm(status.perm),
         unshared=Perm(status.unshared),
         flags=StatusFlag(status.flags),
-        holders=found,
+        holders=tuple(_holder(h) for h in holders),
     )
+
+
+def query_many(
+    paths: Iterable[StrOrBytesPath], holders: bool = False
+) -> List[Union[Status, _errors.Error]]:
+    """:func:`query` for many images at once: each image's bytes are
+    tested, then the holders of all of them are found with one walk of
+    /proc, so asking about N images (the members of a chain, every disk of
+    a host) costs about one :func:`query`.
+
+    Returns one entry per path, in order: its :class:`Status`, or the
+    :class:`Error` that ``query(path)`` would raise (returned, not raised,
+    so that one missing image does not hide the others)::
+
+        for path, found in zip(paths, fpl.query_many(paths, holders=True)):
+            if isinstance(found, fpl.Error):
+                print(found)
+            else:
+                print(path, [h.name for h in found.holders])
+    """
+    raws = [os.fsencode(p) for p in paths]
+    n = len(raws)
+    c_paths = (ctypes.c_char_p * n)(*raws)
+    statuses = (StatusStruct * n)()
+    results = (ctypes.c_int32 * n)()
+    err = ErrorStruct()
+    total = ctypes.c_size_t()
+    cap = 8 * n if holders else 0
+    while True:
+        array = (HolderStruct * cap)()
+        rc = lib().fpl_query_many(
+            c_paths,
+            n,
+            QUERY_HOLDERS if holders else 0,
+            statuses,
+            results,
+            array if cap else None,
+            cap,
+            ctypes.byref(total),
+            ctypes.byref(err),
+        )
+        # RC is the first image's failure (described in ERR); RESULTS says
+        # which images failed. Anything else (a bad argument) wrote nothing.
+        if rc != 0 and rc not in list(results):
+            raise _errors.from_struct(err, rc, None)
+        # Holders come and go between calls: ask again until all fit.
+        if total.value <= cap:
+            break
+        cap = total.value + 8
+    out: List[Union[Status, _errors.Error]] = []
+    first = True
+    start = 0
+    for i in range(n):
+        name = os.fsdecode(raws[i])
+        if results[i] == 0:
+            count = statuses[i].n_holders if holders else 0
+            out.append(_status(statuses[i], array[start : start + count]))
+            start += count
+        elif first:
+            # ERR describes the first image that could not be inspected.
+            first = False
+            out.append(_errors.from_struct(err, results[i], name))
+        else:
+            # Only its errno is known: worded like libfpl's messages.
+            code = -results[i]
+            label = _errno.errorcode.get(code, str(code))
+            text = f"cannot inspect '{name}': {label}: {os.strerror(code)}"
+            out.append(_errors.from_struct(ErrorStruct(), results[i], name, text))
+    return out
