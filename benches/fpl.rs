@@ -5,6 +5,7 @@
 //! cargo bench --bench fpl              # full run (a few minutes), writes target/bench/report.md
 //! cargo bench --bench fpl -- --quick   # smoke run for CI (seconds)
 //! cargo bench --bench fpl -- --only=holders   # one section
+//! cargo bench --bench fpl -- --only=chain     # whole images (section 7)
 //! ```
 //!
 //! 1. lock syscalls per acquire + release, counted with strace, against
@@ -21,7 +22,11 @@
 //!    images and with descriptors on the host (plotted as SVG);
 //! 6. a refused check on a host with 200,000 open descriptors, with the
 //!    holder lookup and without it (`skip_holder_lookup`), against the same
-//!    refused check on an idle host.
+//!    refused check on an idle host;
+//! 7. whole images ([`chain`]): lock syscalls of a backing chain's acquire +
+//!    release against qemu-io's for the same chain, "who uses this base
+//!    image?" over a pool of 10,000 overlays, and how chain costs grow with
+//!    depth and pool size.
 
 use std::ffi::CString;
 use std::fmt::Write as _;
@@ -36,6 +41,9 @@ use std::time::{Duration, Instant};
 
 use fpl::protocol::Request;
 use fpl::{Lock, Mode, Options};
+
+#[path = "fpl/chain.rs"]
+mod chain;
 
 struct Bench {
     quick: bool,
@@ -70,6 +78,8 @@ fn main() {
         Some("--hold-files") => return hold_files(&args[2..]),
         Some("--hold-images") => return hold_images(&args[2..]),
         Some("--hold-dups") => return hold_dups(&args[2..]),
+        Some("--hold-chains") => return chain::hold_chains(&args[2..]),
+        Some("--who-uses") => return chain::who_uses_once(&args[2..]),
         _ => {}
     }
     let quick = args.iter().any(|a| a == "--quick");
@@ -91,16 +101,17 @@ fn main() {
         first_line(&run_out(Command::new("qemu-img").arg("--version")))
     ));
     // `--only=SECTION` runs one section (syscalls, latency, qemu-img,
-    // holders, bulk, refused).
+    // holders, bulk, refused, chain).
     let only = args.iter().find_map(|a| a.strip_prefix("--only="));
     type Section = fn(&mut Bench);
-    let sections: [(&str, Section); 6] = [
+    let sections: [(&str, Section); 7] = [
         ("syscalls", syscalls),
         ("latency", latency),
         ("qemu-img", versus_qemu_img),
         ("holders", holders),
         ("bulk", bulk),
         ("refused", refused),
+        ("chain", chain::chain),
     ];
     for (name, section) in sections {
         if only.is_none_or(|o| o == name) {
@@ -218,6 +229,8 @@ fn one_shot(what: &str, mode: &str, path: &Path) {
             .and_then(Lock::release)
             .expect("acquire + release"),
         "check" => fpl::check(path, request(mode), Options::default()).expect("check"),
+        "chain" => chain::acquire_release(path, mode),
+        "chain-c" => chain::acquire_release_c(path, mode),
         _ => {
             fpl::query(path, false).expect("query");
         }
@@ -236,10 +249,13 @@ fn is_lock_call(line: &str) -> bool {
         .any(|c| line.contains(&format!("{c},")))
 }
 
+/// The fcntl (and marker) calls of a command, one line each; `-y` names
+/// each descriptor's file (`fcntl(4</dir/top.qcow2>, F_OFD_SETLK, ...)`),
+/// which the chain section counts per member.
 fn strace(b: &Bench, args: &[&std::ffi::OsStr]) -> Vec<String> {
     let log = b.dir.join("strace.log");
     let status = Command::new("strace")
-        .args(["-f", "-qq", "-e", "trace=fcntl,fcntl64,getppid", "-o"])
+        .args(["-f", "-qq", "-y", "-e", "trace=fcntl,fcntl64,getppid", "-o"])
         .arg(&log)
         .args(args)
         .stdout(Stdio::null())
@@ -255,6 +271,11 @@ fn strace(b: &Bench, args: &[&std::ffi::OsStr]) -> Vec<String> {
 }
 
 fn our_calls(b: &Bench, what: &str, mode: Mode, image: &Path) -> usize {
+    our_trace(b, what, mode, image).len()
+}
+
+/// The lock calls of one steady-state `what` (between the markers).
+fn our_trace(b: &Bench, what: &str, mode: Mode, image: &Path) -> Vec<String> {
     let me = std::env::current_exe().expect("own path");
     let lines = strace(
         b,
@@ -276,16 +297,25 @@ fn our_calls(b: &Bench, what: &str, mode: Mode, image: &Path) -> usize {
     lines[marks[0]..marks[1]]
         .iter()
         .filter(|l| is_lock_call(l))
-        .count()
+        .cloned()
+        .collect()
 }
 
 fn qemu_calls(b: &Bench, qemu_io: &Path, args: &[&str], image: &Path) -> usize {
+    qemu_trace(b, qemu_io, args, image).len()
+}
+
+/// The lock calls of `qemu-io ARGS -c quit IMAGE`, its OFD probe included.
+fn qemu_trace(b: &Bench, qemu_io: &Path, args: &[&str], image: &Path) -> Vec<String> {
     let mut all: Vec<&std::ffi::OsStr> = vec![qemu_io.as_os_str()];
     all.extend(args.iter().map(|a| std::ffi::OsStr::new(*a)));
     all.push("-c".as_ref());
     all.push("quit".as_ref());
     all.push(image.as_os_str());
-    strace(b, &all).iter().filter(|l| is_lock_call(l)).count()
+    strace(b, &all)
+        .into_iter()
+        .filter(|l| is_lock_call(l))
+        .collect()
 }
 
 fn syscalls(b: &mut Bench) {
@@ -913,15 +943,21 @@ fn growth(b: &mut Bench, paths: &[PathBuf], held: usize) {
     for (n, ms) in &by_fds {
         b.say(format!("| {n} | {ms:.1} |"));
     }
-    let svg = plot(&by_images, &by_fds);
+    let svg = plot(
+        (&by_images, "images queried", "ms"),
+        (&by_fds, "descriptors on the host", "ms"),
+    );
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench/growth.svg");
     fs::write(&path, svg).expect("write the plot");
     b.say(format!("\nPlot: `{}`\n", path.display()));
 }
 
+/// One chart: its points, the label of its x axis, the unit of its y values.
+type Chart<'a> = (&'a [(f64, f64)], &'a str, &'a str);
+
 /// Two small line charts side by side, as SVG.
-fn plot(left: &[(f64, f64)], right: &[(f64, f64)]) -> String {
-    fn chart(x0: f64, data: &[(f64, f64)], xlabel: &str) -> String {
+fn plot(left: Chart<'_>, right: Chart<'_>) -> String {
+    fn chart(x0: f64, (data, xlabel, unit): Chart<'_>) -> String {
         let (w, h, pad) = (360.0, 240.0, 50.0);
         let xmax = data.iter().map(|p| p.0).fold(1.0, f64::max);
         let ymax = data.iter().map(|p| p.1).fold(1e-9, f64::max) * 1.15;
@@ -958,7 +994,7 @@ fn plot(left: &[(f64, f64)], right: &[(f64, f64)]) -> String {
             let (x, y) = pt(p);
             write!(
                 s,
-                r##"<circle cx="{x:.1}" cy="{y:.1}" r="3" fill="#1565c0"/><text x="{x:.1}" y="{:.1}" font-size="10" text-anchor="middle">{:.0} ms</text><text x="{x:.1}" y="{:.1}" font-size="10" text-anchor="middle">{:.0}</text>"##,
+                r##"<circle cx="{x:.1}" cy="{y:.1}" r="3" fill="#1565c0"/><text x="{x:.1}" y="{:.1}" font-size="10" text-anchor="middle">{:.0} {unit}</text><text x="{x:.1}" y="{:.1}" font-size="10" text-anchor="middle">{:.0}</text>"##,
                 y - 8.0,
                 p.1,
                 h - pad + 13.0,
@@ -968,7 +1004,7 @@ fn plot(left: &[(f64, f64)], right: &[(f64, f64)]) -> String {
         }
         write!(
             s,
-            r##"<text x="{:.1}" y="{:.1}" font-size="12" text-anchor="middle">{xlabel}</text><text x="{:.1}" y="{:.1}" font-size="12">ms</text>"##,
+            r##"<text x="{:.1}" y="{:.1}" font-size="12" text-anchor="middle">{xlabel}</text><text x="{:.1}" y="{:.1}" font-size="12">{unit}</text>"##,
             x0 + w / 2.0,
             h - 12.0,
             x0 + 10.0,
@@ -980,8 +1016,8 @@ fn plot(left: &[(f64, f64)], right: &[(f64, f64)]) -> String {
     format!(
         r##"<svg xmlns="http://www.w3.org/2000/svg" width="740" height="240" font-family="sans-serif">{}{}</svg>
 "##,
-        chart(0.0, left, "images queried"),
-        chart(370.0, right, "descriptors on the host")
+        chart(0.0, left),
+        chart(370.0, right)
     )
 }
 
