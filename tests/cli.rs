@@ -1812,19 +1812,39 @@ fn status_chain_over_a_pool_shows_who_uses_a_base() {
     assert_eq!(tree[2], format!("  backing file of {} (depth 1)", s(&a)));
     assert_eq!(tree[3], format!("  backing file of {} (depth 1)", s(&b)));
     assert_eq!(tree.len(), 4, "{out}");
-    // Under b.qcow2, which nobody holds, the base names its holder and the
-    // other overlay.
-    let tree = lines_from(&out, &format!("{}: qcow2 image", s(&b)), 5);
+    // Under the overlays, the base is one line pointing at its own entry,
+    // where its holders and overlays are said once.
+    let tree = lines_from(&out, &format!("{}: qcow2 image", s(&b)), 3);
     assert_eq!(tree[1], "  free", "{out}");
     assert_eq!(
         tree[2],
-        format!("  {}: raw backing file, depth 1", s(&base))
+        format!(
+            "  {}: raw backing file, depth 1 (described under {})",
+            s(&base),
+            s(&base)
+        )
+    );
+    assert_eq!(out.matches("in use by qemu-io").count(), 2, "{out}");
+    // Without the base named, it is described under the first overlay.
+    let out = expect_status(&fpl(&["status", "--chain", s(&a), s(&b)]), 0);
+    let tree = lines_from(
+        &out,
+        &format!("  {}: raw backing file, depth 1", s(&base)),
+        3,
     );
     assert!(
-        tree[3].starts_with(&format!("    in use by qemu-io (pid {pid}, fd ")),
+        tree[1].starts_with(&format!("    in use by qemu-io (pid {pid}, fd ")),
         "{out}"
     );
-    assert_eq!(tree[4], format!("    backing file of {} (depth 1)", s(&a)));
+    assert_eq!(tree[2], format!("    backing file of {} (depth 1)", s(&b)));
+    assert!(
+        out.ends_with(&format!(
+            "  {}: raw backing file, depth 1 (described under {})\n",
+            s(&base),
+            s(&a)
+        )),
+        "{out}"
+    );
 
     let images = chain_json(dir.path(), &pool, 0);
     assert_eq!(images.len(), 3);
@@ -1844,7 +1864,10 @@ fn status_chain_over_a_pool_shows_who_uses_a_base() {
     let b_members = images[1]["members"].as_array().expect("members");
     assert_eq!(b_members[0]["holders"], serde_json::json!([]));
     assert_eq!(b_members[0]["perm"], serde_json::json!([]));
-    assert_member_held(&b_members[1], &base, R, pid);
+    // The base under b: its bytes, and where its holders are said.
+    assert_eq!(b_members[1]["described_in"], s(&base));
+    assert_eq!(names(&b_members[1]["perm"]), bits(R.0, R.1).0);
+    assert!(b_members[1].get("holders").is_none(), "{}", b_members[1]);
 
     // Files are compared by inode: the base named through a symbolic link
     // in another folder is still the base of both overlays.
@@ -2498,12 +2521,17 @@ fn status_chain_shows_an_opener_of_a_backing_file() {
         "{out}"
     );
 
-    // Over a pool the base shows twice, its opener each time, the note once.
+    // Over a pool the base is described once, under its own name; the
+    // overlay's tree points there.
     let out = expect_status(
         &fpl_in(dir.path(), &["status", "--chain", "base.raw", "top.qcow2"]),
         0,
     );
-    assert_eq!(out.matches(&line).count(), 2, "{out}");
+    assert_eq!(out.matches(&line).count(), 1, "{out}");
+    assert!(
+        out.contains("  base.raw: raw backing file, depth 1 (described under base.raw)"),
+        "{out}"
+    );
     assert_eq!(out.matches("note:").count(), 1, "{out}");
     assert!(
         out.starts_with(&format!("base.raw: raw image\n  {line}\n")),

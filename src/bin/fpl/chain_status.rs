@@ -10,6 +10,7 @@
 //! openers alike (`fpl::query::query_many_with`). Remote members (`nbd:`, ...) are listed and
 //! never opened: their server locks its own file.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
@@ -26,6 +27,10 @@ pub struct Inspected {
     pub status: Option<Rc<Result<Status, Error>>>,
     /// The images named whose chain has this file below their top.
     pub overlays: Vec<Overlay>,
+    /// The image named earlier whose tree already describes this file (a
+    /// base shared by a pool): its holders and overlays are said there
+    /// once, not again under every overlay.
+    pub described_in: Option<PathBuf>,
 }
 
 /// An image named that refers to a file (as backing file or data file).
@@ -63,78 +68,84 @@ pub fn inspect(paths: &[PathBuf], holders: bool) -> Vec<Tree> {
         paths.iter().map(|p| chain::resolve(p, request)).collect();
 
     // Each file once, by inode: names of one inode share its locks.
-    let mut files: Vec<(FileId, PathBuf)> = Vec::new();
+    let mut index: HashMap<FileId, usize> = HashMap::new();
+    let mut names: Vec<&Path> = Vec::new();
     for m in chains.iter().flatten().flatten() {
         if let Some(id) = m.file {
-            if !files.iter().any(|(f, _)| *f == id) {
-                files.push((id, m.path.clone()));
-            }
+            index.entry(id).or_insert_with(|| {
+                names.push(m.path.as_path());
+                names.len() - 1
+            });
         }
     }
-    let names: Vec<&Path> = files.iter().map(|(_, p)| p.as_path()).collect();
     // One result per file, shared by every member that is that file.
     let statuses: Vec<Rc<Result<Status, Error>>> =
         fpl::query::query_many_with(&names, status::looked_up(holders))
             .into_iter()
             .map(Rc::new)
             .collect();
-    let status_of = |id: FileId| {
-        files
-            .iter()
-            .position(|(f, _)| *f == id)
-            .map(|i| Rc::clone(&statuses[i]))
-    };
 
-    let overlays_of = |id: FileId| -> Vec<Overlay> {
-        paths
-            .iter()
-            .zip(&chains)
-            .filter_map(|(path, chain)| {
-                let chain = chain.as_ref().ok()?;
-                let m = chain
-                    .iter()
-                    .find(|m| m.file == Some(id) && m.role != Role::Image)?;
-                Some(Overlay {
+    // Every file's overlays, in one pass over all chains.
+    let mut overlays: HashMap<FileId, Vec<Overlay>> = HashMap::new();
+    for (path, chain) in paths.iter().zip(&chains) {
+        let Ok(chain) = chain else { continue };
+        let top = chain.first().and_then(|t| t.file);
+        for m in chain.iter().filter(|m| m.role != Role::Image) {
+            if let Some(id) = m.file {
+                overlays.entry(id).or_default().push(Overlay {
                     path: path.clone(),
                     role: m.role,
                     depth: m.depth,
-                    file: chain.first().and_then(|top| top.file),
-                })
-            })
-            .collect()
-    };
+                    file: top,
+                });
+            }
+        }
+    }
 
-    let overlays: Vec<Vec<Vec<Overlay>>> = chains
-        .iter()
-        .map(|chain| match chain {
-            Ok(members) => members
-                .iter()
-                .map(|m| m.file.map_or_else(Vec::new, overlays_of))
-                .collect(),
-            Err(_) => Vec::new(),
-        })
-        .collect();
-
+    // A file is described in full once: under its own name when it is
+    // named itself (the base in `fpl status --chain pool/*`), else under
+    // the first image that has it.
+    let mut first: HashMap<FileId, PathBuf> = HashMap::new();
+    for (path, chain) in paths.iter().zip(&chains) {
+        if let Some(id) = chain.as_ref().ok().and_then(|c| c.first()?.file) {
+            first.entry(id).or_insert_with(|| path.clone());
+        }
+    }
     paths
         .iter()
         .zip(chains)
-        .zip(overlays)
-        .map(|((path, chain), overlays)| Tree {
+        .map(|(path, chain)| Tree {
             path: path.clone(),
             members: chain.map(|members| {
                 members
                     .into_iter()
-                    .zip(overlays)
-                    .map(|(member, overlays)| Inspected {
-                        status: member.file.and_then(status_of),
-                        member,
-                        overlays,
+                    .map(|member| {
+                        let described_in = member.file.and_then(|id| match first.get(&id) {
+                            Some(p) if p == path => None,
+                            Some(p) => Some(p.clone()),
+                            None => {
+                                first.insert(id, path.clone());
+                                None
+                            }
+                        });
+                        let full = described_in.is_none();
+                        Inspected {
+                            status: member.file.map(|id| Rc::clone(&statuses[index[&id]])),
+                            overlays: member
+                                .file
+                                .filter(|_| full)
+                                .and_then(|id| overlays.remove(&id))
+                                .unwrap_or_default(),
+                            member,
+                            described_in,
+                        }
                     })
                     .collect()
             }),
         })
         .collect()
 }
+
 /// Runs `fpl status --chain`; returns the exit status.
 pub fn run(paths: &[PathBuf], holders: bool, as_json: bool) -> u8 {
     let trees = inspect(paths, holders);
@@ -206,8 +217,11 @@ pub fn format_name(format: Format) -> &'static str {
 /// member's data file and backing file are its children. Under it, indented
 /// once more, what `fpl status` says of it, and the other images named
 /// that refer to it (`backing file of b.qcow2 (depth 1)`), leaving out
-/// those in this tree, which the tree shows already. A note said once in
-/// `notes` (what an opener is) is not said again.
+/// those in this tree, which the tree shows already. A file described under
+/// an earlier image (a base shared by a pool) is one line, `(described
+/// under top0.qcow2)`, so a pool's output grows with its files, not with
+/// overlays times overlays. A note said once in `notes` (what an opener
+/// is) is not said again.
 pub fn describe_tree(
     members: &[Inspected],
     holders: bool,
@@ -226,6 +240,11 @@ pub fn describe_tree(
         );
         if m.member.role != Role::Image {
             head.push_str(&format!(", depth {}", m.member.depth));
+        }
+        if let Some(first) = &m.described_in {
+            head.push_str(&format!(" (described under {})", escape::path(first)));
+            lines.push(head);
+            continue;
         }
         lines.push(head);
         let body = match m.status.as_deref() {

@@ -31,7 +31,10 @@
 //! `holders`; or `error`, `errno`, `hint`; none for a remote member, which
 //! is never opened), then `overlays`: the images named whose chain holds
 //! this file below their top, `[{"path", "role", "depth"}]` (its role and
-//! depth in that image's chain).
+//! depth in that image's chain). A file already described under an earlier
+//! image named (a base shared by a pool) carries `described_in` (that
+//! image) instead of `holders` and `overlays`, so that the output grows
+//! with the files, not with overlays times overlays.
 //!
 //! `check`: `{"path": ..., "ok": true}` when the access would be granted;
 //! on a conflict `{"path": ..., "ok": false, "error": MESSAGE, "errno": 11,
@@ -142,6 +145,18 @@ fn member(m: &Inspected, holders: bool) -> Value {
         Some(Ok(s)) => status(&m.member.path, s, holders),
         Some(Err(e)) => error(&m.member.path, e),
     };
+    if let Some(first) = &m.described_in {
+        // Said in full under the first image that has this file.
+        if let Value::Object(fields) = fields {
+            object.extend(
+                fields
+                    .into_iter()
+                    .filter(|(k, _)| k != "path" && k != "holders"),
+            );
+        }
+        object.insert("described_in".into(), first.to_string_lossy().into());
+        return Value::Object(object);
+    }
     if let Value::Object(fields) = fields {
         object.extend(fields.into_iter().filter(|(k, _)| k != "path"));
     }
