@@ -5,10 +5,10 @@
 //!
 //! Resolution reads only headers ([`crate::qcow2`]): each local member is
 //! opened side-effect free with [`Image::open`] (a FIFO or a device other
-//! than a block device is never opened for I/O), its first
-//! [`qcow2::PREFIX_LEN`] bytes read with one or two `pread`s, and closed
-//! before the next member is opened, so at most one descriptor is open at
-//! a time. It takes no lock and knows nothing of fcntl: the chain lock sits
+//! than a block device is never opened for I/O) and its first
+//! [`qcow2::PREFIX_LEN`] bytes read with one or two `pread`s; one
+//! descriptor per member, all closed when [`resolve`] returns (the chain
+//! lock keeps them, and locks those very descriptors). It takes no lock and knows nothing of fcntl: the chain lock sits
 //! above it. [`derive()`] is the pure per-member table.
 //!
 //! Names resolve as QEMU resolves them: a relative backing name against the
@@ -163,7 +163,31 @@ pub fn derive(request: Request, role: Role, format: Format, depth: u32) -> Reque
 /// - an unknown protocol or driver name: `EINVAL`;
 /// - a loop, or more than [`MAX_DEPTH`] backing files: `ELOOP`.
 pub fn resolve(path: &Path, request: Request) -> Result<Vec<Member>> {
+    Ok(resolve_open(path, request)?
+        .into_iter()
+        .map(|o| o.member)
+        .collect())
+}
+
+/// A member as [`resolve_open`] leaves it: still open, with the bytes its
+/// header was read from, so that the chain lock locks the very
+/// descriptors resolution read, and can read them again to see that
+/// nothing changed.
+#[derive(Debug)]
+pub(crate) struct Opened {
+    pub(crate) member: Member,
+    /// `None` for a remote member.
+    pub(crate) image: Option<Image>,
+    /// The prefix read from it (empty for a data file, which is never
+    /// parsed).
+    pub(crate) prefix: Vec<u8>,
+}
+
+/// [`resolve`], keeping every local member open (one descriptor each,
+/// all open at once: what locking them needs anyway).
+pub(crate) fn resolve_open(path: &Path, request: Request) -> Result<Vec<Opened>> {
     let mut members: Vec<Member> = Vec::new();
+    let mut kept: Vec<(Option<Image>, Vec<u8>)> = Vec::new();
     let mut next = Some(Pending {
         target: Target::Local(path.to_path_buf()),
         format: None,
@@ -191,11 +215,13 @@ pub fn resolve(path: &Path, request: Request) -> Result<Vec<Member>> {
                     None,
                     request,
                 ));
+                kept.push((None, Vec::new()));
                 break;
             }
             Target::Local(p) => p,
         };
-        let (file, bytes, whole) = read_prefix(&local, &prefix)?;
+        let (image, bytes, whole) = read_prefix(&local, &prefix)?;
+        let file = image.file_id();
         let cannot = |e: String| chain_error_at(Errno::ENOTSUP, &prefix, &local, e);
         let format = match node.format {
             Some(f) => f,
@@ -229,8 +255,10 @@ pub fn resolve(path: &Path, request: Request) -> Result<Vec<Member>> {
                 ));
             }
         }
+        let header = (format == Format::Qcow2).then(|| qcow2::parse(&bytes, whole));
         push(
             &mut members,
+            &mut kept,
             member(
                 local.clone(),
                 node.role,
@@ -239,27 +267,33 @@ pub fn resolve(path: &Path, request: Request) -> Result<Vec<Member>> {
                 Some(file),
                 request,
             ),
+            (Some(image), bytes),
         );
-        if format != Format::Qcow2 {
+        let Some(header) = header else {
             break;
-        }
-        let header = qcow2::parse(&bytes, whole)
-            .map_err(|e| chain_error_at(e.errno(), &prefix, &local, e.to_string()))?;
+        };
+        let header =
+            header.map_err(|e| chain_error_at(e.errno(), &prefix, &local, e.to_string()))?;
         if let Some(name) = &header.data_file {
             let (target, _) = classify(name, None, &prefix)?;
             match target {
-                Target::Remote(p) => members.push(member(
-                    p,
-                    Role::DataFile,
-                    Format::Remote,
-                    node.depth,
-                    None,
-                    request,
-                )),
+                Target::Remote(p) => {
+                    members.push(member(
+                        p,
+                        Role::DataFile,
+                        Format::Remote,
+                        node.depth,
+                        None,
+                        request,
+                    ));
+                    kept.push((None, Vec::new()));
+                }
                 Target::Local(p) => {
-                    let file = open(&p, &prefix)?.file_id();
+                    let image = open(&p, &prefix)?;
+                    let file = image.file_id();
                     push(
                         &mut members,
+                        &mut kept,
                         member(
                             p,
                             Role::DataFile,
@@ -268,6 +302,7 @@ pub fn resolve(path: &Path, request: Request) -> Result<Vec<Member>> {
                             Some(file),
                             request,
                         ),
+                        (Some(image), Vec::new()),
                     );
                 }
             }
@@ -291,7 +326,15 @@ pub fn resolve(path: &Path, request: Request) -> Result<Vec<Member>> {
             });
         }
     }
-    Ok(members)
+    Ok(members
+        .into_iter()
+        .zip(kept)
+        .map(|(member, (image, prefix))| Opened {
+            member,
+            image,
+            prefix,
+        })
+        .collect())
 }
 
 /// A member still to be opened.
@@ -335,11 +378,19 @@ fn member(
 
 /// Adds `m`, or, when its file is already a member, folds its request into
 /// that member's: a file is listed (and locked) once, with what both uses need.
-fn push(members: &mut Vec<Member>, m: Member) {
+fn push(
+    members: &mut Vec<Member>,
+    kept: &mut Vec<(Option<Image>, Vec<u8>)>,
+    m: Member,
+    open: (Option<Image>, Vec<u8>),
+) {
     if let Some(old) = members
         .iter_mut()
         .find(|o| o.file.is_some() && o.file == m.file)
     {
+        // The file is open already, as the earlier member: this
+        // descriptor closes here.
+        drop(open);
         old.request.perm = old.request.perm.union(m.request.perm);
         old.request.shared = PermSet::ALL.minus(
             old.request
@@ -349,6 +400,7 @@ fn push(members: &mut Vec<Member>, m: Member) {
         );
     } else {
         members.push(m);
+        kept.push(open);
     }
 }
 
@@ -382,12 +434,23 @@ fn open(path: &Path, prefix: &str) -> Result<Image> {
     })
 }
 
-/// Opens `path`, reads its first [`qcow2::PREFIX_LEN`] bytes (a second
+/// Opens `path` and reads its first [`qcow2::PREFIX_LEN`] bytes (a second
 /// `pread` only when the first came back short: the end of the file, or a
-/// signal) and closes it. Returns the inode, the bytes, and whether they
-/// are the whole file.
-fn read_prefix(path: &Path, prefix: &str) -> Result<(FileId, Vec<u8>, bool)> {
+/// signal). Returns the open image, the bytes, and whether they are the
+/// whole file.
+fn read_prefix(path: &Path, prefix: &str) -> Result<(Image, Vec<u8>, bool)> {
     let image = open(path, prefix)?;
+    let (buf, whole) = prefix_of(&image, path, prefix)?;
+    Ok((image, buf, whole))
+}
+
+/// The prefix of an open member, read again (by the chain lock, once it
+/// holds the member): equal bytes mean an unchanged header.
+pub(crate) fn reread(image: &Image, path: &Path) -> Result<Vec<u8>> {
+    prefix_of(image, path, "").map(|(bytes, _)| bytes)
+}
+
+fn prefix_of(image: &Image, path: &Path, prefix: &str) -> Result<(Vec<u8>, bool)> {
     let mut buf = vec![0u8; qcow2::PREFIX_LEN];
     let mut have = 0;
     for _ in 0..2 {
@@ -406,7 +469,7 @@ fn read_prefix(path: &Path, prefix: &str) -> Result<(FileId, Vec<u8>, bool)> {
     }
     let whole = have < buf.len();
     buf.truncate(have);
-    Ok((image.file_id(), buf, whole))
+    Ok((buf, whole))
 }
 
 /// `pread(2)` (nix's needs its `uio` feature, which libfpl does not enable).
@@ -841,16 +904,20 @@ mod tests {
     fn a_shared_file_is_listed_once_with_both_requests() {
         let id = Some(FileId { dev: 1, ino: 2 });
         let w = Request::new(Mode::Write.perm(), Mode::Write.shared());
-        let mut members = Vec::new();
+        let (mut members, mut kept) = (Vec::new(), Vec::new());
         push(
             &mut members,
+            &mut kept,
             member("d".into(), Role::DataFile, Format::Raw, 1, id, w),
+            (None, Vec::new()),
         );
         push(
             &mut members,
+            &mut kept,
             member("d".into(), Role::DataFile, Format::Raw, 0, id, w),
+            (None, Vec::new()),
         );
-        assert_eq!(members.len(), 1);
+        assert_eq!((members.len(), kept.len()), (1, 1));
         assert_eq!(members[0].request.perm, Mode::Write.perm());
         assert_eq!(members[0].depth, 1);
     }

@@ -51,12 +51,17 @@ impl ChainLock {
     pub fn acquire(path: &Path, request: Request, options: Options) -> Result<ChainLock> {
         let quiet = member_options(options);
         for _ in 0..ATTEMPTS {
-            let members = chain::resolve(path, request)?;
-            let mut locks = Vec::with_capacity(members.len());
-            for m in &members {
-                let taken = match m.file {
+            let opened = chain::resolve_open(path, request)?;
+            let mut members = Vec::with_capacity(opened.len());
+            let mut prefixes = Vec::with_capacity(opened.len());
+            let mut locks = Vec::with_capacity(opened.len());
+            let mut pending = opened.into_iter();
+            // Each member is locked on the descriptor its header was read
+            // from; the ones not reached yet close with `pending`.
+            for o in pending.by_ref() {
+                let taken = match o.image {
                     None => None,
-                    Some(_) => match Lock::acquire(&m.path, m.request, quiet) {
+                    Some(image) => match Lock::from_image(image, o.member.request, quiet) {
                         Ok(lock) => Some(lock),
                         Err(mut e) => {
                             // Every member taken so far is released first.
@@ -70,15 +75,14 @@ impl ChainLock {
                         }
                     },
                 };
+                members.push(o.member);
+                prefixes.push(o.prefix);
                 locks.push(taken);
             }
-            let same_files = members
-                .iter()
-                .zip(&locks)
-                .all(|(m, l)| l.as_ref().map(Lock::file_id) == m.file);
-            // With everything held, the headers that named these files can
-            // only change under a request that shares write on them.
-            if same_files && chain::resolve(path, request).ok().as_ref() == Some(&members) {
+            // With everything held, nobody not sharing write can change a
+            // header: what was read before locking must still be there,
+            // and every name must still be the file locked.
+            if unchanged(&members, &prefixes, &locks)? {
                 if options.refuse_unlocked_openers {
                     if let Err(e) = refuse_beside_openers(&members, &locks) {
                         release_all(&mut locks)?;
@@ -236,6 +240,31 @@ impl ChainLock {
     pub fn release(mut self) -> Result<()> {
         release_all(&mut self.locks)
     }
+}
+
+/// Whether the chain locked is still the chain: each member's header
+/// prefix, read again through its locked descriptor, is what resolution
+/// read, and each member's name still names the inode locked. No lock
+/// call: one `pread` or two and one `stat` per member.
+fn unchanged(members: &[Member], prefixes: &[Vec<u8>], locks: &[Option<Lock>]) -> Result<bool> {
+    for ((m, before), lock) in members.iter().zip(prefixes).zip(locks) {
+        let Some(lock) = lock else { continue };
+        let named = nix::sys::stat::stat(&m.path)
+            .ok()
+            .map(|st| crate::holders::FileId {
+                dev: st.st_dev,
+                ino: st.st_ino,
+            });
+        if named != m.file {
+            return Ok(false);
+        }
+        if m.format == crate::chain::Format::Qcow2
+            && &chain::reread(lock.image(), &m.path)? != before
+        {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 /// What each member's own lock is taken with: no holder lookup (done once,

@@ -79,6 +79,14 @@ impl Lock {
         Lock::take(image, request, options, None)
     }
 
+    /// Takes the locks for `request` on an image libfpl opened itself
+    /// ([`Image::open`]: a description of its own), as [`Lock::acquire`]
+    /// does after opening. The chain lock locks the descriptors chain
+    /// resolution read the headers from.
+    pub(crate) fn from_image(image: Image, request: Request, options: Options) -> Result<Lock> {
+        Lock::take(image, request, options, None)
+    }
+
     /// Takes the locks for `request` on the caller's open file description.
     /// The handle keeps its own close-on-exec duplicate of `fd`, so the locks
     /// last until release even if the caller closes `fd`. Locks the
