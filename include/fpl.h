@@ -86,9 +86,34 @@
 #define FPL_FLAG_CHAIN 4
 
 /**
+ * Flag for fpl_acquire, fpl_check and fpl_update (with FPL_FLAG_CHAIN:
+ * any member): also refuse, with `-EBUSY`, while another process has the
+ * image open and holds none of its bytes (QEMU with locking=off, an
+ * incoming migration's destination before it activates); ERR's message
+ * names it. The locks are taken (an update's: prepared) first, then one
+ * walk of /proc looks for openers, and everything is rolled back if one
+ * is found: a QEMU starting meanwhile meets the locks. Not seen: a
+ * process opening the image after the walk without locks (locks are
+ * advisory). Refused beside for that instant: a process that has just
+ * opened the image and is about to lock it, or one inspecting it
+ * (fpl_query's own open lasts microseconds). This process's descriptors
+ * never count. fpl_acquire_fd accepts it too.
+ */
+#define FPL_FLAG_NO_UNLOCKED_OPENERS 8
+
+/**
  * Flag for fpl_query: also find the processes holding the bytes.
  */
 #define FPL_QUERY_HOLDERS 1
+
+/**
+ * Flag for fpl_query and fpl_query_many: also list the processes that
+ * have the image open and hold none of its bytes, flagged
+ * FPL_HOLDER_NO_LOCKS (with `access`), found in the same walk of /proc as
+ * the holders (which then runs for a free image too). This process is
+ * never listed. Counted in n_holders like holders.
+ */
+#define FPL_QUERY_OPENERS 2
 
 /**
  * fpl_status.flags: byte 104 or 204 is held (QEMU <= 6.2's graph-mod).
@@ -120,8 +145,8 @@
 #define FPL_ACCESS_WRITE 2
 
 /**
- * fpl_holder.flags: an opener, holding none of the image's bytes (listed
- * by a later version's FPL_QUERY_OPENERS; never set in 1.0).
+ * fpl_holder.flags: an opener, holding none of the image's bytes on any
+ * descriptor (listed with FPL_QUERY_OPENERS); its perm and unshared are 0.
  */
 #define FPL_HOLDER_NO_LOCKS 1
 
@@ -535,9 +560,11 @@ int fpl_check(const char *path,
  * bits, 104/204 as
  * FPL_STATUS_LEGACY, byte 0 as FPL_STATUS_LIBVIRT. With FPL_QUERY_HOLDERS,
  * the processes holding them are found in /proc: up to CAP are written to
- * HOLDERS (by pid, then descriptor), and STATUS->n_holders counts all. A
- * process that cannot be inspected sets FPL_STATUS_HOLDERS_PARTIAL and
- * never fails the query.
+ * HOLDERS (by pid, then descriptor), and STATUS->n_holders counts all. With
+ * FPL_QUERY_OPENERS, the processes that have the image open without
+ * holding any of its bytes are listed there too (flag
+ * FPL_HOLDER_NO_LOCKS), from the same walk. A process that cannot be
+ * inspected sets FPL_STATUS_HOLDERS_PARTIAL and never fails the query.
  *
  * Returns 0, `-EINVAL` for NULL PATH or STATUS, NULL HOLDERS with CAP > 0,
  * or unknown flags, or an error as fpl_acquire.

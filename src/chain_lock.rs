@@ -49,10 +49,7 @@ impl ChainLock {
     /// [`chain::resolve`], or the first member's conflict or OS error, with
     /// nothing held.
     pub fn acquire(path: &Path, request: Request, options: Options) -> Result<ChainLock> {
-        let quiet = Options {
-            skip_holder_lookup: true,
-            ..options
-        };
+        let quiet = member_options(options);
         for _ in 0..ATTEMPTS {
             let members = chain::resolve(path, request)?;
             let mut locks = Vec::with_capacity(members.len());
@@ -82,6 +79,12 @@ impl ChainLock {
             // With everything held, the headers that named these files can
             // only change under a request that shares write on them.
             if same_files && chain::resolve(path, request).ok().as_ref() == Some(&members) {
+                if options.refuse_unlocked_openers {
+                    if let Err(e) = refuse_beside_openers(&members, &locks) {
+                        release_all(&mut locks)?;
+                        return Err(e);
+                    }
+                }
                 return Ok(ChainLock {
                     path: path.to_path_buf(),
                     members,
@@ -105,19 +108,28 @@ impl ChainLock {
     /// member is checked with its derived request ([`lock::check`]); the
     /// first refusal is the answer.
     pub fn check(path: &Path, request: Request, options: Options) -> Result<()> {
-        let quiet = Options {
-            skip_holder_lookup: true,
-            ..options
-        };
-        for m in chain::resolve(path, request)? {
+        let quiet = member_options(options);
+        let members = chain::resolve(path, request)?;
+        let mut open = Vec::new();
+        for m in &members {
             if m.file.is_some() {
-                if let Err(mut e) = lock::check(&m.path, m.request, quiet) {
-                    if !options.skip_holder_lookup {
-                        e.look_up_holder();
+                match lock::check_locks(&m.path, m.request, quiet) {
+                    Ok(image) => open.push((m.path.as_path(), image)),
+                    Err(mut e) => {
+                        if !options.skip_holder_lookup {
+                            e.look_up_holder();
+                        }
+                        return Err(e);
                     }
-                    return Err(e);
                 }
             }
+        }
+        if options.refuse_unlocked_openers {
+            let files: Vec<_> = open
+                .iter()
+                .map(|(p, image)| (*p, image.fd(), image.file_id()))
+                .collect();
+            crate::openers::refuse(&files)?;
         }
         Ok(())
     }
@@ -131,10 +143,7 @@ impl ChainLock {
 
     /// [`ChainLock::update`] with other options for this change.
     pub fn update_with(&mut self, request: Request, options: Options) -> Result<()> {
-        let quiet = Options {
-            skip_holder_lookup: true,
-            ..options
-        };
+        let quiet = member_options(options);
         // Resolving again derives each member's request in the one place
         // that knows every use of a file that appears twice.
         let again = chain::resolve(&self.path, request)?;
@@ -174,6 +183,20 @@ impl ChainLock {
                     }
                     return Err(e);
                 }
+            }
+        }
+        if options.refuse_unlocked_openers {
+            if let Err(e) = refuse_beside_openers(&self.members, &self.locks) {
+                let mut undo = Ok(());
+                for (j, p) in prepared.into_iter().rev() {
+                    if let Some(l) = self.locks[j].as_mut() {
+                        undo = undo.and(l.abort(p));
+                    }
+                }
+                return match undo {
+                    Ok(()) => Err(e),
+                    Err(u) => Err(rollback_failed(e, u)),
+                };
             }
         }
         let mut result = Ok(());
@@ -216,6 +239,26 @@ impl ChainLock {
     pub fn release(mut self) -> Result<()> {
         release_all(&mut self.locks)
     }
+}
+
+/// What each member's own lock is taken with: no holder lookup (done once,
+/// after the rollback) and no openers walk (done once, for all members).
+fn member_options(options: Options) -> Options {
+    Options {
+        skip_holder_lookup: true,
+        refuse_unlocked_openers: false,
+        ..options
+    }
+}
+
+/// One walk of `/proc` for the openers of every locked member.
+fn refuse_beside_openers(members: &[Member], locks: &[Option<Lock>]) -> Result<()> {
+    let files: Vec<_> = members
+        .iter()
+        .zip(locks)
+        .filter_map(|(m, l)| l.as_ref().map(|l| (m.path.as_path(), l.fd(), l.file_id())))
+        .collect();
+    crate::openers::refuse(&files)
 }
 
 /// A refusal whose rollback failed too: the rollback's errno, both messages.

@@ -40,6 +40,26 @@ pub enum Error {
         /// The first byte found missing.
         byte: u32,
     },
+    /// Another process has the image open and holds none of its bytes
+    /// (`-EBUSY`), refused because the caller asked
+    /// ([`crate::Options::refuse_unlocked_openers`],
+    /// `FPL_FLAG_NO_UNLOCKED_OPENERS`).
+    #[error(
+        "'{}' is open {} by {} (pid {}, fd {}) without locks: a QEMU with \
+         locking=off, or an incoming migration's destination, uses an image this \
+         way, so it may be in use although no byte is held",
+        path.to_string_lossy(),
+        open_mode(opener.access),
+        if opener.name.is_empty() { "a process" } else { opener.name.as_str() },
+        opener.pid,
+        opener.fd
+    )]
+    Opened {
+        /// The file (with a chain: the member) that is open.
+        path: PathBuf,
+        /// The process and descriptor that has it open.
+        opener: holders::Holder,
+    },
     /// A system call failed; `what` says what was being done.
     #[error("{what}: {errno}")]
     Os {
@@ -84,6 +104,7 @@ impl Error {
             Error::Conflict(_) => libc::EAGAIN,
             Error::Invalid(_) => libc::EINVAL,
             Error::Lost { .. } => libc::ENOLCK,
+            Error::Opened { .. } => libc::EBUSY,
             Error::Os { errno, .. } | Error::Chain { errno, .. } => *errno as i32,
         }
     }
@@ -191,3 +212,12 @@ impl fmt::Display for Conflict {
 
 /// libfpl's results.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// `read-write`, `read-only`, `write-only` for messages.
+pub(crate) fn open_mode(a: crate::fdinfo::Access) -> &'static str {
+    match (a.read, a.write) {
+        (true, true) => "read-write",
+        (false, true) => "write-only",
+        _ => "read-only",
+    }
+}

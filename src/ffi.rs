@@ -24,7 +24,7 @@ use crate::lock::{self, Lock, Options};
 use crate::panic;
 use crate::perm::PermSet;
 use crate::protocol::Request;
-use crate::query;
+use crate::query::{self, Inspect};
 
 /// Permission "consistent read": bytes 100 / 200 (QEMU's `BLK_PERM_CONSISTENT_READ`).
 pub const FPL_PERM_CONSISTENT_READ: u32 = 0x01;
@@ -69,8 +69,28 @@ pub const FPL_FLAG_NO_HOLDER_LOOKUP: u32 = 0x10;
 /// backing names resolve against the image's path.
 pub const FPL_FLAG_CHAIN: u32 = 0x04;
 
+/// Flag for fpl_acquire, fpl_check and fpl_update (with FPL_FLAG_CHAIN:
+/// any member): also refuse, with `-EBUSY`, while another process has the
+/// image open and holds none of its bytes (QEMU with locking=off, an
+/// incoming migration's destination before it activates); ERR's message
+/// names it. The locks are taken (an update's: prepared) first, then one
+/// walk of /proc looks for openers, and everything is rolled back if one
+/// is found: a QEMU starting meanwhile meets the locks. Not seen: a
+/// process opening the image after the walk without locks (locks are
+/// advisory). Refused beside for that instant: a process that has just
+/// opened the image and is about to lock it, or one inspecting it
+/// (fpl_query's own open lasts microseconds). This process's descriptors
+/// never count. fpl_acquire_fd accepts it too.
+pub const FPL_FLAG_NO_UNLOCKED_OPENERS: u32 = 0x08;
+
 /// Flag for fpl_query: also find the processes holding the bytes.
 pub const FPL_QUERY_HOLDERS: u32 = 0x01;
+/// Flag for fpl_query and fpl_query_many: also list the processes that
+/// have the image open and hold none of its bytes, flagged
+/// FPL_HOLDER_NO_LOCKS (with `access`), found in the same walk of /proc as
+/// the holders (which then runs for a free image too). This process is
+/// never listed. Counted in n_holders like holders.
+pub const FPL_QUERY_OPENERS: u32 = 0x02;
 
 /// fpl_status.flags: byte 104 or 204 is held (QEMU <= 6.2's graph-mod).
 pub const FPL_STATUS_LEGACY: u32 = 0x01;
@@ -87,8 +107,8 @@ pub const FPL_STATUS_HOLDERS_PARTIAL: u32 = 0x04;
 pub const FPL_ACCESS_READ: u32 = 0x01;
 /// fpl_holder.access: the descriptor was opened for writing.
 pub const FPL_ACCESS_WRITE: u32 = 0x02;
-/// fpl_holder.flags: an opener, holding none of the image's bytes (listed
-/// by a later version's FPL_QUERY_OPENERS; never set in 1.0).
+/// fpl_holder.flags: an opener, holding none of the image's bytes on any
+/// descriptor (listed with FPL_QUERY_OPENERS); its perm and unshared are 0.
 pub const FPL_HOLDER_NO_LOCKS: u32 = 0x01;
 /// fpl_holder.flags: named because it has the image open while its bytes
 /// are held, on a file system that keeps its locks out of /proc (FUSE);
@@ -347,11 +367,15 @@ struct Args {
 }
 
 fn request(perm: u32, shared: u32, flags: u32) -> Result<Args, Error> {
-    let known = FPL_FLAG_EXACT | FPL_FLAG_ALLOW_POSIX | FPL_FLAG_CHAIN | FPL_FLAG_NO_HOLDER_LOOKUP;
+    let known = FPL_FLAG_EXACT
+        | FPL_FLAG_ALLOW_POSIX
+        | FPL_FLAG_CHAIN
+        | FPL_FLAG_NO_UNLOCKED_OPENERS
+        | FPL_FLAG_NO_HOLDER_LOOKUP;
     if flags & !known != 0 {
         return Err(Error::invalid(format!(
             "invalid flags 0x{flags:x}: only FPL_FLAG_EXACT, FPL_FLAG_ALLOW_POSIX, \
-             FPL_FLAG_CHAIN and FPL_FLAG_NO_HOLDER_LOOKUP exist"
+             FPL_FLAG_CHAIN, FPL_FLAG_NO_UNLOCKED_OPENERS and FPL_FLAG_NO_HOLDER_LOOKUP exist"
         )));
     }
     let perm = PermSet::try_from(perm)?;
@@ -368,6 +392,7 @@ fn request(perm: u32, shared: u32, flags: u32) -> Result<Args, Error> {
     let options = Options {
         allow_posix: flags & FPL_FLAG_ALLOW_POSIX != 0,
         skip_holder_lookup: flags & FPL_FLAG_NO_HOLDER_LOOKUP != 0,
+        refuse_unlocked_openers: flags & FPL_FLAG_NO_UNLOCKED_OPENERS != 0,
     };
     Ok(Args {
         request: req,
@@ -376,17 +401,20 @@ fn request(perm: u32, shared: u32, flags: u32) -> Result<Args, Error> {
     })
 }
 
-/// Validates a query's flags and holder buffer; whether holders are wanted.
-fn query_args(flags: u32, holders_null: bool, cap: usize) -> Result<bool, Error> {
+/// Validates a query's flags and holder buffer; what to look for.
+fn query_args(flags: u32, holders_null: bool, cap: usize) -> Result<Inspect, Error> {
     if holders_null && cap > 0 {
         return Err(Error::invalid("holders is NULL but cap is not 0"));
     }
-    if flags & !FPL_QUERY_HOLDERS != 0 {
+    if flags & !(FPL_QUERY_HOLDERS | FPL_QUERY_OPENERS) != 0 {
         return Err(Error::invalid(format!(
-            "invalid query flags 0x{flags:x}: only FPL_QUERY_HOLDERS exists"
+            "invalid query flags 0x{flags:x}: only FPL_QUERY_HOLDERS and FPL_QUERY_OPENERS exist"
         )));
     }
-    Ok(flags & FPL_QUERY_HOLDERS != 0)
+    Ok(Inspect {
+        holders: flags & FPL_QUERY_HOLDERS != 0,
+        openers: flags & FPL_QUERY_OPENERS != 0,
+    })
 }
 
 fn status_out(found: &query::Status) -> fpl_status {
@@ -417,7 +445,7 @@ fn holder_out(h: &crate::holders::Holder) -> fpl_holder {
         unshared: h.held.unshared.bits(),
         name: [0; FPL_NAME_SIZE],
         access: h.access.bits(),
-        flags: 0,
+        flags: if h.no_locks { FPL_HOLDER_NO_LOCKS } else { 0 },
         reserved: [0; 6],
     };
     copy_text(&mut out.name, h.name.as_bytes());
@@ -682,9 +710,11 @@ pub unsafe extern "C" fn fpl_check(
 /// bits, 104/204 as
 /// FPL_STATUS_LEGACY, byte 0 as FPL_STATUS_LIBVIRT. With FPL_QUERY_HOLDERS,
 /// the processes holding them are found in /proc: up to CAP are written to
-/// HOLDERS (by pid, then descriptor), and STATUS->n_holders counts all. A
-/// process that cannot be inspected sets FPL_STATUS_HOLDERS_PARTIAL and
-/// never fails the query.
+/// HOLDERS (by pid, then descriptor), and STATUS->n_holders counts all. With
+/// FPL_QUERY_OPENERS, the processes that have the image open without
+/// holding any of its bytes are listed there too (flag
+/// FPL_HOLDER_NO_LOCKS), from the same walk. A process that cannot be
+/// inspected sets FPL_STATUS_HOLDERS_PARTIAL and never fails the query.
 ///
 /// Returns 0, `-EINVAL` for NULL PATH or STATUS, NULL HOLDERS with CAP > 0,
 /// or unknown flags, or an error as fpl_acquire.
@@ -707,8 +737,8 @@ pub unsafe extern "C" fn fpl_query(
         if status.is_null() {
             return Err(Error::invalid("status is NULL"));
         }
-        let with_holders = query_args(flags, holders.is_null(), cap)?;
-        let found = query::query(path, with_holders)?;
+        let inspect = query_args(flags, holders.is_null(), cap)?;
+        let found = query::query_with(path, inspect)?;
         for (i, h) in found.holders.iter().take(cap).enumerate() {
             // SAFETY: i < cap, and HOLDERS has CAP writable elements (contract).
             unsafe { holders.add(i).write(holder_out(h)) };
@@ -761,7 +791,7 @@ pub unsafe extern "C" fn fpl_query_many(
                 "paths, statuses and results must not be NULL",
             ));
         }
-        let with_holders = query_args(flags, holders.is_null(), cap)?;
+        let inspect = query_args(flags, holders.is_null(), cap)?;
         let mut list: Vec<&Path> = Vec::with_capacity(n);
         for i in 0..n {
             // SAFETY: PATHS has N elements (contract).
@@ -777,7 +807,7 @@ pub unsafe extern "C" fn fpl_query_many(
                 Err(_) => list.push(Path::new("")),
             }
         }
-        let found = query::query_many(&list, with_holders);
+        let found = query::query_many_with(&list, inspect);
         let mut first_error: Option<Error> = None;
         let mut written = 0usize;
         let mut total = 0usize;

@@ -148,6 +148,11 @@ pub struct Holder {
     /// How the descriptor was opened (`FPL_ACCESS_*`); both false when
     /// fdinfo did not say.
     pub access: Access,
+    /// An opener, not a holder (`FPL_HOLDER_NO_LOCKS`): the process has the
+    /// image open on this descriptor and holds none of its bytes on any
+    /// descriptor (QEMU with `locking=off`, an incoming migration's
+    /// destination, a node a block job dropped). `held` is then empty.
+    pub no_locks: bool,
 }
 
 /// What one walk of `/proc` found.
@@ -213,7 +218,9 @@ impl Lookup {
         let target = Mounts::read().target_on(self.id, || self.mount);
         let deadline = Instant::now() + LOOKUP_BUDGET;
         let stop = Stop::AtHolderOf(byte);
-        let found = scan_with(&[target], Some(deadline), stop).holders.pop()?;
+        let found = scan_with(&[target], Some(deadline), stop, false)
+            .holders
+            .pop()?;
         let me = std::process::id() as i32;
         let mut best = None;
         for h in found.into_iter().filter(|h| h.held.covers(byte)) {
@@ -241,7 +248,15 @@ pub fn scan(targets: &[Target]) -> Scan {
 /// [`scan`], stopping at `deadline` if one is given: the processes not
 /// walked by then count as not inspected ([`Scan::refused`]).
 pub fn scan_until(targets: &[Target], deadline: Option<Instant>) -> Scan {
-    scan_with(targets, deadline, Stop::Never)
+    scan_with(targets, deadline, Stop::Never, false)
+}
+
+/// [`scan`] that also lists the openers of each target in the same walk:
+/// descriptors of processes that have it open and hold none of its bytes
+/// ([`Holder::no_locks`]). This process is never listed as an opener: its
+/// own descriptors (libfpl's, and the caller's) are not another user.
+pub fn scan_openers(targets: &[Target]) -> Scan {
+    scan_with(targets, None, Stop::Never, true)
 }
 
 /// When a walk may stop before every process is seen.
@@ -254,7 +269,7 @@ enum Stop {
     AtHolderOf(u32),
 }
 
-fn scan_with(targets: &[Target], deadline: Option<Instant>, stop: Stop) -> Scan {
+fn scan_with(targets: &[Target], deadline: Option<Instant>, stop: Stop, openers: bool) -> Scan {
     let mut out = Scan {
         holders: vec![Vec::new(); targets.len()],
         refused: false,
@@ -284,11 +299,20 @@ fn scan_with(targets: &[Target], deadline: Option<Instant>, stop: Stop) -> Scan 
     // stop too.
     let found = Arc::new(AtomicBool::new(false));
     let parts: Vec<(Vec<Vec<Holder>>, bool)> = if threads == 1 {
-        vec![scan_pids(&pids, targets, deadline, stop, &found)]
+        vec![scan_pids(&pids, targets, deadline, stop, openers, &found)]
     } else {
         let mut jobs: Vec<Job> = pids
             .chunks(chunk)
-            .map(|part| Job::start(part.to_vec(), targets.to_vec(), deadline, stop, &found))
+            .map(|part| {
+                Job::start(
+                    part.to_vec(),
+                    targets.to_vec(),
+                    deadline,
+                    stop,
+                    openers,
+                    &found,
+                )
+            })
             .collect();
         jobs.iter_mut().map(Job::finish).collect()
     };
@@ -319,6 +343,7 @@ struct Work {
     targets: Vec<Target>,
     deadline: Option<Instant>,
     stop: Stop,
+    openers: bool,
     found: Arc<AtomicBool>,
     out: Option<(Vec<Vec<Holder>>, bool)>,
 }
@@ -334,6 +359,7 @@ extern "C" fn run_work(arg: *mut libc::c_void) -> *mut libc::c_void {
             &work.targets,
             work.deadline,
             work.stop,
+            work.openers,
             &work.found,
         )
     }))
@@ -349,6 +375,7 @@ impl Job {
         targets: Vec<Target>,
         deadline: Option<Instant>,
         stop: Stop,
+        openers: bool,
         found: &Arc<AtomicBool>,
     ) -> Job {
         let mut work = Box::new(Work {
@@ -356,6 +383,7 @@ impl Job {
             targets,
             deadline,
             stop,
+            openers,
             found: Arc::clone(found),
             out: None,
         });
@@ -374,6 +402,7 @@ impl Job {
                 &work.targets,
                 work.deadline,
                 work.stop,
+                work.openers,
                 &work.found,
             ));
         }
@@ -396,6 +425,7 @@ impl Job {
                         targets: Vec::new(),
                         deadline: None,
                         stop: Stop::Never,
+                        openers: false,
                         found: Arc::new(AtomicBool::new(false)),
                         out: None,
                     }),
@@ -422,6 +452,7 @@ fn scan_pids(
     targets: &[Target],
     deadline: Option<Instant>,
     stop: Stop,
+    openers: bool,
     done: &AtomicBool,
 ) -> (Vec<Vec<Holder>>, bool) {
     let index: HashMap<FileId, usize> =
@@ -437,7 +468,8 @@ fn scan_pids(
             refused = true;
             break;
         }
-        refused |= scan_process(pid, targets, &index, &mut found).is_err();
+        let openers = openers && pid != me;
+        refused |= scan_process(pid, targets, &index, openers, &mut found).is_err();
         if let Stop::AtHolderOf(byte) = stop {
             let met = found
                 .first()
@@ -456,6 +488,7 @@ fn scan_process(
     pid: i32,
     targets: &[Target],
     index: &HashMap<FileId, usize>,
+    openers: bool,
     found: &mut [Vec<Holder>],
 ) -> Result<(), ()> {
     // The descriptors are stat'ed relative to their folder: one path
@@ -481,6 +514,10 @@ fn scan_process(
     };
     let mut name: Option<String> = None;
     let mut refused = false;
+    // Descriptors of a target that hold nothing, and the targets on which
+    // this process holds bytes: it is an opener only of the others.
+    let mut unlocked: Vec<(usize, i32, Access)> = Vec::new();
+    let mut holds: HashSet<usize> = HashSet::new();
     for fd in fds {
         let st = match fstatat(dir.as_fd(), fd.to_string().as_str(), AtFlags::empty()) {
             Ok(st) => st,
@@ -507,7 +544,26 @@ fn scan_process(
             }
         };
         let held = held_in(&info, &targets[index]);
+        let access = fdinfo::access(&info).unwrap_or_default();
         if held.is_empty() {
+            if openers {
+                unlocked.push((index, fd, access));
+            }
+            continue;
+        }
+        holds.insert(index);
+        let name = name.get_or_insert_with(|| process_name(pid)).clone();
+        found[index].push(Holder {
+            pid,
+            fd,
+            name,
+            held,
+            access,
+            no_locks: false,
+        });
+    }
+    for (index, fd, access) in unlocked {
+        if holds.contains(&index) {
             continue;
         }
         let name = name.get_or_insert_with(|| process_name(pid)).clone();
@@ -515,8 +571,9 @@ fn scan_process(
             pid,
             fd,
             name,
-            held,
-            access: fdinfo::access(&info).unwrap_or_default(),
+            held: Held::default(),
+            access,
+            no_locks: true,
         });
     }
     if refused {

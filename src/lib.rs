@@ -38,6 +38,7 @@ pub mod holders;
 pub mod image;
 mod json;
 pub mod lock;
+mod openers;
 mod panic;
 pub mod perm;
 pub mod protocol;

@@ -34,6 +34,13 @@ pub struct Options {
     /// [`Error::look_up_holder`] once. Otherwise the walk runs after the
     /// rollback, bounded by [`holders::LOOKUP_BUDGET`].
     pub skip_holder_lookup: bool,
+    /// Also refuse, with `EBUSY` ([`Error::Opened`]), while another process
+    /// has the image open and holds none of its bytes
+    /// (`FPL_FLAG_NO_UNLOCKED_OPENERS`): QEMU with `locking=off`, an
+    /// incoming migration's destination. The locks are taken (prepared)
+    /// first, then one walk of `/proc` looks for openers (see the private
+    /// module `openers` for what it cannot see).
+    pub refuse_unlocked_openers: bool,
 }
 
 /// Held locks on one image: the bytes of one request, on one open file
@@ -105,6 +112,12 @@ impl Lock {
             owner: std::process::id(),
         };
         let prepared = lock.prepare_plan(plan, request, false, options)?;
+        if let Err(e) = lock.refuse_beside_openers(options) {
+            // Nothing was held before: abort leaves nothing, and a failed
+            // abort's bytes go with the descriptor, which is closed here.
+            let _ = lock.abort(prepared);
+            return Err(e);
+        }
         lock.commit(prepared)?;
         Ok(lock)
     }
@@ -124,7 +137,21 @@ impl Lock {
     /// `allow_posix` is ignored).
     pub fn update_with(&mut self, request: Request, options: Options) -> Result<()> {
         let prepared = self.prepare(request, options)?;
+        if let Err(e) = self.refuse_beside_openers(options) {
+            self.abort(prepared)?;
+            return Err(e);
+        }
         self.commit(prepared)
+    }
+
+    /// With [`Options::refuse_unlocked_openers`]: `EBUSY` if another process
+    /// has the image open without locks.
+    fn refuse_beside_openers(&self, options: Options) -> Result<()> {
+        if !options.refuse_unlocked_openers {
+            return Ok(());
+        }
+        let path = self.image.display_path().unwrap_or_default();
+        crate::openers::refuse(&[(&path, self.image.fd(), self.image.file_id())])
     }
 
     fn check_owner(&self) -> Result<()> {
@@ -419,12 +446,22 @@ fn list(bytes: ByteSet) -> String {
 
 /// Would [`Lock::acquire`] of `request` on `path` succeed now? Takes no lock.
 pub fn check(path: &Path, request: Request, options: Options) -> Result<()> {
+    let image = check_locks(path, request, options)?;
+    if options.refuse_unlocked_openers {
+        crate::openers::refuse(&[(path, image.fd(), image.file_id())])?;
+    }
+    Ok(())
+}
+
+/// [`check`] without the openers: the image, still open, when the locks
+/// would be granted.
+pub(crate) fn check_locks(path: &Path, request: Request, options: Options) -> Result<Image> {
     let mut image = Image::open(path)?;
     let flavor = flavor(&image, options)?;
     let plan = request.plan();
     let all = plan.lock.union(plan.tested());
     let (Some(first), Some(last)) = (all.iter().next(), all.iter().last()) else {
-        return Ok(());
+        return Ok(image);
     };
     let failed = |e| Failure::Locked(first, e, None);
     // No lock at all on the file, the usual case, answers with one call,
@@ -435,7 +472,7 @@ pub fn check(path: &Path, request: Request, options: Options) -> Result<()> {
             if flavor == Flavor::Ofd {
                 image.saw_no_locks();
             }
-            return Ok(());
+            return Ok(image);
         }
         Ok(Some(_)) => {}
         Err(e) => return Err(failed(e).into_error(&image, None)),
@@ -444,7 +481,7 @@ pub fn check(path: &Path, request: Request, options: Options) -> Result<()> {
     // Nothing held between the first and the last byte involved (a lock
     // elsewhere, such as libvirt's lease on byte 0) answers with one more.
     match fcntl::test(fd, flavor, first, last - first + 1, true) {
-        Ok(None) => return Ok(()),
+        Ok(None) => return Ok(image),
         Ok(Some(_)) => {}
         Err(e) => return Err(failed(e).into_error(&image, None)),
     }
@@ -460,13 +497,16 @@ pub fn check(path: &Path, request: Request, options: Options) -> Result<()> {
             None,
         )),
     };
-    outcome.map_err(|f| {
-        let mut e = f.into_error(&image, None);
-        if !options.skip_holder_lookup {
-            e.look_up_holder();
+    match outcome {
+        Ok(()) => Ok(image),
+        Err(f) => {
+            let mut e = f.into_error(&image, None);
+            if !options.skip_holder_lookup {
+                e.look_up_holder();
+            }
+            Err(e)
         }
-        e
-    })
+    }
 }
 
 fn flavor(image: &Image, options: Options) -> Result<Flavor> {

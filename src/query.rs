@@ -18,7 +18,9 @@ pub struct Status {
     pub held: Held,
     /// The processes holding them, when asked for. Bytes can be held while
     /// none is found: a holder on another host sharing the file system, in
-    /// another PID namespace, or one this process may not inspect.
+    /// another PID namespace, or one this process may not inspect. With
+    /// [`Inspect::openers`], also the openers ([`Holder::no_locks`]), in
+    /// the same (pid, descriptor) order.
     pub holders: Vec<Holder>,
     /// Some process could not be inspected.
     pub holders_partial: bool,
@@ -29,10 +31,32 @@ pub struct Status {
 /// a few more calls, as the search splits around them.
 const RANGES: [(u32, u32); 1] = [(LIBVIRT_BYTE, UNSHARE_BASE + 5)];
 
+/// What a query looks for beyond the bytes held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Inspect {
+    /// Name the processes holding the bytes (`FPL_QUERY_HOLDERS`).
+    pub holders: bool,
+    /// Also list the processes that have the image open and hold none of
+    /// its bytes (`FPL_QUERY_OPENERS`), found in the same walk of `/proc`,
+    /// which then runs for free images too. This process is never listed.
+    pub openers: bool,
+}
+
 /// Reports the protocol bytes held on `path`; with `holders`, also names
 /// the processes holding them.
 pub fn query(path: &Path, holders: bool) -> Result<Status> {
-    query_many(&[path], holders)
+    query_with(
+        path,
+        Inspect {
+            holders,
+            openers: false,
+        },
+    )
+}
+
+/// [`query()`] with openers, or other things to look for.
+pub fn query_with(path: &Path, inspect: Inspect) -> Result<Status> {
+    query_many_with(&[path], inspect)
         .pop()
         .unwrap_or_else(|| Err(Error::invalid("no image")))
 }
@@ -42,7 +66,18 @@ pub fn query(path: &Path, holders: bool) -> Result<Status> {
 /// the cost grows with the host's descriptors plus the images, not their
 /// product. Names of one inode (links) share its locks and its holders.
 pub fn query_many<P: AsRef<Path>>(paths: &[P], holders: bool) -> Vec<Result<Status>> {
-    let mounts = holders.then(Mounts::read);
+    query_many_with(
+        paths,
+        Inspect {
+            holders,
+            openers: false,
+        },
+    )
+}
+
+/// [`query_many()`] with openers, or other things to look for.
+pub fn query_many_with<P: AsRef<Path>>(paths: &[P], inspect: Inspect) -> Vec<Result<Status>> {
+    let mounts = (inspect.holders || inspect.openers).then(Mounts::read);
     let mut targets: Vec<Target> = Vec::new();
     let mut results: Vec<(Result<Status>, Option<usize>)> = paths
         .iter()
@@ -59,9 +94,9 @@ pub fn query_many<P: AsRef<Path>>(paths: &[P], holders: bool) -> Vec<Result<Stat
                 held,
                 ..Status::default()
             };
-            // Free images need no walk of /proc.
+            // Free images need no walk of /proc, unless openers are asked.
             let index = match &mounts {
-                Some(mounts) if !held.is_empty() => {
+                Some(mounts) if !held.is_empty() || inspect.openers => {
                     let target = mounts.target(image.fd(), image.file_id());
                     Some(
                         targets
@@ -79,10 +114,18 @@ pub fn query_many<P: AsRef<Path>>(paths: &[P], holders: bool) -> Vec<Result<Stat
         })
         .collect();
     if !targets.is_empty() {
-        let scan = holders::scan(&targets);
+        let scan = if inspect.openers {
+            holders::scan_openers(&targets)
+        } else {
+            holders::scan(&targets)
+        };
         for (result, index) in &mut results {
             if let (Ok(status), Some(i)) = (result, *index) {
-                status.holders = scan.holders[i].clone();
+                status.holders = scan.holders[i]
+                    .iter()
+                    .filter(|h| inspect.holders || h.no_locks)
+                    .cloned()
+                    .collect();
                 status.holders_partial = scan.partial(i, status.held);
             }
         }
