@@ -21,10 +21,18 @@
 //!   by the protocol alone and refused by the opener rule naming the
 //!   destination; `cont` then activates the destination, which holds RWX;
 //! - `a_libfpl_writer_in_the_window_leaves_neither_vm_running` and
-//!   `a_qemu_io_in_the_window_leaves_neither_vm_running`: a third process
-//!   that takes the image in the window makes the destination's `cont`
-//!   fail with `Failed to get "write" lock`; both sides say `completed`,
-//!   the destination stays `paused`, the source `postmigrate`.
+//!   `a_qemu_io_in_the_window_leaves_neither_vm_running` (qemu-io read-write
+//!   and `-r`): a third process that takes the image in the window makes
+//!   the destination's `cont` fail with `Failed to get "write" lock`; both
+//!   sides say `completed`, the destination stays `paused` (holding R on
+//!   top), the source `postmigrate`: neither VM runs until the third
+//!   process leaves and a second `cont` activates the destination;
+//! - `without_late_block_activate_the_destination_activates_when_the_state_is_loaded`:
+//!   no window to speak of: the paused (-S) destination holds R / RWX as
+//!   soon as migration completes and the protocol refuses a writer.
+//!
+//! Where QEMU measured otherwise than CHAINS.md §4, the expectation says so
+//! (module `table`).
 //!
 //! Each test has its own folder, sockets and processes, so they run in
 //! parallel; QEMU runs in that folder and is given relative names, so its
@@ -457,7 +465,10 @@ fn assert_opened(e: &Error, member: &Path, pid: i32, name: &str, mode: &str, wha
         Error::Opened { path, opener } => {
             assert_eq!(path, member, "{what}: {e}");
             assert_eq!((opener.pid, opener.name.as_str()), (pid, name), "{what}");
-            assert!(opener.no_locks && opener.held.is_empty(), "{what}: {opener:?}");
+            assert!(
+                opener.no_locks && opener.held.is_empty(),
+                "{what}: {opener:?}"
+            );
         }
         other => panic!("{what}: not Error::Opened: {other:?}"),
     }
@@ -503,7 +514,11 @@ fn assert_unlocked_writer(top: &Path, files: &[&Path], pid: i32, name: &str, wha
         assert_opened(&e, top, pid, name, "read-write", what);
     }
     for f in files {
-        assert_eq!(ours(f), NONE, "{what}: {f:?}: nothing held after the refusals");
+        assert_eq!(
+            ours(f),
+            NONE,
+            "{what}: {f:?}: nothing held after the refusals"
+        );
     }
 }
 
@@ -595,6 +610,12 @@ mod table {
         [uses(NONE, "r"), uses(R, "r")]
     }
 
+    /// Without late-block-activate, the destination activates once the
+    /// state is loaded, paused by -S. CHAINS.md: "base R while paused".
+    pub fn destination_paused_active() -> [Use; 2] {
+        [uses(R, "r"), uses(RWX, "rw")]
+    }
+
     /// The destination after `cont` (late-block-activate): RP / RWX.
     pub fn destination_active() -> [Use; 2] {
         [uses(RP, "r"), uses(RWX, "rw")]
@@ -611,6 +632,11 @@ struct Migration {
 
 impl Migration {
     fn start(tag: &str) -> Migration {
+        Migration::start_with(tag, true)
+    }
+
+    /// `late`: set `late-block-activate` on the destination.
+    fn start_with(tag: &str, late: bool) -> Migration {
         let dir = TempDir::new(tag);
         let d = dir.path().to_path_buf();
         make_chain(&d);
@@ -625,12 +651,15 @@ impl Migration {
         dst.qmp.ok(
             "migrate-set-capabilities",
             serde_json::json!({"capabilities": [
-                {"capability": "late-block-activate", "state": true}
+                {"capability": "late-block-activate", "state": late}
             ]}),
         );
         let mut m = Migration { dir, src, dst };
         m.expect("before the migration", table::source_before());
-        m.expect_dst("the destination with -incoming", table::destination_incoming());
+        m.expect_dst(
+            "the destination with -incoming",
+            table::destination_incoming(),
+        );
         m
     }
 
@@ -662,11 +691,21 @@ impl Migration {
     /// at most): the source is then `postmigrate`, the destination
     /// `paused`, and the image in the window.
     fn switch_over(&mut self) {
+        self.switch_over_to("paused");
+        self.expect("after the switchover", table::source_inactive());
+        self.expect_dst("before activation", table::destination_incoming());
+    }
+
+    /// Migrates until both sides say `completed`; the destination is then
+    /// `dst_status`.
+    fn switch_over_to(&mut self, dst_status: &str) {
         let uri = format!("unix:{}", self.dir.path().join("mig.sock").display());
         self.dst
             .qmp
             .ok("migrate-incoming", serde_json::json!({ "uri": uri }));
-        self.src.qmp.ok("migrate", serde_json::json!({ "uri": uri }));
+        self.src
+            .qmp
+            .ok("migrate", serde_json::json!({ "uri": uri }));
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let (s, d) = (self.src.qmp.migration(), self.dst.qmp.migration());
@@ -682,9 +721,7 @@ impl Migration {
             std::thread::sleep(Duration::from_millis(20));
         }
         assert_eq!(self.src.qmp.status(), "postmigrate");
-        assert_eq!(self.dst.qmp.status(), "paused");
-        self.expect("after the switchover", table::source_inactive());
-        self.expect_dst("before activation", table::destination_incoming());
+        assert_eq!(self.dst.qmp.status(), dst_status);
     }
 
     /// (query-status, query-migrate) of (source, destination).
@@ -770,7 +807,7 @@ fn neither_runs<T>(tag: &str, third: impl FnOnce(&Path) -> T) -> (Migration, T) 
         .qmp
         .execute("cont", serde_json::json!({}))
         .expect_err("the destination cannot activate");
-    assert!(e.contains("Failed to get \"write\" lock"), "cont: {e}");
+    assert_eq!(e, "Failed to get \"write\" lock", "cont");
     assert_eq!(
         m.states(),
         [
@@ -780,7 +817,10 @@ fn neither_runs<T>(tag: &str, third: impl FnOnce(&Path) -> T) -> (Migration, T) 
         "neither VM runs"
     );
     m.expect_dst("after the failed cont", table::destination_failed());
-    m.expect("after the destination's failed cont", table::source_inactive());
+    m.expect(
+        "after the destination's failed cont",
+        table::source_inactive(),
+    );
     m.src.proc.assert_running();
     m.dst.proc.assert_running();
     (m, guard)
@@ -793,7 +833,12 @@ fn a_libfpl_writer_in_the_window_leaves_neither_vm_running() {
         Lock::acquire(&top, req(Mode::Write), Options::default())
             .unwrap_or_else(|e| panic!("the protocol grants write in the window: {e}"))
     });
-    assert_eq!(bytes_of_lock(&m.top()), RWX, "libfpl's write preset on top");
+    // It holds write and refuses others' write, as the destination would.
+    let mine = ours(&m.top());
+    assert!(
+        mine.contains(&101) && mine.contains(&201),
+        "libfpl's write preset on top: {mine:?}"
+    );
     lock.release().expect("release");
     // Once the writer has gone, a second cont activates the destination.
     m.dst.qmp.ok("cont", serde_json::json!({}));
@@ -801,27 +846,61 @@ fn a_libfpl_writer_in_the_window_leaves_neither_vm_running() {
     m.expect_dst("after a second cont", table::destination_active());
 }
 
-/// The bytes this process holds on `path`.
-fn bytes_of_lock(path: &Path) -> Vec<u32> {
-    ours(path)
+#[test]
+fn a_qemu_io_in_the_window_leaves_neither_vm_running() {
+    // Even a read-only qemu-io: it unshares write (CHAINS.md §4).
+    let cases: [(&[&str], [Use; 2]); 2] = [
+        (
+            &["-f", "qcow2", "top.qcow2"],
+            [uses(R, "r"), uses(RWX, "rw")],
+        ),
+        (
+            &["-r", "-f", "qcow2", "top.qcow2"],
+            [uses(R, "r"), uses(RP, "r")],
+        ),
+    ];
+    for (i, (args, want)) in cases.into_iter().enumerate() {
+        let what = format!("qemu-io {} opening the image in the window", args.join(" "));
+        let (mut m, mut io) = neither_runs(&format!("mig-io{i}"), |d| {
+            let io_bin = qemu72_bin().join("qemu-io");
+            let mut io = Proc::start(&io_bin, args, d, "qemu-io");
+            // qemu-io opens the chain as CHAINS.md §1 says: the raw base R.
+            let [b, t] = want;
+            wait_uses(
+                &mut io,
+                &[(&d.join("base.raw"), b), (&d.join("top.qcow2"), t)],
+                &what,
+            );
+            io
+        });
+        io.assert_running();
+        // QMP's error is the bare message: the hint naming the image
+        // (`Is another process using the image [top.qcow2]?`) is in neither
+        // the reply nor the destination's log.
+        assert!(!m.dst.proc.log().contains("Is another process"), "{what}");
+        // qemu-io quits; a second cont activates the destination.
+        drop(io);
+        m.dst.qmp.ok("cont", serde_json::json!({}));
+        assert_eq!(m.dst.qmp.status(), "running", "{what}");
+        m.expect_dst("after a second cont", table::destination_active());
+    }
 }
 
 #[test]
-fn a_qemu_io_in_the_window_leaves_neither_vm_running() {
-    let (m, mut io) = neither_runs("mig-io", |d| {
-        let io_bin = qemu72_bin().join("qemu-io");
-        let mut io = Proc::start(&io_bin, &["-f", "qcow2", "top.qcow2"], d, "qemu-io");
-        // qemu-io opens the chain: top RWX, the raw base R (CHAINS.md §1).
-        wait_uses(
-            &mut io,
-            &[
-                (&d.join("top.qcow2"), uses(RWX, "rw")),
-                (&d.join("base.raw"), uses(R, "r")),
-            ],
-            "qemu-io opening the image in the window",
-        );
-        io
-    });
-    io.assert_running();
-    drop(m);
+fn without_late_block_activate_the_destination_activates_when_the_state_is_loaded() {
+    let mut m = Migration::start_with("mig-early", false);
+    m.switch_over_to("paused");
+    // Activated while still paused by -S: RWX on top, and base...
+    m.expect_dst(
+        "activated on completion, paused (-S)",
+        table::destination_paused_active(),
+    );
+    m.expect("after the switchover", table::source_inactive());
+    // No window left: the protocol refuses a writer.
+    let top = m.top();
+    let e = Lock::acquire(&top, req(Mode::Write), Options::default()).expect_err("refused");
+    assert_eq!(e.errno(), libc::EAGAIN, "{e}");
+    m.dst.qmp.ok("cont", serde_json::json!({}));
+    assert_eq!(m.dst.qmp.status(), "running");
+    m.expect_dst("after cont", table::destination_active());
 }
