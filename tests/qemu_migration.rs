@@ -45,7 +45,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::cabi::{c_path, message, new_error};
 use common::TempDir;
+use fpl::ffi::{
+    fpl_acquire, fpl_lock, fpl_release, FPL_FLAG_CHAIN, FPL_FLAG_NO_UNLOCKED_OPENERS,
+    FPL_MODE_WRITE_PERM, FPL_MODE_WRITE_SHARE,
+};
 use fpl::query::{query_with, Inspect};
 use fpl::{ChainLock, Error, Lock, Mode, Options, Request};
 
@@ -625,9 +630,10 @@ mod table {
 /// Two 7.2 VMs on the same chain in one folder: the source running it, the
 /// destination started with `-S -incoming defer` and `late-block-activate`.
 struct Migration {
-    dir: TempDir,
     src: Vm,
     dst: Vm,
+    /// Last: removed after both VMs are killed.
+    dir: TempDir,
 }
 
 impl Migration {
@@ -654,7 +660,7 @@ impl Migration {
                 {"capability": "late-block-activate", "state": late}
             ]}),
         );
-        let mut m = Migration { dir, src, dst };
+        let mut m = Migration { src, dst, dir };
         m.expect("before the migration", table::source_before());
         m.expect_dst(
             "the destination with -incoming",
@@ -769,6 +775,15 @@ fn the_migration_window_is_granted_by_the_protocol_refused_by_the_opener_rule() 
     let first = m.src.pid().min(dst);
     let e = Lock::acquire(&base, req(Mode::Read), refuse()).expect_err("refused");
     assert_opened(&e, &base, first, VM_COMM, "read-only", what);
+    // The C ABI: FPL_FLAG_NO_UNLOCKED_OPENERS makes the difference.
+    let (rc, msg) = c_acquire_write_chain(&top, FPL_FLAG_CHAIN | FPL_FLAG_NO_UNLOCKED_OPENERS);
+    assert_eq!(rc, -libc::EBUSY, "{msg}");
+    assert!(
+        msg.contains(&format!("by {VM_COMM} (pid {dst}, fd ")),
+        "{what}: {msg}"
+    );
+    let (rc, msg) = c_acquire_write_chain(&top, FPL_FLAG_CHAIN);
+    assert_eq!(rc, 0, "{what}: without the flag: {msg}");
     assert_eq!((ours(&base), ours(&top)), (vec![], vec![]), "{what}");
     // The destination is still unaffected and still paused.
     assert_eq!(
@@ -794,6 +809,33 @@ fn the_migration_window_is_granted_by_the_protocol_refused_by_the_opener_rule() 
     assert_eq!(e.errno(), libc::EAGAIN, "{e}");
     m.src.proc.assert_running();
     m.dst.proc.assert_running();
+}
+
+/// fpl_acquire(write preset, `flags`) on `path`, released at once: the
+/// return code and the error's message.
+fn c_acquire_write_chain(path: &Path, flags: u32) -> (i32, String) {
+    let p = c_path(path);
+    let mut lock: *mut fpl_lock = std::ptr::null_mut();
+    let mut e = new_error();
+    // SAFETY: valid C string, out-pointers to live locals.
+    let rc = unsafe {
+        fpl_acquire(
+            p.as_ptr(),
+            FPL_MODE_WRITE_PERM,
+            FPL_MODE_WRITE_SHARE,
+            flags,
+            &mut lock,
+            &mut e,
+        )
+    };
+    if rc == 0 {
+        assert!(!lock.is_null(), "a lock on success");
+        // SAFETY: the handle fpl_acquire just made, released once.
+        assert_eq!(unsafe { fpl_release(lock) }, 0, "fpl_release");
+    } else {
+        assert!(lock.is_null(), "no lock on failure");
+    }
+    (rc, message(&e))
 }
 
 /// Takes the window with `third` (started there, returning a guard that
