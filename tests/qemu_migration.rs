@@ -15,8 +15,10 @@
 //!   `driver=file,locking=off` node;
 //! - `the_migration_window_is_granted_by_the_protocol_refused_by_the_opener_rule`:
 //!   a live migration between two 7.2 VMs on the same chain (`-incoming
-//!   defer`, `late-block-activate` and `-S` on the destination): what each
-//!   VM holds in each phase, measured against CHAINS.md §4; in the window
+//!   defer`, `late-block-activate` and `-S` on the destination; the source
+//!   stopped before its switchover by `pause-before-switchover` so that
+//!   the RAM-pass phase can be measured too): what each VM holds in each
+//!   phase, measured against CHAINS.md §4, until the source quits; in the window
 //!   (source inactivated, destination not yet activated) write is granted
 //!   by the protocol alone and refused by the opener rule naming the
 //!   destination; `cont` then activates the destination, which holds RWX;
@@ -706,28 +708,55 @@ impl Migration {
     /// `dst_status`.
     fn switch_over_to(&mut self, dst_status: &str) {
         let uri = format!("unix:{}", self.dir.path().join("mig.sock").display());
+        // The source stops before its switchover (the RAM passes are
+        // done, nothing inactivated yet) until `migrate-continue`.
+        self.src.qmp.ok(
+            "migrate-set-capabilities",
+            serde_json::json!({"capabilities": [
+                {"capability": "pause-before-switchover", "state": true}
+            ]}),
+        );
         self.dst
             .qmp
             .ok("migrate-incoming", serde_json::json!({ "uri": uri }));
         self.src
             .qmp
             .ok("migrate", serde_json::json!({ "uri": uri }));
+        self.wait_migration("pre-switchover", "active");
+        // CHAINS.md: the source unchanged, the destination open, no byte.
+        self.expect("before the switchover", table::source_before());
+        self.expect_dst("during the RAM passes", table::destination_incoming());
+        let top = self.top();
+        let e = Lock::acquire(&top, req(Mode::Write), Options::default())
+            .expect_err("the source still protects the image");
+        assert_eq!(e.errno(), libc::EAGAIN, "{e}");
+        self.src.qmp.ok(
+            "migrate-continue",
+            serde_json::json!({ "state": "pre-switchover" }),
+        );
+        self.wait_migration("completed", "completed");
+        assert_eq!(self.src.qmp.status(), "postmigrate");
+        assert_eq!(self.dst.qmp.status(), dst_status);
+    }
+
+    /// Waits (at most 60 s) until query-migrate says `src` on the source
+    /// and `dst` on the destination.
+    fn wait_migration(&mut self, src: &str, dst: &str) {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let (s, d) = (self.src.qmp.migration(), self.dst.qmp.migration());
-            if s == "completed" && d == "completed" {
-                break;
+            if s == src && d == dst {
+                return;
             }
             assert!(
                 s != "failed" && d != "failed" && Instant::now() < deadline,
-                "migration: source {s}, destination {d}\nsource log:\n{}\ndestination log:\n{}",
+                "migration: source {s}, destination {d}, waiting for {src}/{dst}\n\
+                 source log:\n{}\ndestination log:\n{}",
                 self.src.proc.log(),
                 self.dst.proc.log()
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        assert_eq!(self.src.qmp.status(), "postmigrate");
-        assert_eq!(self.dst.qmp.status(), dst_status);
     }
 
     /// (query-status, query-migrate) of (source, destination).
@@ -807,8 +836,12 @@ fn the_migration_window_is_granted_by_the_protocol_refused_by_the_opener_rule() 
     m.expect("after the destination's cont", table::source_inactive());
     let e = Lock::acquire(&top, req(Mode::Write), refuse()).expect_err("destination holds");
     assert_eq!(e.errno(), libc::EAGAIN, "{e}");
-    m.src.proc.assert_running();
     m.dst.proc.assert_running();
+    // The source's R on top lasts until it exits.
+    m.src.qmp.ok("quit", serde_json::json!({}));
+    m.src.proc.wait_exit(Duration::from_secs(30));
+    assert_eq!((held(&base), held(&top)), (RP.to_vec(), RWX.to_vec()));
+    m.expect_dst("after the source quit", table::destination_active());
 }
 
 /// fpl_acquire(write preset, `flags`) on `path`, released at once: the
