@@ -12,7 +12,9 @@
 //!   EBUSY naming it;
 //! - `a_storage_daemon_node_with_locking_off_is_an_opener_and_refused_beside`:
 //!   the same for a qemu-storage-daemon 10.0 qcow2 node on a
-//!   `driver=file,locking=off` node;
+//!   `driver=file,locking=off` node (which with locking on holds RWX);
+//! - `a_storage_daemon_file_node_with_no_parent_is_an_opener_with_locking_on`:
+//!   a bare qemu-storage-daemon `driver=file` node, locking on, is one too;
 //! - `the_migration_window_is_granted_by_the_protocol_refused_by_the_opener_rule`:
 //!   a live migration between two 7.2 VMs on the same chain (`-incoming
 //!   defer`, `late-block-activate` and `-S` on the destination; the source
@@ -356,6 +358,8 @@ const NONE: &[u32] = &[];
 
 /// `/proc/PID/comm` of QEMU's system emulator (15 characters at most).
 const VM_COMM: &str = "qemu-system-x86";
+/// `/proc/PID/comm` of qemu-storage-daemon, cut the same way.
+const QSD_COMM: &str = "qemu-storage-da";
 
 fn bytes_of(held: fpl::Held) -> Vec<u32> {
     ALL_BYTES.into_iter().filter(|&b| held.covers(b)).collect()
@@ -494,7 +498,7 @@ fn assert_opened(e: &Error, member: &Path, pid: i32, name: &str, mode: &str, wha
 /// process `pid` (`name`) has open read-write without any lock: the
 /// protocol alone sees a free image and grants write, the opener rule
 /// refuses `Lock` and `ChainLock` with EBUSY naming it.
-fn assert_unlocked_writer(top: &Path, files: &[&Path], pid: i32, name: &str, what: &str) {
+fn assert_unlocked_writer(top: &Path, files: &[&Path], name: &str, pid: i32, what: &str) {
     for f in files {
         let plain = fpl::query(f, true).expect("query");
         assert!(
@@ -549,7 +553,7 @@ fn a_vm_with_locking_off_is_an_opener_and_refused_beside() {
         &[(&top, uses(NONE, "rw")), (&base, uses(NONE, "r"))],
         what,
     );
-    assert_unlocked_writer(&top, &[&top, &base], vm.pid(), VM_COMM, what);
+    assert_unlocked_writer(&top, &[&top, &base], VM_COMM, vm.pid(), what);
     // The base alone: read-only, refused as such.
     let e = Lock::acquire(&base, req(Mode::Write), refuse()).expect_err("refused on base");
     assert_opened(&e, &base, vm.pid(), VM_COMM, "read-only", what);
@@ -580,7 +584,48 @@ fn a_storage_daemon_node_with_locking_off_is_an_opener_and_refused_beside() {
     );
     wait_uses(&mut qsd, &[(&disk, uses(NONE, "rw"))], what);
     // comm is cut to 15 characters.
-    assert_unlocked_writer(&disk, &[&disk], qsd.pid(), "qemu-storage-da", what);
+    assert_unlocked_writer(&disk, &[&disk], QSD_COMM, qsd.pid(), what);
+    qsd.assert_running();
+    drop(qsd);
+
+    // The contrast: locking on, the same node holds RWX (CHAINS.md §1).
+    let mut qsd = Proc::start(
+        &qsd10(),
+        &[
+            "--blockdev",
+            "driver=file,node-name=f0,filename=disk.qcow2",
+            "--blockdev",
+            "driver=qcow2,node-name=q0,file=f0",
+        ],
+        d,
+        "qsd-locking",
+    );
+    wait_uses(
+        &mut qsd,
+        &[(&disk, uses(RWX, "rw"))],
+        "the same with locking on",
+    );
+    let e = Lock::acquire(&disk, req(Mode::Write), Options::default()).expect_err("refused");
+    assert_eq!(e.errno(), libc::EAGAIN, "{e}");
+}
+
+#[test]
+fn a_storage_daemon_file_node_with_no_parent_is_an_opener_with_locking_on() {
+    // CHAINS.md §5: a bare `driver=file` node is open read-write and takes
+    // no byte until a parent (a format node, an export) asks for some.
+    let dir = TempDir::new("mig-bare-qsd");
+    let d = dir.path();
+    img(d, &["create", "-q", "-f", "raw", "disk.raw", "64M"]);
+    let disk = d.join("disk.raw");
+    let what = "qemu-storage-daemon 10.0 bare file node, locking on";
+    let mut qsd = Proc::start(
+        &qsd10(),
+        &["--blockdev", "driver=file,node-name=f0,filename=disk.raw"],
+        d,
+        "qsd",
+    );
+    wait_uses(&mut qsd, &[(&disk, uses(NONE, "rw"))], what);
+    assert_unlocked_writer(&disk, &[&disk], QSD_COMM, qsd.pid(), what);
     qsd.assert_running();
 }
 
