@@ -700,6 +700,18 @@ fn holders(b: &mut Bench) {
         let s = fpl::query(&image, true).expect("query");
         assert_eq!(s.holders.len(), 1);
     });
+    // Openers come from the same walk: the cost over holders alone.
+    let with_openers = time_per_call(3, n, || {
+        let s = fpl::query::query_with(
+            &image,
+            fpl::query::Inspect {
+                holders: true,
+                openers: true,
+            },
+        )
+        .expect("query");
+        assert_eq!(s.holders.iter().filter(|h| !h.no_locks).count(), 1);
+    });
     let naive = time_per_call(3, n, || {
         assert!(naive_holders(&image) >= 1);
     });
@@ -715,6 +727,11 @@ fn holders(b: &mut Bench) {
     b.say(format!(
         "| libfpl `fpl_query` with holders | {} | 1 |",
         millis(ours)
+    ));
+    b.say(format!(
+        "| libfpl `fpl_query` with holders and openers (`FPL_QUERY_OPENERS`, same walk) | {} | {:.2} |",
+        millis(with_openers),
+        ratio(with_openers, ours)
     ));
     b.say(format!(
         "| naive scan (every fdinfo read) | {} | {:.1} |",

@@ -97,7 +97,9 @@
  * advisory). Refused beside for that instant: a process that has just
  * opened the image and is about to lock it, or one inspecting it
  * (fpl_query's own open lasts microseconds). This process's descriptors
- * never count. fpl_acquire_fd accepts it too.
+ * never count. For a block device, a process using the device through
+ * another device node (FPL_HOLDER_OTHER_NODE) is refused beside too,
+ * whether or not it locks its own node. fpl_acquire_fd accepts it too.
  */
 #define FPL_FLAG_NO_UNLOCKED_OPENERS 8
 
@@ -111,7 +113,9 @@
  * have the image open and hold none of its bytes, flagged
  * FPL_HOLDER_NO_LOCKS (with `access`), found in the same walk of /proc as
  * the holders (which then runs for a free image too). This process is
- * never listed. Counted in n_holders like holders.
+ * never listed. Counted in n_holders like holders. For a block device,
+ * descriptors of other device nodes of the same device are listed too
+ * (FPL_HOLDER_OTHER_NODE).
  */
 #define FPL_QUERY_OPENERS 2
 
@@ -156,6 +160,24 @@
  * never set in 1.0.
  */
 #define FPL_HOLDER_INFERRED 2
+
+/**
+ * fpl_holder.flags, with FPL_HOLDER_NO_LOCKS: the descriptor is another
+ * device node of the image's block device (same st_rdev, another inode: a
+ * container's own /dev, a node made with mknod). Locks belong to a node's
+ * inode, so whatever it locks is invisible through the image's node, and
+ * it is listed as an opener even when it locks its own node. Its path, in
+ * its own mount namespace, is the link /proc/PID/fd/FD. Set only for a
+ * block device image.
+ */
+#define FPL_HOLDER_OTHER_NODE 4
+
+/**
+ * fpl_holder.flags, with FPL_HOLDER_OTHER_NODE: the descriptor holds
+ * protocol bytes on its own node (a QEMU with locking on, using that
+ * node); perm and unshared stay 0, as they count the image's bytes only.
+ */
+#define FPL_HOLDER_NODE_LOCKS 8
 
 /**
  * fpl_member.role: the image named by the caller.
@@ -563,7 +585,8 @@ int fpl_check(const char *path,
  * HOLDERS (by pid, then descriptor), and STATUS->n_holders counts all. With
  * FPL_QUERY_OPENERS, the processes that have the image open without
  * holding any of its bytes are listed there too (flag
- * FPL_HOLDER_NO_LOCKS), from the same walk. A process that cannot be
+ * FPL_HOLDER_NO_LOCKS; for a block device also users of its other device
+ * nodes, FPL_HOLDER_OTHER_NODE), from the same walk. A process that cannot be
  * inspected sets FPL_STATUS_HOLDERS_PARTIAL and never fails the query.
  *
  * Returns 0, `-EINVAL` for NULL PATH or STATUS, NULL HOLDERS with CAP > 0,

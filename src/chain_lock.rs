@@ -125,10 +125,7 @@ impl ChainLock {
             }
         }
         if options.refuse_unlocked_openers {
-            let files: Vec<_> = open
-                .iter()
-                .map(|(p, image)| (*p, image.fd(), image.file_id()))
-                .collect();
+            let files: Vec<_> = open.iter().map(|(p, image)| (*p, image)).collect();
             crate::openers::refuse(&files)?;
         }
         Ok(())
@@ -256,7 +253,7 @@ fn refuse_beside_openers(members: &[Member], locks: &[Option<Lock>]) -> Result<(
     let files: Vec<_> = members
         .iter()
         .zip(locks)
-        .filter_map(|(m, l)| l.as_ref().map(|l| (m.path.as_path(), l.fd(), l.file_id())))
+        .filter_map(|(m, l)| l.as_ref().map(|l| (m.path.as_path(), l.image())))
         .collect();
     crate::openers::refuse(&files)
 }

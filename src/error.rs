@@ -43,22 +43,14 @@ pub enum Error {
     /// Another process has the image open and holds none of its bytes
     /// (`-EBUSY`), refused because the caller asked
     /// ([`crate::Options::refuse_unlocked_openers`],
-    /// `FPL_FLAG_NO_UNLOCKED_OPENERS`).
-    #[error(
-        "'{}' is open {} by {} (pid {}, fd {}) without locks: a QEMU with \
-         locking=off, or an incoming migration's destination, uses an image this \
-         way, so it may be in use although no byte is held",
-        path.to_string_lossy(),
-        open_mode(opener.access),
-        if opener.name.is_empty() { "a process" } else { opener.name.as_str() },
-        opener.pid,
-        opener.fd
-    )]
+    /// `FPL_FLAG_NO_UNLOCKED_OPENERS`). For a block device, also a process
+    /// using the device through another node ([`holders::Holder::node`]).
+    #[error("{}", opened_message(path, opener))]
     Opened {
         /// The file (with a chain: the member) that is open.
         path: PathBuf,
         /// The process and descriptor that has it open.
-        opener: holders::Holder,
+        opener: Box<holders::Holder>,
     },
     /// A system call failed; `what` says what was being done.
     #[error("{what}: {errno}")]
@@ -213,11 +205,135 @@ impl fmt::Display for Conflict {
 /// libfpl's results.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// [`Error::Opened`]'s message. The process comes before the explanation,
+/// so that a message cut short in `fpl_error.message` still names it.
+fn opened_message(path: &Path, opener: &holders::Holder) -> String {
+    let who = format!(
+        "{} (pid {}, fd {})",
+        if opener.name.is_empty() {
+            "a process"
+        } else {
+            opener.name.as_str()
+        },
+        opener.pid,
+        opener.fd
+    );
+    let mode = open_mode(opener.access);
+    let path = path.to_string_lossy();
+    let Some(node) = &opener.node else {
+        return format!(
+            "'{path}' is open {mode} by {who} without locks: a QEMU with locking=off, \
+             or an incoming migration's destination, uses an image this way, so it \
+             may be in use although no byte is held"
+        );
+    };
+    let through = if node.path.as_os_str().is_empty() {
+        "another node".to_owned()
+    } else {
+        format!("'{}'", node.path.to_string_lossy())
+    };
+    let there = if node.held.is_empty() {
+        "it holds none there either".to_owned()
+    } else {
+        format!("it holds {} there", held_list(node.held))
+    };
+    format!(
+        "'{path}' is open {mode} through {through} by {who}, whose locks this node does \
+         not see ({there}): the same block device through another device node, so it \
+         may be in use although no byte is held here"
+    )
+}
+
+/// `byte 100`, `bytes 100, 101, 201` for messages.
+fn held_list(held: crate::protocol::Held) -> String {
+    let mut bytes: Vec<u32> = Vec::new();
+    if held.libvirt {
+        bytes.push(crate::protocol::LIBVIRT_BYTE);
+    }
+    bytes.extend(crate::protocol::ByteSet::new(held.perm, held.unshared).iter());
+    let mut all: Vec<String> = bytes.iter().map(u32::to_string).collect();
+    if held.legacy {
+        // Held does not say which of the two (QEMU <= 6.2's graph-mod).
+        all.push("104/204".to_owned());
+    }
+    match all.len() {
+        1 => format!("byte {}", all[0]),
+        _ => format!("bytes {}", all.join(", ")),
+    }
+}
+
 /// `read-write`, `read-only`, `write-only` for messages.
 pub(crate) fn open_mode(a: crate::fdinfo::Access) -> &'static str {
     match (a.read, a.write) {
         (true, true) => "read-write",
         (false, true) => "write-only",
         _ => "read-only",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fdinfo::Access;
+    use crate::holders::{FileId, Holder, Node};
+    use crate::protocol::Held;
+
+    fn opener(node: Option<Node>) -> Error {
+        Error::Opened {
+            path: PathBuf::from("/dev/xvdb"),
+            opener: Box::new(Holder {
+                pid: 4410,
+                fd: 9,
+                name: "qemu-system-x86".into(),
+                held: Held::default(),
+                access: Access {
+                    read: true,
+                    write: true,
+                },
+                no_locks: true,
+                node,
+            }),
+        }
+    }
+
+    #[test]
+    fn an_opener_through_another_node_is_named_with_its_node_and_bytes() {
+        let mut held = Held::default();
+        held.add_range(0, Some(0));
+        held.add_range(100, Some(101));
+        held.add_range(104, Some(104));
+        let node = |path: &str, held| Node {
+            path: PathBuf::from(path),
+            id: FileId { dev: 6, ino: 93 },
+            held,
+        };
+        let e = opener(Some(node("/dev/loop0", held)));
+        assert_eq!(e.errno(), libc::EBUSY);
+        assert!(
+            e.to_string().starts_with(
+                "'/dev/xvdb' is open read-write through '/dev/loop0' by qemu-system-x86 \
+                 (pid 4410, fd 9), whose locks this node does not see (it holds bytes 0, \
+                 100, 101, 104/204 there): the same block device through another device node"
+            ),
+            "{e}"
+        );
+        let mut one = Held::default();
+        one.add_range(100, Some(100));
+        let e = opener(Some(node("", one))).to_string();
+        assert!(
+            e.contains("through another node by qemu-system-x86")
+                && e.contains("(it holds byte 100 there)"),
+            "{e}"
+        );
+        let e = opener(Some(node("/dev/loop0", Held::default()))).to_string();
+        assert!(e.contains("(it holds none there either)"), "{e}");
+        // The same inode: the message of an unlocked opener, as before.
+        let e = opener(None).to_string();
+        assert!(
+            e.starts_with(
+                "'/dev/xvdb' is open read-write by qemu-system-x86 (pid 4410, fd 9) without locks"
+            ),
+            "{e}"
+        );
     }
 }

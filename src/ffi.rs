@@ -80,7 +80,9 @@ pub const FPL_FLAG_CHAIN: u32 = 0x04;
 /// advisory). Refused beside for that instant: a process that has just
 /// opened the image and is about to lock it, or one inspecting it
 /// (fpl_query's own open lasts microseconds). This process's descriptors
-/// never count. fpl_acquire_fd accepts it too.
+/// never count. For a block device, a process using the device through
+/// another device node (FPL_HOLDER_OTHER_NODE) is refused beside too,
+/// whether or not it locks its own node. fpl_acquire_fd accepts it too.
 pub const FPL_FLAG_NO_UNLOCKED_OPENERS: u32 = 0x08;
 
 /// Flag for fpl_query: also find the processes holding the bytes.
@@ -89,7 +91,9 @@ pub const FPL_QUERY_HOLDERS: u32 = 0x01;
 /// have the image open and hold none of its bytes, flagged
 /// FPL_HOLDER_NO_LOCKS (with `access`), found in the same walk of /proc as
 /// the holders (which then runs for a free image too). This process is
-/// never listed. Counted in n_holders like holders.
+/// never listed. Counted in n_holders like holders. For a block device,
+/// descriptors of other device nodes of the same device are listed too
+/// (FPL_HOLDER_OTHER_NODE).
 pub const FPL_QUERY_OPENERS: u32 = 0x02;
 
 /// fpl_status.flags: byte 104 or 204 is held (QEMU <= 6.2's graph-mod).
@@ -114,6 +118,18 @@ pub const FPL_HOLDER_NO_LOCKS: u32 = 0x01;
 /// are held, on a file system that keeps its locks out of /proc (FUSE);
 /// never set in 1.0.
 pub const FPL_HOLDER_INFERRED: u32 = 0x02;
+/// fpl_holder.flags, with FPL_HOLDER_NO_LOCKS: the descriptor is another
+/// device node of the image's block device (same st_rdev, another inode: a
+/// container's own /dev, a node made with mknod). Locks belong to a node's
+/// inode, so whatever it locks is invisible through the image's node, and
+/// it is listed as an opener even when it locks its own node. Its path, in
+/// its own mount namespace, is the link /proc/PID/fd/FD. Set only for a
+/// block device image.
+pub const FPL_HOLDER_OTHER_NODE: u32 = 0x04;
+/// fpl_holder.flags, with FPL_HOLDER_OTHER_NODE: the descriptor holds
+/// protocol bytes on its own node (a QEMU with locking on, using that
+/// node); perm and unshared stay 0, as they count the image's bytes only.
+pub const FPL_HOLDER_NODE_LOCKS: u32 = 0x08;
 
 /// fpl_member.role: the image named by the caller.
 pub const FPL_ROLE_IMAGE: u32 = 0;
@@ -445,11 +461,25 @@ fn holder_out(h: &crate::holders::Holder) -> fpl_holder {
         unshared: h.held.unshared.bits(),
         name: [0; FPL_NAME_SIZE],
         access: h.access.bits(),
-        flags: if h.no_locks { FPL_HOLDER_NO_LOCKS } else { 0 },
+        flags: holder_flags(h),
         reserved: [0; 6],
     };
     copy_text(&mut out.name, h.name.as_bytes());
     out
+}
+
+fn holder_flags(h: &crate::holders::Holder) -> u32 {
+    let mut flags = 0;
+    if h.no_locks {
+        flags |= FPL_HOLDER_NO_LOCKS;
+    }
+    if let Some(node) = &h.node {
+        flags |= FPL_HOLDER_OTHER_NODE;
+        if !node.held.is_empty() {
+            flags |= FPL_HOLDER_NODE_LOCKS;
+        }
+    }
+    flags
 }
 
 /// What an `fpl_lock` points at: one file's locks, or a whole image's.
@@ -713,7 +743,8 @@ pub unsafe extern "C" fn fpl_check(
 /// HOLDERS (by pid, then descriptor), and STATUS->n_holders counts all. With
 /// FPL_QUERY_OPENERS, the processes that have the image open without
 /// holding any of its bytes are listed there too (flag
-/// FPL_HOLDER_NO_LOCKS), from the same walk. A process that cannot be
+/// FPL_HOLDER_NO_LOCKS; for a block device also users of its other device
+/// nodes, FPL_HOLDER_OTHER_NODE), from the same walk. A process that cannot be
 /// inspected sets FPL_STATUS_HOLDERS_PARTIAL and never fails the query.
 ///
 /// Returns 0, `-EINVAL` for NULL PATH or STATUS, NULL HOLDERS with CAP > 0,

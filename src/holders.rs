@@ -14,6 +14,7 @@ use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io::ErrorKind;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -46,6 +47,10 @@ pub struct Target {
     pub major: u32,
     /// Minor number of the device in lock lines.
     pub minor: u32,
+    /// For a device node, the block device it names (`st_rdev`): the
+    /// openers scan also lists descriptors of *other* nodes of that device
+    /// ([`Holder::node`]), whose locks this node never sees.
+    pub block_device: Option<u64>,
 }
 
 impl Target {
@@ -56,6 +61,16 @@ impl Target {
             id,
             major: libc::major(id.dev),
             minor: libc::minor(id.dev),
+            block_device: None,
+        }
+    }
+
+    /// The same target, naming the block device a device node image names
+    /// ([`crate::image::Image::block_device`]).
+    pub fn with_block_device(self, block_device: Option<u64>) -> Target {
+        Target {
+            block_device,
+            ..self
         }
     }
 }
@@ -104,7 +119,12 @@ impl Mounts {
             return stat;
         }
         match mount().and_then(|m| self.devices.get(&m)) {
-            Some(&(major, minor)) => Target { id, major, minor },
+            Some(&(major, minor)) => Target {
+                id,
+                major,
+                minor,
+                block_device: None,
+            },
             None => stat,
         }
     }
@@ -153,6 +173,30 @@ pub struct Holder {
     /// descriptor (QEMU with `locking=off`, an incoming migration's
     /// destination, a node a block job dropped). `held` is then empty.
     pub no_locks: bool,
+    /// For an opener of a block device: the *other* device node (same
+    /// device, another inode) this descriptor has open
+    /// (`FPL_HOLDER_OTHER_NODE`). Locks belong to a node's inode, so
+    /// whatever it holds there (`Node::held`) is invisible through the
+    /// image's node: it is an opener of the image (`no_locks`) even when
+    /// it locks its own node. `None` for a descriptor of the image's inode.
+    pub node: Option<Node>,
+}
+
+/// Another device node of the same block device, as an opener of an image
+/// uses it ([`Holder::node`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Node {
+    /// The node as the kernel names the descriptor (the link
+    /// `/proc/PID/fd/FD`): for a process in another mount namespace (a
+    /// container's own `/dev`), a name there that may not exist here.
+    /// Empty if unreadable.
+    pub path: PathBuf,
+    /// The node's `stat` identity.
+    pub id: FileId,
+    /// The protocol bytes the descriptor holds on its own node
+    /// (`FPL_HOLDER_NODE_LOCKS` when any): a QEMU with locking on, using
+    /// the device through that node.
+    pub held: Held,
 }
 
 /// What one walk of `/proc` found.
@@ -253,8 +297,12 @@ pub fn scan_until(targets: &[Target], deadline: Option<Instant>) -> Scan {
 
 /// [`scan`] that also lists the openers of each target in the same walk:
 /// descriptors of processes that have it open and hold none of its bytes
-/// ([`Holder::no_locks`]). This process is never listed as an opener: its
-/// own descriptors (libfpl's, and the caller's) are not another user.
+/// ([`Holder::no_locks`]). For a target that is a block device
+/// ([`Target::block_device`]), descriptors of other nodes of the same
+/// device count too ([`Holder::node`]): the walk stats every descriptor
+/// anyway, and `st_rdev` comes with that stat. This process is never
+/// listed as an opener: its own descriptors (libfpl's, and the caller's)
+/// are not another user.
 pub fn scan_openers(targets: &[Target]) -> Scan {
     scan_with(targets, None, Stop::Never, true)
 }
@@ -457,6 +505,18 @@ fn scan_pids(
 ) -> (Vec<Vec<Holder>>, bool) {
     let index: HashMap<FileId, usize> =
         targets.iter().enumerate().map(|(i, t)| (t.id, i)).collect();
+    let mut devices: HashMap<u64, Vec<usize>> = HashMap::new();
+    if openers {
+        for (i, t) in targets.iter().enumerate() {
+            if let Some(rdev) = t.block_device {
+                devices.entry(rdev).or_default().push(i);
+            }
+        }
+    }
+    let index = Index {
+        ids: index,
+        devices,
+    };
     let mut found = vec![Vec::new(); targets.len()];
     let mut refused = false;
     let me = std::process::id() as i32;
@@ -482,12 +542,33 @@ fn scan_pids(
     (found, refused)
 }
 
+/// Which targets a descriptor's `stat` names.
+struct Index {
+    /// The targets' inodes.
+    ids: HashMap<FileId, usize>,
+    /// The block devices the targets that are device nodes name (`st_rdev`),
+    /// when openers are looked for: another node of one of them is an
+    /// opener of each of those targets.
+    devices: HashMap<u64, Vec<usize>>,
+}
+
+/// A descriptor of a target holding none of its bytes: an opener, unless
+/// the process holds bytes of that target on another descriptor.
+struct Unlocked {
+    target: usize,
+    fd: i32,
+    access: Access,
+    /// Through another node of the block device: its identity and what the
+    /// descriptor holds there.
+    node: Option<(FileId, Held)>,
+}
+
 /// Err(()) when the process (or one of its descriptors) could not be
 /// inspected; a process that is gone is no error.
 fn scan_process(
     pid: i32,
     targets: &[Target],
-    index: &HashMap<FileId, usize>,
+    index: &Index,
     openers: bool,
     found: &mut [Vec<Holder>],
 ) -> Result<(), ()> {
@@ -516,7 +597,7 @@ fn scan_process(
     let mut refused = false;
     // Descriptors of a target that hold nothing, and the targets on which
     // this process holds bytes: it is an opener only of the others.
-    let mut unlocked: Vec<(usize, i32, Access)> = Vec::new();
+    let mut unlocked: Vec<Unlocked> = Vec::new();
     let mut holds: HashSet<usize> = HashSet::new();
     for fd in fds {
         let st = match fstatat(dir.as_fd(), fd.to_string().as_str(), AtFlags::empty()) {
@@ -532,9 +613,20 @@ fn scan_process(
             dev: st.st_dev,
             ino: st.st_ino,
         };
-        let Some(&index) = index.get(&id) else {
+        let own = index.ids.get(&id).copied();
+        // Another node of a target's block device: a different inode, so
+        // none of its locks are the target's. Only openers care, and the
+        // stat above already says (st_mode, st_rdev): no extra call.
+        let others: &[usize] =
+            if !openers || index.devices.is_empty() || !is_block_device(st.st_mode) {
+                &[]
+            } else {
+                index.devices.get(&st.st_rdev).map_or(&[], Vec::as_slice)
+            };
+        let other_node = others.iter().any(|&j| targets[j].id != id);
+        if own.is_none() && !other_node {
             continue;
-        };
+        }
         let info = match fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")) {
             Ok(info) => info,
             Err(e) if e.kind() == ErrorKind::NotFound => continue,
@@ -543,11 +635,30 @@ fn scan_process(
                 continue;
             }
         };
-        let held = held_in(&info, &targets[index]);
         let access = fdinfo::access(&info).unwrap_or_default();
+        if other_node {
+            let node_held = held_on_own_inode(&info, st.st_ino);
+            for &target in others.iter().filter(|&&j| targets[j].id != id) {
+                unlocked.push(Unlocked {
+                    target,
+                    fd,
+                    access,
+                    node: Some((id, node_held)),
+                });
+            }
+        }
+        let Some(index) = own else {
+            continue;
+        };
+        let held = held_in(&info, &targets[index]);
         if held.is_empty() {
             if openers {
-                unlocked.push((index, fd, access));
+                unlocked.push(Unlocked {
+                    target: index,
+                    fd,
+                    access,
+                    node: None,
+                });
             }
             continue;
         }
@@ -560,20 +671,27 @@ fn scan_process(
             held,
             access,
             no_locks: false,
+            node: None,
         });
     }
-    for (index, fd, access) in unlocked {
-        if holds.contains(&index) {
+    for u in unlocked {
+        if holds.contains(&u.target) {
             continue;
         }
         let name = name.get_or_insert_with(|| process_name(pid)).clone();
-        found[index].push(Holder {
+        let node = u.node.map(|(id, held)| Node {
+            path: fs::read_link(format!("/proc/{pid}/fd/{}", u.fd)).unwrap_or_default(),
+            id,
+            held,
+        });
+        found[u.target].push(Holder {
             pid,
-            fd,
+            fd: u.fd,
             name,
             held: Held::default(),
-            access,
+            access: u.access,
             no_locks: true,
+            node,
         });
     }
     if refused {
@@ -592,6 +710,25 @@ fn held_in(fdinfo: &str, target: &Target) -> Held {
         }
     }
     held
+}
+
+/// The protocol bytes a descriptor's fdinfo shows held on its own inode
+/// `ino`. An fdinfo lists only the locks of its own open file description,
+/// all on that description's inode, so the inode number suffices (the
+/// device in lock lines is the file system's, not always `st_dev`).
+fn held_on_own_inode(fdinfo: &str, ino: u64) -> Held {
+    let mut held = Held::default();
+    for line in lock_lines(fdinfo) {
+        if line.class != LockClass::Other && line.ino == ino {
+            held.add_range(line.first, line.last);
+        }
+    }
+    held
+}
+
+/// Whether a `stat` mode is a block device's.
+fn is_block_device(mode: libc::mode_t) -> bool {
+    mode & libc::S_IFMT == libc::S_IFBLK
 }
 
 /// `/proc/PID/comm` without its newline, or "" if unreadable. The kernel

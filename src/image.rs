@@ -24,6 +24,8 @@ pub struct Image {
     path: Option<PathBuf>,
     dev: u64,
     ino: u64,
+    /// The block device (`st_rdev`) when the image is a device node.
+    block_device: Option<u64>,
     /// An OFD test over the whole file found no lock at all: in particular
     /// none of this process's POSIX locks, so closing needs no test.
     no_posix_locks: bool,
@@ -128,11 +130,13 @@ impl Image {
             path,
             dev: 0,
             ino: 0,
+            block_device: None,
             no_posix_locks: false,
         };
         let st = stat_image(image.fd(), image.path.as_deref())?;
         image.dev = st.st_dev;
         image.ino = st.st_ino;
+        image.block_device = is_block_device(&st).then_some(st.st_rdev);
         Ok(image)
     }
 
@@ -169,6 +173,13 @@ impl Image {
         self.ino
     }
 
+    /// For a device node, the block device it names (`st_rdev`). Locks
+    /// belong to the node's inode, not to the device: another node of the
+    /// same device (a container's `/dev`) has locks of its own.
+    pub fn block_device(&self) -> Option<u64> {
+        self.block_device
+    }
+
     /// The path for messages: the caller's, or what `/proc/self/fd` says for
     /// an adopted descriptor.
     pub fn display_path(&self) -> Option<PathBuf> {
@@ -184,6 +195,11 @@ impl Drop for Image {
             closing::close(fd, self.no_posix_locks);
         }
     }
+}
+
+/// Whether `st` is a block device node.
+fn is_block_device(st: &FileStat) -> bool {
+    SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits()) == SFlag::S_IFBLK
 }
 
 /// `fstat` of an image's descriptor, refusing what QEMU does not lock.

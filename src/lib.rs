@@ -47,7 +47,7 @@ pub mod query;
 
 pub use chain_lock::ChainLock;
 pub use error::{Conflict, ConflictKind, Error, HolderId, Result};
-pub use holders::{FileId, Holder};
+pub use holders::{FileId, Holder, Node};
 pub use lock::{check, Lock, Options};
 pub use perm::{Mode, Perm, PermSet};
 pub use protocol::{ByteSet, Held, Request};

@@ -37,9 +37,12 @@ pub struct Options {
     /// Also refuse, with `EBUSY` ([`Error::Opened`]), while another process
     /// has the image open and holds none of its bytes
     /// (`FPL_FLAG_NO_UNLOCKED_OPENERS`): QEMU with `locking=off`, an
-    /// incoming migration's destination. The locks are taken (prepared)
-    /// first, then one walk of `/proc` looks for openers (see the private
-    /// module `openers` for what it cannot see).
+    /// incoming migration's destination. For a block device, also while a
+    /// process uses the device through another device node (a container's
+    /// `/dev`), whose locks this node never sees ([`crate::Holder::node`]).
+    /// The locks are taken (prepared) first, then one walk of `/proc` looks
+    /// for openers (see the private module `openers` for what it cannot
+    /// see).
     pub refuse_unlocked_openers: bool,
 }
 
@@ -151,7 +154,7 @@ impl Lock {
             return Ok(());
         }
         let path = self.image.display_path().unwrap_or_default();
-        crate::openers::refuse(&[(&path, self.image.fd(), self.image.file_id())])
+        crate::openers::refuse(&[(&path, &self.image)])
     }
 
     fn check_owner(&self) -> Result<()> {
@@ -379,6 +382,11 @@ impl Lock {
         self.image.fd()
     }
 
+    /// The handle's image.
+    pub(crate) fn image(&self) -> &Image {
+        &self.image
+    }
+
     /// Whether the locks are process-wide POSIX locks (the fallback).
     pub fn is_posix(&self) -> bool {
         self.flavor == Flavor::Posix
@@ -448,7 +456,7 @@ fn list(bytes: ByteSet) -> String {
 pub fn check(path: &Path, request: Request, options: Options) -> Result<()> {
     let image = check_locks(path, request, options)?;
     if options.refuse_unlocked_openers {
-        crate::openers::refuse(&[(path, image.fd(), image.file_id())])?;
+        crate::openers::refuse(&[(path, &image)])?;
     }
     Ok(())
 }

@@ -39,6 +39,8 @@ pub struct Inspect {
     /// Also list the processes that have the image open and hold none of
     /// its bytes (`FPL_QUERY_OPENERS`), found in the same walk of `/proc`,
     /// which then runs for free images too. This process is never listed.
+    /// For a block device, users of other device nodes of the same device
+    /// are openers too ([`Holder::node`]): their locks are their node's.
     pub openers: bool,
 }
 
@@ -97,7 +99,9 @@ pub fn query_many_with<P: AsRef<Path>>(paths: &[P], inspect: Inspect) -> Vec<Res
             // Free images need no walk of /proc, unless openers are asked.
             let index = match &mounts {
                 Some(mounts) if !held.is_empty() || inspect.openers => {
-                    let target = mounts.target(image.fd(), image.file_id());
+                    let target = mounts
+                        .target(image.fd(), image.file_id())
+                        .with_block_device(image.block_device());
                     Some(
                         targets
                             .iter()

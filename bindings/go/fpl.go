@@ -317,6 +317,13 @@ const (
 	// GlusterFS, ...); named because it has the image open while its bytes
 	// are held, not from its lock lines.
 	HolderInferred HolderFlag = C.FPL_HOLDER_INFERRED
+	// HolderOtherNode: with HolderNoLocks, another device node of the
+	// image's block device (a container's /dev): whatever it locks is its
+	// node's, never the image's. Its path is /proc/PID/fd/FD's link.
+	HolderOtherNode HolderFlag = C.FPL_HOLDER_OTHER_NODE
+	// HolderNodeLocks: with HolderOtherNode, it holds protocol bytes on
+	// its own node (a QEMU with locking on).
+	HolderNodeLocks HolderFlag = C.FPL_HOLDER_NODE_LOCKS
 )
 
 // Holder is one process descriptor holding bytes of an image.

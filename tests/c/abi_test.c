@@ -466,7 +466,7 @@ static void test_bad_input(void) {
     CHECK_RC(rc, -EINVAL, err);
     rc = fpl_query(img, FPL_QUERY_HOLDERS, &st, NULL, 1, &err);
     CHECK_RC(rc, -EINVAL, err);
-    rc = fpl_query(img, 0x2, &st, holders, 1, &err);
+    rc = fpl_query(img, 0x40, &st, holders, 1, &err);
     CHECK_RC(rc, -EINVAL, err);
 
     /* Paths. */

@@ -62,6 +62,11 @@ class HolderFlag(enum.IntFlag):
     #: the file system keeps its locks out of /proc (FUSE: GlusterFS, ...):
     #: named because it has the image open while its bytes are held
     INFERRED = 0x02
+    #: with NO_LOCKS: another device node of the image's block device (a
+    #: container's /dev): its locks are its node's, never the image's
+    OTHER_NODE = 0x04
+    #: with OTHER_NODE: it holds protocol bytes on its own node
+    NODE_LOCKS = 0x08
 
 
 class _OpenEnum(enum.IntEnum):

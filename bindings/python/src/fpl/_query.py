@@ -30,7 +30,9 @@ class Holder:
     #: how that descriptor was opened: READ, WRITE or both
     access: Access = Access.NONE
     #: HolderFlag.NO_LOCKS for an opener that holds none of the bytes,
-    #: HolderFlag.INFERRED for a holder named without its lock lines
+    #: HolderFlag.INFERRED for a holder named without its lock lines,
+    #: HolderFlag.OTHER_NODE (and NODE_LOCKS) for an opener using another
+    #: device node of the same block device
     flags: HolderFlag = HolderFlag.NONE
 
 
