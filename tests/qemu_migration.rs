@@ -29,8 +29,10 @@
 //!   and `-r`): a third process that takes the image in the window makes
 //!   the destination's `cont` fail with `Failed to get "write" lock`; both
 //!   sides say `completed`, the destination stays `paused` (holding R on
-//!   top), the source `postmigrate`: neither VM runs until the third
-//!   process leaves and a second `cont` activates the destination;
+//!   top), the source `postmigrate`, and the source's own `cont` fails too:
+//!   neither VM runs until the third process leaves; then either the
+//!   source resumes (and the destination can no longer activate) or a
+//!   second `cont` activates the destination;
 //! - `without_late_block_activate_the_destination_activates_when_the_state_is_loaded`:
 //!   no window to speak of: the paused (-S) destination holds R / RWX as
 //!   soon as migration completes and the protocol refuses a writer.
@@ -928,6 +930,14 @@ fn neither_runs<T>(tag: &str, third: impl FnOnce(&Path) -> T) -> (Migration, T) 
         .execute("cont", serde_json::json!({}))
         .expect_err("the destination cannot activate");
     assert_eq!(e, "Failed to get \"write\" lock", "cont");
+    // Nor can the source take the image back: its cont re-activates and
+    // fails alike.
+    let e = m
+        .src
+        .qmp
+        .execute("cont", serde_json::json!({}))
+        .expect_err("the source cannot re-activate");
+    assert_eq!(e, "Failed to get \"write\" lock", "the source's cont");
     assert_eq!(
         m.states(),
         [
@@ -960,10 +970,19 @@ fn a_libfpl_writer_in_the_window_leaves_neither_vm_running() {
         "libfpl's write preset on top: {mine:?}"
     );
     lock.release().expect("release");
-    // Once the writer has gone, a second cont activates the destination.
-    m.dst.qmp.ok("cont", serde_json::json!({}));
-    assert_eq!(m.dst.qmp.status(), "running");
-    m.expect_dst("after a second cont", table::destination_active());
+    // Once the writer has gone, the source can fall back: its cont
+    // re-activates it (RP / RWX again), and then the destination can no
+    // longer activate. (The qemu-io test goes forward instead.)
+    m.src.qmp.ok("cont", serde_json::json!({}));
+    assert_eq!(m.src.qmp.status(), "running");
+    m.expect("resumed after the failed migration", table::source_before());
+    let e = m
+        .dst
+        .qmp
+        .execute("cont", serde_json::json!({}))
+        .expect_err("the source has the image again");
+    assert_eq!(e, "Failed to get \"write\" lock", "cont");
+    assert_eq!(m.dst.qmp.status(), "paused");
 }
 
 #[test]
