@@ -260,7 +260,12 @@ impl Qmp {
     ) -> Result<serde_json::Value, String> {
         use std::io::Write;
         let cmd = serde_json::json!({"execute": command, "arguments": arguments});
-        writeln!(self.writer, "{cmd}").expect("QMP write");
+        if let Err(e) = writeln!(self.writer, "{cmd}") {
+            // Most likely the VM exited: let it finish its message.
+            std::thread::sleep(Duration::from_millis(200));
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            panic!("{}: cannot send {command} ({e}):\n{log}", self.what);
+        }
         loop {
             let v = self.line();
             if let Some(r) = v.get("return") {
@@ -782,8 +787,10 @@ impl Migration {
             serde_json::json!({ "state": "pre-switchover" }),
         );
         self.wait_migration("completed", "completed");
-        assert_eq!(self.src.qmp.status(), "postmigrate");
-        assert_eq!(self.dst.qmp.status(), dst_status);
+        // query-migrate says completed a moment before the source's run
+        // state leaves finish-migrate.
+        wait_status(&mut self.src, "postmigrate");
+        wait_status(&mut self.dst, dst_status);
     }
 
     /// Waits (at most 60 s) until query-migrate says `src` on the source
@@ -812,6 +819,24 @@ impl Migration {
             (self.src.qmp.status(), self.src.qmp.migration()),
             (self.dst.qmp.status(), self.dst.qmp.migration()),
         ]
+    }
+}
+
+/// Waits (at most 30 s) until `vm`'s query-status says `want`.
+fn wait_status(vm: &mut Vm, want: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let now = vm.qmp.status();
+        if now == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{}: status {now}, not {want}:\n{}",
+            vm.proc.what,
+            vm.proc.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -885,6 +910,7 @@ fn the_migration_window_is_granted_by_the_protocol_refused_by_the_opener_rule() 
     assert_eq!(e.errno(), libc::EAGAIN, "{e}");
     m.dst.proc.assert_running();
     // The source's R on top lasts until it exits.
+    m.src.proc.assert_running();
     m.src.qmp.ok("quit", serde_json::json!({}));
     m.src.proc.wait_exit(Duration::from_secs(30));
     assert_eq!((held(&base), held(&top)), (RP.to_vec(), RWX.to_vec()));
