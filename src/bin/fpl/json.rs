@@ -140,6 +140,8 @@ fn member(m: &Inspected, holders: bool) -> Value {
     object.insert("role".into(), role_name(m.member.role).into());
     object.insert("format".into(), format_name(m.member.format).into());
     object.insert("depth".into(), m.member.depth.into());
+    // A file described under an earlier image: its bytes, not its holders.
+    let holders = holders && m.described_in.is_none();
     let fields = match m.status.as_deref() {
         None => Value::Null,
         Some(Ok(s)) => status(&m.member.path, s, holders),
