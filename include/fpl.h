@@ -465,9 +465,12 @@ extern "C" {
  * order QEMU opens them, with what fpl_chain lists for it; a conflict on
  * any member releases the members already taken and is reported with that
  * member's path (`Is another process using the image [base.raw]?`) and
- * holder, with nothing held. The chain is resolved again once everything
- * is held, and locked again if a header changed meanwhile (a rebase or
- * commit that finished); after three tries, `-EAGAIN`.
+ * holder, with nothing held. Each member is locked on the descriptor its
+ * header was read from; once everything is held, the headers are read
+ * again through those descriptors and the names checked against the
+ * inodes locked, and the chain is locked again if anything changed
+ * meanwhile (a rebase or commit that finished); after three tries,
+ * `-EAGAIN`.
  *
  * Returns 0 and stores a new handle in *OUT; or `-EAGAIN` on a conflict
  * (details in ERR, nothing held), a resolution error of fpl_chain with

@@ -11,10 +11,13 @@
 //! new request tested), then commit all, or abort all on the first
 //! conflict, so a refused update leaves every member as it was.
 //!
-//! The chain is resolved from the headers before anything is locked, then
-//! resolved again once everything is held: a header rewritten in between
-//! (a rebase, a commit that finished) shows as another chain, and the
-//! locks are taken again on the new one (a few times at most).
+//! The chain is resolved from the headers before anything is locked, and
+//! each member is locked on the very descriptor its header was read from.
+//! Once everything is held, each qcow2 header is read again through its
+//! locked descriptor and each member's name is `stat`ed against the inode
+//! locked (no lock call): a header rewritten in between (a rebase, a commit
+//! that finished) or a file renamed over a member shows, and the locks are
+//! taken again on the new chain (a few times at most).
 
 use std::path::{Path, PathBuf};
 
