@@ -695,7 +695,7 @@ int fpl_chain(const char *path,
  * bytes. 0 = yes (held, as far as the file system shows: another process
  * holding the same byte would hide a loss); `-ENOLCK` = lost (a file
  * system that dropped them: a GlusterFS brick restart, an NFS lease that
- * expired), with 'lost the lock on [PATH]: byte N is no longer held' in
+ * expired), with `lost the lock on [PATH]: byte N is no longer held` in
  * ERR. Changes nothing. `-ENOTSUP` for a lock that fell back to POSIX
  * locks (FPL_FLAG_ALLOW_POSIX: its own process cannot see them), `-EINVAL`
  * for NULL LOCK.
