@@ -173,13 +173,7 @@ impl ChainLock {
             match lock.prepare(wanted[i], quiet) {
                 Ok(p) => prepared.push((i, p)),
                 Err(mut e) => {
-                    let mut undo = Ok(());
-                    for (j, p) in prepared.into_iter().rev() {
-                        if let Some(l) = self.locks[j].as_mut() {
-                            undo = undo.and(l.abort(p));
-                        }
-                    }
-                    if let Err(u) = undo {
+                    if let Err(u) = abort_all(&mut self.locks, prepared) {
                         return Err(rollback_failed(e, u));
                     }
                     if !options.skip_holder_lookup {
@@ -191,13 +185,7 @@ impl ChainLock {
         }
         if options.refuse_unlocked_openers {
             if let Err(e) = refuse_beside_openers(&self.members, &self.locks) {
-                let mut undo = Ok(());
-                for (j, p) in prepared.into_iter().rev() {
-                    if let Some(l) = self.locks[j].as_mut() {
-                        undo = undo.and(l.abort(p));
-                    }
-                }
-                return match undo {
+                return match abort_all(&mut self.locks, prepared) {
                     Ok(()) => Err(e),
                     Err(u) => Err(rollback_failed(e, u)),
                 };
@@ -288,6 +276,21 @@ fn refuse_beside_openers(members: &[Member], locks: &[Option<Lock>]) -> Result<(
         .filter_map(|(m, l)| l.as_ref().map(|l| (m.path.as_path(), l.image())))
         .collect();
     crate::openers::refuse(&files)
+}
+
+/// Aborts every prepared member, the last prepared first, all of them even
+/// if one fails; the first failure is kept.
+fn abort_all(locks: &mut [Option<Lock>], prepared: Vec<(usize, Prepared)>) -> Result<()> {
+    let mut result = Ok(());
+    for (i, p) in prepared.into_iter().rev() {
+        if let Some(l) = locks[i].as_mut() {
+            let outcome = l.abort(p);
+            if result.is_ok() {
+                result = outcome;
+            }
+        }
+    }
+    result
 }
 
 /// A refusal whose rollback failed too: the rollback's errno, both messages.
