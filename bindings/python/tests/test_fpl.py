@@ -16,7 +16,7 @@ import threading
 import time
 import warnings
 from pathlib import Path
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Set
 
 import pytest
 
@@ -555,6 +555,18 @@ def test_forked_childs_update_is_refused_with_eperm(image: Path) -> None:
         assert (lock.perm, lock.shared) == (RWR, Perm.CONSISTENT_READ)
 
 
+def _open_inodes(pid: int) -> Set[int]:
+    """Inodes of the files process pid has open, skipping descriptors that
+    close while the directory is read."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            inodes.add(fd.stat().st_ino)
+        except FileNotFoundError:
+            pass
+    return inodes
+
+
 def test_release_frees_the_bytes_while_a_preexec_child_blocks(image: Path) -> None:
     """Popen's child runs preexec_fn with copies of every descriptor (close_fds
     comes after it): released meanwhile, the bytes are free at once."""
@@ -583,8 +595,11 @@ def test_release_frees_the_bytes_while_a_preexec_child_blocks(image: Path) -> No
             assert time.monotonic() < deadline, "the preexec_fn child never appeared"
             time.sleep(0.005)
         child = int(children.read_text().split()[0])
-        fds = Path(f"/proc/{child}/fd")
-        assert ino in {fd.stat().st_ino for fd in fds.iterdir()}, "no copy of the descriptor"
+        # The child closes its own pipe ends before preexec_fn runs: a
+        # descriptor listed a moment ago may be gone when it is stat()ed.
+        while ino not in _open_inodes(child):
+            assert time.monotonic() < deadline, "no copy of the descriptor"
+            time.sleep(0.005)
         lock.release()
         assert _held_bytes(image) == [], "release() returned while the child kept the bytes"
     finally:
