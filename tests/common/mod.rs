@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod cabi;
+pub mod gluster;
 
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
