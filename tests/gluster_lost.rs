@@ -28,7 +28,11 @@ fn raw_image(path: &Path) {
         .arg("1M")
         .output()
         .expect("qemu-img (QEMU 10, preinstalled: qemu-utils) runs");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn text(out: &Output) -> String {
@@ -172,7 +176,10 @@ fn holders_are_inferred_on_their_host_and_out_of_sight_on_the_other() {
             stdout.contains("keeps its locks on its server, out of /proc"),
             "{stdout}"
         );
-        assert!(!stdout.contains("out of sight"), "A accounts for every byte: {stdout}");
+        assert!(
+            !stdout.contains("out of sight"),
+            "A accounts for every byte: {stdout}"
+        );
 
         let out = run_bounded(
             Command::new(FPL).args(["status", "--json"]).arg(&image),
@@ -187,7 +194,10 @@ fn holders_are_inferred_on_their_host_and_out_of_sight_on_the_other() {
 
         let c = fpl::query(&image, true).expect("query on A");
         assert!(c.hidden_locks, "{c:?}");
-        assert!(c.holders.iter().all(|h| h.inferred && h.pid == pid), "{c:?}");
+        assert!(
+            c.holders.iter().all(|h| h.inferred && h.pid == pid),
+            "{c:?}"
+        );
 
         let out = fpl_on_b(&cluster, &["status"], &on_b);
         assert!(out.status.success(), "{}", text(&out));
@@ -212,10 +222,17 @@ fn holders_are_inferred_on_their_host_and_out_of_sight_on_the_other() {
             "{stdout}"
         );
         assert_eq!(lines.len(), 2, "{stdout}");
-        assert!(!stdout.contains("free") && !stdout.contains("as root"), "{stdout}");
+        assert!(
+            !stdout.contains("free") && !stdout.contains("as root"),
+            "{stdout}"
+        );
         drop(run);
         wait_for(PATIENCE, "the bytes to be free again", || {
-            fpl::query(&image, false).ok()?.held.is_empty().then_some(())
+            fpl::query(&image, false)
+                .ok()?
+                .held
+                .is_empty()
+                .then_some(())
         });
     }
 }
@@ -265,10 +282,8 @@ fn verify_tells_a_lock_the_brick_dropped_from_one_still_held() {
     };
     assert_eq!(lost.errno(), libc::ENOLCK);
     assert!(
-        lost.to_string().starts_with(&format!(
-            "lost the lock on [{}]: byte 1",
-            image.display()
-        )),
+        lost.to_string()
+            .starts_with(&format!("lost the lock on [{}]: byte 1", image.display())),
         "{lost}"
     );
     assert!(
@@ -323,7 +338,10 @@ fn hold_reports_every_lost_lock_within_two_intervals() {
         }
         assert_eq!(status.code(), Some(76), "round {round}: {stderr}");
         assert!(
-            stderr.contains(&format!("fpl: lost the lock on [{}]: byte ", image.display())),
+            stderr.contains(&format!(
+                "fpl: lost the lock on [{}]: byte ",
+                image.display()
+            )),
             "round {round}: {stderr}"
         );
         if with_command {
@@ -336,6 +354,9 @@ fn hold_reports_every_lost_lock_within_two_intervals() {
             delay <= 2 * interval,
             "round {round}: noticed {delay:?} after the bytes were free: {stderr}"
         );
+        if round < 2 {
+            eprintln!("round {round}, fpl hold said:\n{stderr}");
+        }
         delays.push(delay);
     }
     eprintln!("losses noticed after {delays:?}");

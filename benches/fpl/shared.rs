@@ -35,34 +35,42 @@ pub(crate) fn shared(b: &mut Bench) {
             .expect("qemu-img runs");
         assert!(out.status.success(), "qemu-img create {image:?}");
     }
+    let fs_type = |p: &Path| {
+        let out = Command::new("stat")
+            .args(["-f", "-c", "%T"])
+            .arg(p)
+            .output()
+            .expect("stat runs");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    b.say(format!(
+        "Local: {} ({}); GlusterFS 10.3: a single-brick volume on this host, \
+         mounted with FUSE (fuse.glusterfs). Per call, best of the rounds.\n",
+        local.display(),
+        fs_type(&local),
+    ));
     let (rounds, n) = if b.quick { (2, 20) } else { (5, 200) };
-    let rows: [(&str, fn(&Path)); 4] = [
+    type Op = fn(&Path);
+    let rows: [(&str, Op); 3] = [
         ("check write (tests only)", check_write),
         ("query, no holders", query_bytes),
         ("acquire + release write", acquire_release),
-        ("verify a held write lock", |_| {}),
     ];
     b.say("| operation | local | GlusterFS (FUSE) | ratio |");
     b.say("|---|---|---|---|");
     for (name, op) in rows {
-        let (l, r) = if name.starts_with("verify") {
-            let ll = Lock::acquire(&local, request(Mode::Write), Options::default())
-                .expect("write on the local image");
-            let rl = Lock::acquire(&remote, request(Mode::Write), Options::default())
-                .expect("write on the GlusterFS image");
-            let l = time_per_call(rounds, n, || ll.verify().expect("held"));
-            let r = time_per_call(rounds, n, || rl.verify().expect("held"));
-            let _ = ll.release();
-            let _ = rl.release();
-            (l, r)
-        } else {
-            (
-                time_per_call(rounds, n, || op(&local)),
-                time_per_call(rounds, n, || op(&remote)),
-            )
-        };
+        let l = time_per_call(rounds, n, || op(&local));
+        let r = time_per_call(rounds, n, || op(&remote));
         row(b, name, l, r);
     }
+    let held =
+        |path: &Path| Lock::acquire(path, request(Mode::Write), Options::default()).expect("write");
+    let (ll, rl) = (held(&local), held(&remote));
+    let l = time_per_call(rounds, n, || ll.verify().expect("held"));
+    let r = time_per_call(rounds, n, || rl.verify().expect("held"));
+    row(b, "verify a held write lock", l, r);
+    ll.release().expect("release");
+    rl.release().expect("release");
     b.say("");
     drop(cluster);
 }
