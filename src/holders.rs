@@ -214,14 +214,10 @@ pub struct Scan {
     /// without privilege, or a sandbox's PID 1; or a bounded walk stopped
     /// before it. Its locks are unknown.
     pub refused: bool,
-    /// The processes that could not be inspected, in pid order, at most
-    /// [`UNINSPECTED_KEPT`] of them (a walk stopped by its deadline leaves
-    /// the rest out).
+    /// The processes that could not be inspected, in pid order (a walk
+    /// stopped by its deadline leaves out those it never reached).
     pub uninspected: Vec<i32>,
 }
-
-/// How many uninspected pids a [`Scan`] keeps: enough to explain them.
-pub const UNINSPECTED_KEPT: usize = 8;
 
 impl Scan {
     /// Whether holders of `held` may be missing for target `i`: some held
@@ -386,7 +382,6 @@ fn scan_with(targets: &[Target], deadline: Option<Instant>, stop: Stop, openers:
         }
     }
     out.uninspected.sort_unstable();
-    out.uninspected.truncate(UNINSPECTED_KEPT);
     for hs in &mut out.holders {
         hs.sort_by_key(|h| (h.pid, h.fd));
     }
@@ -420,7 +415,7 @@ struct Share {
     found: Vec<Vec<Holder>>,
     /// Some process was not inspected.
     refused: bool,
-    /// Which ones (at most [`UNINSPECTED_KEPT`]).
+    /// Which ones.
     uninspected: Vec<i32>,
 }
 
@@ -570,9 +565,7 @@ fn scan_pids(
         let openers = openers && pid != me;
         if scan_process(pid, targets, &index, openers, &mut found).is_err() {
             refused = true;
-            if uninspected.len() < UNINSPECTED_KEPT {
-                uninspected.push(pid);
-            }
+            uninspected.push(pid);
         }
         if let Stop::AtHolderOf(byte) = stop {
             let met = found

@@ -24,8 +24,8 @@ pub struct Status {
     pub holders: Vec<Holder>,
     /// Some process could not be inspected.
     pub holders_partial: bool,
-    /// Which processes could not be inspected, when `holders_partial`: the
-    /// first few pids (see [`holders::UNINSPECTED_KEPT`]), to explain why.
+    /// Which processes could not be inspected, when `holders_partial`, in
+    /// pid order: to explain why.
     pub uninspected: Vec<i32>,
     /// Bytes are held that no lock line in `/proc` accounts for, on a file
     /// system that keeps its locks out of `/proc` (a FUSE file system that

@@ -284,29 +284,40 @@ fn uninspected_note(pids: &[i32]) -> String {
                 run fpl as root to name every holder"
             .to_owned();
     }
-    let named: Vec<String> = pids
+    const SHOWN: usize = 3;
+    let mut named: Vec<String> = pids
         .iter()
+        .take(SHOWN)
         .map(|&pid| match fpl::holders::process_name(pid) {
             name if name.is_empty() => format!("{pid}"),
             name => format!("{pid} ({})", escape::escape(&name)),
         })
         .collect();
-    let (them, it) = if pids.len() == 1 {
-        (format!("pid {}", named[0]), "it")
+    if pids.len() > SHOWN {
+        named.push(format!("{} more", pids.len() - SHOWN));
+    }
+    let (them, it) = match named.as_slice() {
+        [one] => (format!("pid {one}"), "it"),
+        [rest @ .., last] => (format!("pids {} and {last}", rest.join(", ")), "they"),
+        [] => (String::new(), "they"),
+    };
+    let (its, holds) = if it == "it" {
+        ("its", "holds")
     } else {
-        (format!("pids {}", named.join(", ")), "they")
+        ("their", "hold")
     };
     let why = if pids.iter().any(|&pid| has_capabilities_beyond_ours(pid)) {
         format!(
-            "the kernel keeps {its} descriptors from fpl ({it} {holds} capabilities \
-             fpl lacks, as a sandbox's or container runtime's init may)",
-            its = if it == "it" { "its" } else { "their" },
-            holds = if it == "it" { "holds" } else { "hold" },
+            "the kernel keeps {its} descriptors from fpl: {it} {holds} capabilities fpl \
+             lacks (fpl runs with fewer, or {it} {is} a sandbox's or container runtime's \
+             init)",
+            is = if it == "it" { "is" } else { "are" },
         )
     } else {
-        "the kernel keeps their descriptors from fpl (a security module's policy, \
-         or a user namespace that root here does not own)"
-            .to_owned()
+        format!(
+            "the kernel keeps {its} descriptors from fpl (a security module's policy, \
+             or a user namespace that root here does not own)"
+        )
     };
     format!(
         "note: {them} could not be inspected, even by root: {why}; a holder among \
