@@ -999,15 +999,22 @@ fn member_out(m: &chain::Member) -> Box<fpl_member> {
 }
 
 /// Are all the bytes LOCK took (with FPL_FLAG_CHAIN: on every member) still
-/// held on the file? Tested from a new open file description of the same
-/// inode, so it sees what other processes see: one F_OFD_GETLK per run of
-/// bytes. 0 = yes (held, as far as the file system shows: another process
-/// holding the same byte would hide a loss); `-ENOLCK` = lost (a file
+/// held on the file? Two looks: where the kernel records the locks (local
+/// file systems; the NFS and CephFS clients keep a record too), the
+/// handle's own lock lines in /proc/self/fdinfo must cover every byte
+/// (exact, even when another process holds the same byte); then a test
+/// from a new open file description of the same inode, which asks the file
+/// system itself as another process would (one F_OFD_GETLK per run of
+/// bytes; on a FUSE file system that locks on its server, GlusterFS, the
+/// only look, where another holder of the very byte would hide a loss).
+/// 0 = held; a held lock is never reported lost. `-ENOLCK` = lost (a file
 /// system that dropped them: a GlusterFS brick restart, an NFS lease that
 /// expired), with `lost the lock on [PATH]: byte N is no longer held` in
-/// ERR. Changes nothing. `-ENOTSUP` for a lock that fell back to POSIX
-/// locks (FPL_FLAG_ALLOW_POSIX: its own process cannot see them), `-EINVAL`
-/// for NULL LOCK.
+/// ERR. A file system that cannot be asked returns its own errno
+/// (`-ENOTCONN` while a GlusterFS brick is away, `-EIO` from an evicted
+/// CephFS client): unreachable is not lost. Changes nothing. `-ENOTSUP`
+/// for a lock that fell back to POSIX locks (FPL_FLAG_ALLOW_POSIX: its own
+/// process cannot see them), `-EINVAL` for NULL LOCK.
 ///
 /// # Safety
 /// LOCK: NULL or a live handle, not released during the call (another
