@@ -227,7 +227,12 @@ pub struct fpl_error {
     /// conflict, QEMU's wording: `Failed to get "write" lock`, `Failed to get
     /// shared "write" lock` or `Failed to lock byte 100`, then the holder
     /// when known (` (held by qemu-io, pid 4410)`), then a newline and
-    /// `Is another process using the image [PATH]?`. Cut at 255 bytes.
+    /// `Is another process using the image [PATH]?`. For any other error,
+    /// the path, what could not be done and the errno's name and text
+    /// (`cannot open 'vm.qcow2': ENOENT: No such file or directory`): the
+    /// whole story, so printing strerror beside it says the errno twice.
+    /// At most 255 bytes: a longer message (a long path) is cut at a
+    /// character boundary and ends in `...`.
     pub message: [c_char; FPL_MESSAGE_SIZE],
     /// Written as zero; for later versions.
     pub reserved: [u32; 8],
@@ -350,7 +355,7 @@ fn report(err: *mut fpl_error, outcome: Result<(), Error>) -> c_int {
                 if let Error::Opened { opener, .. } = e {
                     err.holder_pid = opener.pid;
                 }
-                copy_text(&mut err.message, e.to_string().as_bytes());
+                copy_message(&mut err.message, e.to_string().as_bytes());
             }
         }
     }
@@ -370,6 +375,22 @@ fn copy_text(buf: &mut [c_char], text: &[u8]) {
         *dst = *src as c_char;
     }
     buf[n] = 0;
+}
+
+/// A message into `buf`, NUL-terminated: whole if it fits, else cut at a
+/// character boundary and ended with `...`, so that a reader can tell a cut
+/// message (a long path) from a whole one.
+fn copy_message(buf: &mut [c_char], text: &[u8]) {
+    const MORE: &[u8] = b"...";
+    if text.len() < buf.len() || buf.len() <= MORE.len() {
+        return copy_text(buf, text);
+    }
+    let mut n = buf.len() - 1 - MORE.len();
+    while n > 0 && (text[n] & 0xc0) == 0x80 {
+        n -= 1;
+    }
+    let cut: Vec<u8> = text[..n].iter().chain(MORE).copied().collect();
+    copy_text(buf, &cut);
 }
 
 /// # Safety
@@ -712,6 +733,9 @@ pub unsafe extern "C" fn fpl_update(
 /// no-op returning 0. Returns a negative errno if unlocking failed (the
 /// message is not available: closing the descriptor then drops the bytes
 /// unless another process has a copy); the handle is freed all the same.
+/// Not async-signal-safe (it frees memory): a signal handler that must let
+/// go of the image should end the process (`_exit` closes the descriptor,
+/// which drops the locks) or tell a thread to release.
 ///
 /// # Safety
 /// LOCK: NULL or a live handle, never used again afterwards. Any thread.
@@ -1049,6 +1073,28 @@ mod tests {
         copy_text(&mut buf, b"ok");
         let s = unsafe { CStr::from_ptr(buf.as_ptr()) };
         assert_eq!(s.to_bytes(), b"ok");
+    }
+
+    #[test]
+    fn cut_messages_end_in_an_ellipsis() {
+        let mut buf = [1 as c_char; 8];
+        // Fits (7 bytes and the NUL): whole.
+        copy_message(&mut buf, b"1234567");
+        let s = unsafe { CStr::from_ptr(buf.as_ptr()) };
+        assert_eq!(s.to_bytes(), b"1234567");
+        // One byte too many: 4 bytes and "...".
+        copy_message(&mut buf, b"12345678");
+        let s = unsafe { CStr::from_ptr(buf.as_ptr()) };
+        assert_eq!(s.to_bytes(), b"1234...");
+        // Never inside a character.
+        copy_message(&mut buf, "abc€defgh".as_bytes());
+        let s = unsafe { CStr::from_ptr(buf.as_ptr()) };
+        assert_eq!(s.to_str().ok(), Some("abc..."));
+        let mut long = [1 as c_char; FPL_MESSAGE_SIZE];
+        copy_message(&mut long, "x".repeat(1000).as_bytes());
+        let s = unsafe { CStr::from_ptr(long.as_ptr()) };
+        assert_eq!(s.to_bytes().len(), FPL_MESSAGE_SIZE - 1);
+        assert!(s.to_bytes().ends_with(b"..."));
     }
 
     #[test]

@@ -553,6 +553,80 @@ fn only_callers_who_are_not_root_are_told_to_run_as_root() {
     assert!(!stdout.contains("note:"), "{stdout}");
 }
 
+/// Whoever can read an image can lock it (README, Security): user nobody
+/// holding a world-readable image exclusively keeps root's qemu-io from
+/// opening it for writing, with QEMU's message; root's `fpl status` names
+/// the holder. Once the image is 0600, nobody cannot even open it.
+#[test]
+fn any_reader_can_keep_roots_qemu_off_an_image() {
+    assert!(
+        fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0),
+        "this test switches users: run the tests as root, as CI does"
+    );
+    let dir = TempDir::new("security-reader");
+    let mut perms = fs::metadata(dir.path()).expect("stat").permissions();
+    perms.set_mode(0o755);
+    fs::set_permissions(dir.path(), perms).expect("chmod the folder");
+    let image = dir.raw("vm.raw");
+    let mut hold = Running::spawn(
+        Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", FPL])
+            .args(["hold", "--mode", "exclusive"])
+            .arg(&image)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped()),
+    );
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(hold.child.stdout.take().expect("piped")),
+        &mut line,
+    )
+    .expect("read fpl hold's line");
+    assert!(line.starts_with("fpl: holding "), "{line:?}");
+    let out = Command::new(qemu("qemu-io"))
+        .args(["-f", "raw", "-c", "quit"])
+        .arg(&image)
+        .output()
+        .expect("qemu-io runs");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Failed to get \"consistent read\" lock"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = Command::new(FPL)
+        .arg("status")
+        .arg(&image)
+        .output()
+        .expect("fpl");
+    let stdout = expect_status(&out, 0);
+    assert!(
+        stdout.starts_with(&format!(
+            "{}: in use by fpl (pid {}, fd ",
+            s(&image),
+            hold.pid()
+        )),
+        "{stdout}"
+    );
+    drop(hold);
+
+    let mut perms = fs::metadata(&image).expect("stat").permissions();
+    perms.set_mode(0o600);
+    fs::set_permissions(&image, perms).expect("chmod the image");
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", FPL])
+        .args(["hold", "--mode", "exclusive"])
+        .arg(&image)
+        .output()
+        .expect("setpriv runs");
+    assert_eq!(out.status.code(), Some(125));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("EACCES"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Verifying every 50 ms while a command runs raises no false alarm on a
 /// local file system (about 20 verifications, a reader of the same bytes
 /// beside): the command's status is fpl's. A negative or non-numeric

@@ -279,3 +279,47 @@ fn plugin_host_is_clean_under_valgrind() {
         "{report}"
     );
 }
+
+/// The C program of the README's "Using it from C", cut out of README.md
+/// as it stands: it compiles alone with every warning an error, takes the
+/// write lock on a free image (exit 0), and is refused beside a qemu-io
+/// writer with QEMU's message naming qemu-io (exit 75).
+#[test]
+fn the_readme_c_program_compiles_alone_and_does_what_it_says() {
+    let tmp = TempDir::new("ex-readme");
+    let readme = std::fs::read_to_string(root().join("README.md")).expect("README.md");
+    let section = readme
+        .split_once("## Using it from C\n")
+        .map(|(_, rest)| rest)
+        .expect("the README has a C section");
+    let program = section
+        .split_once("```c\n")
+        .and_then(|(_, rest)| rest.split_once("```\n"))
+        .map(|(code, _)| code)
+        .expect("the C section starts with a C program");
+    let src = tmp.path().join("prog.c");
+    std::fs::write(&src, program).expect("write prog.c");
+    let prog = compile(&[&src], &tmp.path().join("prog"), false, &[]);
+
+    let image = qemu_img_create(tmp.path(), "vm.qcow2");
+    let out = Command::new(&prog).arg(&image).output().expect("run");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+
+    let writer = QemuIo::hold(&image, false);
+    let out = Command::new(&prog).arg(&image).output().expect("run");
+    assert_eq!(out.status.code(), Some(75), "{}", stderr(&out));
+    assert!(
+        stderr(&out).starts_with(&format!(
+            "Failed to get \"write\" lock (held by qemu-io, pid {})",
+            writer.pid()
+        )),
+        "{}",
+        stderr(&out)
+    );
+    let out = Command::new(&prog)
+        .arg(tmp.path().join("missing.qcow2"))
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("ENOENT"), "{}", stderr(&out));
+}

@@ -3,6 +3,8 @@
 #include "harness.h"
 
 #include <pthread.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 
 #define WRITE_BYTES (B(100) | B(101) | B(103) | B(201) | B(202) | B(203))
 #define READ_BYTES (B(100) | B(201) | B(202) | B(203))
@@ -495,6 +497,28 @@ static void test_bad_input(void) {
     CHECK_RC(rc, -EINVAL, err);
     rc = fpl_acquire("/dev/null", FPL_MODE_READ_PERM, FPL_MODE_READ_SHARE, 0, &lock, &err);
     CHECK_RC(rc, -EINVAL, err);
+    /* A socket, listening or not: open(2) would say ENXIO; the O_PATH
+     * look says it is no image first. */
+    char sock_path[PATH_MAX];
+    snprintf(sock_path, sizeof sock_path, "%s/sock", h_dir);
+    int sock = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    CHECK(sock >= 0, "socket");
+    struct sockaddr_un addr;
+    memset(&addr, 0, sizeof addr);
+    addr.sun_family = AF_UNIX;
+    CHECK(strlen(sock_path) < sizeof addr.sun_path, "socket path fits");
+    memcpy(addr.sun_path, sock_path, strlen(sock_path) + 1);
+    CHECK(bind(sock, (struct sockaddr *)&addr, sizeof addr) == 0 && listen(sock, 1) == 0,
+          "bind and listen");
+    rc = fpl_acquire(sock_path, FPL_MODE_READ_PERM, FPL_MODE_READ_SHARE, 0, &lock, &err);
+    CHECK_RC(rc, -EINVAL, err);
+    rc = fpl_check(sock_path, FPL_MODE_READ_PERM, FPL_MODE_READ_SHARE, 0, &err);
+    CHECK_RC(rc, -EINVAL, err);
+    rc = fpl_query(sock_path, 0, &st, NULL, 0, &err);
+    CHECK_RC(rc, -EINVAL, err);
+    rc = fpl_acquire_fd(sock, FPL_MODE_READ_PERM, FPL_MODE_READ_SHARE, 0, &lock, &err);
+    CHECK_RC(rc, -EINVAL, err);
+    close(sock);
     char loop[PATH_MAX];
     snprintf(loop, sizeof loop, "%s/loop", h_dir);
     CHECK(symlink(loop, loop) == 0, "symlink");
