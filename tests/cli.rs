@@ -627,6 +627,76 @@ fn any_reader_can_keep_roots_qemu_off_an_image() {
     );
 }
 
+/// `fpl status -q` answers "in use?" in its exit status alone, as `fuser
+/// -s` does: 1 for a free image, 0 once qemu-io holds it (or one of several
+/// images), 2 for an image that cannot be inspected (0 if another is in
+/// use); nothing printed. Short options: `-m`, `-j`, `-w`, and `--wait
+/// forever` waits without a limit.
+#[test]
+fn status_quiet_answers_in_use_in_its_exit_status_and_short_options_work() {
+    let dir = TempDir::new("status-quiet");
+    let image = dir.raw("a.raw");
+    let other = dir.raw("b.raw");
+    let missing = dir.path().join("missing.raw");
+    let quiet = |paths: &[&Path]| {
+        let out = Command::new(FPL)
+            .args(["status", "-q"])
+            .args(paths)
+            .output()
+            .expect("fpl runs");
+        assert!(out.stdout.is_empty() && out.stderr.is_empty(), "{out:?}");
+        out.status.code()
+    };
+    assert_eq!(quiet(&[&image]), Some(1));
+    assert_eq!(quiet(&[&image, &missing]), Some(2));
+    let mut qemu_io = qemu_io_holding(&image);
+    assert_eq!(quiet(&[&image]), Some(0));
+    assert_eq!(quiet(&[&other, &image]), Some(0));
+    assert_eq!(quiet(&[&missing, &image]), Some(0));
+    assert_eq!(quiet(&[&other]), Some(1));
+
+    let out = Command::new(FPL)
+        .args(["check", "-m", "write", "-j"])
+        .arg(&image)
+        .output()
+        .expect("fpl runs");
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(v[0]["ok"], false, "{v}");
+
+    // Waits for as long as it takes: qemu-io quits after 1.5 s.
+    let started = Instant::now();
+    let hold = Command::new(FPL)
+        .args(["hold", "-m", "write", "-w", "forever"])
+        .arg(&image)
+        .args(["--", "true"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("fpl runs");
+    thread::sleep(Duration::from_millis(1500));
+    qemu_io.close_stdin();
+    let out = hold.wait_with_output().expect("fpl hold ends");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(started.elapsed() >= Duration::from_millis(1500));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("; waiting"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = Command::new(FPL)
+        .args(["hold", "-m", "write", "-w", "someday"])
+        .arg(&image)
+        .output()
+        .expect("fpl runs");
+    assert_eq!(out.status.code(), Some(125));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("or forever"));
+}
+
 /// Verifying every 50 ms while a command runs raises no false alarm on a
 /// local file system (about 20 verifications, a reader of the same bytes
 /// beside): the command's status is fpl's. A negative or non-numeric

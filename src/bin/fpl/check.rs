@@ -16,7 +16,7 @@ pub struct CheckArgs {
     pub access: AccessArgs,
 
     /// Print a JSON array, one object per image (format below).
-    #[arg(long)]
+    #[arg(short, long)]
     pub json: bool,
 
     /// The images (files or block devices).

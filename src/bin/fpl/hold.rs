@@ -36,8 +36,9 @@ pub struct HoldArgs {
 
     /// If an image is in use in a conflicting way (or, with
     /// --no-unlocked-openers, open without locks), try again every 100 ms
-    /// for up to SECONDS (fractions allowed) instead of failing at once.
-    #[arg(long, value_name = "SECONDS", value_parser = parse_seconds)]
+    /// for up to SECONDS (fractions allowed; `forever` for no limit)
+    /// instead of failing at once.
+    #[arg(short, long, value_name = "SECONDS", value_parser = parse_wait)]
     pub wait: Option<Duration>,
 
     /// While holding, make sure every SECONDS (fractions allowed) that the
@@ -134,7 +135,17 @@ stops), as it would without fpl. No core file is written for fpl.
 Examples:
   fpl hold --mode exclusive vm.qcow2 -- cp vm.qcow2 /backup/
   fpl hold --mode read --wait 30 base.qcow2 -- qemu-img check base.qcow2
+  fpl hold -m write -w forever vm.qcow2 -- my-backup vm.qcow2
   fpl hold --mode write vm.qcow2 &";
+
+/// `--wait`: seconds, or `forever` (also `inf`, `infinity`): no limit,
+/// given as `Duration::MAX`.
+fn parse_wait(text: &str) -> Result<Duration, String> {
+    match text {
+        "forever" | "inf" | "infinity" => Ok(Duration::MAX),
+        _ => parse_seconds(text).map_err(|e| format!("{e}, or forever")),
+    }
+}
 
 fn parse_seconds(text: &str) -> Result<Duration, String> {
     let seconds: f64 = text
@@ -280,7 +291,9 @@ impl Taken {
 /// openers without locks) until the `--wait` deadline.
 /// On failure the message is printed and the exit status returned.
 fn acquire_waiting(args: &HoldArgs) -> Result<Vec<(PathBuf, Taken)>, u8> {
-    let deadline = args.wait.map(|w| Instant::now() + w);
+    // No deadline for `--wait forever` (Duration::MAX), which never runs out.
+    let forever = args.wait == Some(Duration::MAX);
+    let deadline = args.wait.and_then(|w| Instant::now().checked_add(w));
     // What the last "waiting" line said, so that it is said again only
     // when the reason changes (a holder gone, an opener left in its place).
     let mut announced: Option<String> = None;
@@ -296,7 +309,11 @@ fn acquire_waiting(args: &HoldArgs) -> Result<Vec<(PathBuf, Taken)>, u8> {
         // Every lock of this attempt is released by now: only then is /proc
         // walked for the holder, and only for a line that is printed (never
         // on the silent retries of --wait).
-        let left = deadline.and_then(|d| d.checked_duration_since(Instant::now()));
+        let left = if forever {
+            Some(Duration::MAX)
+        } else {
+            deadline.and_then(|d| d.checked_duration_since(Instant::now()))
+        };
         match (report::refused(&e), left) {
             // A conflict with this hold's own locks never ends by waiting.
             (true, Some(left)) if !left.is_zero() && held_by_self.is_none() => {

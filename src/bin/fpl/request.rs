@@ -15,7 +15,7 @@ const MODE_HELP: &str = "A preset:
 #[command(group(ArgGroup::new("access").required(true).args(["mode", "perm"])))]
 pub struct AccessArgs {
     /// A preset: read-shared, read, write or exclusive.
-    #[arg(long, value_name = "MODE", value_parser = parse_mode, long_help = MODE_HELP)]
+    #[arg(short, long, value_name = "MODE", value_parser = parse_mode, long_help = MODE_HELP)]
     pub mode: Option<Mode>,
 
     /// The permissions to use: a comma-separated list of QEMU's names

@@ -9,15 +9,21 @@ use fpl::fdinfo::Access;
 use fpl::query::Inspect;
 use fpl::{Error, Held, Holder, Status};
 
-use crate::{chain_status, escape, json, out, report, EXIT_ERROR, EXIT_OK};
+use crate::{chain_status, escape, json, out, report, EXIT_CONFLICT, EXIT_ERROR, EXIT_OK};
 
 /// `fpl status`.
 #[derive(Debug, Args)]
 #[command(after_long_help = AFTER_HELP)]
 pub struct StatusArgs {
     /// Print a JSON array, one object per image (format below).
-    #[arg(long)]
+    #[arg(short, long)]
     pub json: bool,
+
+    /// Print nothing; the exit status says whether some image is in use
+    /// (held, or open without locks): 0 if one is, 1 if every image is
+    /// free, 2 if one could not be inspected. Like `fuser -s` or `grep -q`.
+    #[arg(short, long, conflicts_with = "json")]
+    pub quiet: bool,
 
     /// Only test the lock bytes; do not look through /proc for the processes
     /// holding them, nor for those that have the image open without locks
@@ -134,6 +140,9 @@ pub fn looked_up(holders: bool) -> Inspect {
 /// Runs `fpl status`; returns the exit status.
 pub fn run(args: &StatusArgs) -> u8 {
     let holders = !args.no_holders;
+    if args.quiet {
+        return in_use_status(args, holders);
+    }
     if args.chain {
         return chain_status::run(&args.images, holders, args.json);
     }
@@ -165,6 +174,43 @@ pub fn run(args: &StatusArgs) -> u8 {
         EXIT_OK
     } else {
         EXIT_ERROR
+    }
+}
+
+/// `fpl status --quiet`: 0 if some image (with --chain, some file of some
+/// image) is in use, 1 if all are free, 2 if one could not be inspected.
+fn in_use_status(args: &StatusArgs, holders: bool) -> u8 {
+    // Per image or file: in use, free, or not inspected (None).
+    let in_use = |r: &Result<Status, Error>| {
+        r.as_ref()
+            .ok()
+            .map(|s| !s.held.is_empty() || !s.holders.is_empty())
+    };
+    let mut answers: Vec<Option<bool>> = Vec::new();
+    if args.chain {
+        for tree in chain_status::inspect(&args.images, holders) {
+            match &tree.members {
+                Ok(members) => answers.extend(
+                    members
+                        .iter()
+                        .filter_map(|m| m.status.as_deref().map(in_use)),
+                ),
+                Err(_) => answers.push(None),
+            }
+        }
+    } else {
+        answers.extend(
+            inspect(&args.images, holders)
+                .iter()
+                .map(|i| in_use(&i.outcome)),
+        );
+    }
+    if answers.contains(&Some(true)) {
+        EXIT_OK
+    } else if answers.contains(&None) {
+        EXIT_ERROR
+    } else {
+        EXIT_CONFLICT
     }
 }
 
