@@ -52,7 +52,22 @@ pub struct Serial {
 impl Serial {
     /// Waits for the mutex, then for the flock.
     pub fn take() -> Serial {
-        let guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        InProcess::take().then_machine()
+    }
+}
+
+/// The process-wide half of a [`Serial`]: no other cluster of this test
+/// binary starts meanwhile, but another process may run one (a test that
+/// runs a cluster in a child process holds this).
+pub struct InProcess(MutexGuard<'static, ()>);
+
+impl InProcess {
+    pub fn take() -> InProcess {
+        InProcess(SERIAL.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Waits for the flock too.
+    pub fn then_machine(self) -> Serial {
         let flock = OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -70,7 +85,7 @@ impl Serial {
         );
         Serial {
             _flock: flock,
-            _guard: guard,
+            _guard: self.0,
         }
     }
 }
@@ -102,7 +117,11 @@ impl Cluster {
     /// Installs what is missing, cleans up after a killed run, starts
     /// glusterd, creates and starts a fresh volume and mounts it on A and B.
     pub fn start() -> Cluster {
-        let serial = Serial::take();
+        Cluster::start_with(Serial::take())
+    }
+
+    /// [`Cluster::start`] with the right to run one already taken.
+    pub fn start_with(serial: Serial) -> Cluster {
         require_tools();
         clean_up_killed_run();
         refuse_foreign_glusterd();
@@ -382,11 +401,18 @@ exec sleep infinity"#;
             self.assert_b_alive();
             children(unshare).first().copied()
         });
-        self.record_pid(self.b_init);
         wait_for(PATIENCE, "host B's mount", || {
             self.assert_b_alive();
             ready.exists().then_some(())
         });
+        // Recorded as what it will be until killed (a killed run's init is
+        // recognised by this command line).
+        let init = self.b_init;
+        wait_for(PATIENCE, "host B's init to become `sleep infinity`", || {
+            self.assert_b_alive();
+            (cmdline(init).as_deref() == Some("sleep infinity")).then_some(())
+        });
+        self.record_pid(self.b_init);
         let b = self.b.clone();
         self.b_fuse = wait_for(PATIENCE, "host B's FUSE client", || {
             fuse_client(&self.vol, &b)
@@ -454,7 +480,11 @@ exec sleep infinity"#;
 
     fn record_pid(&mut self, pid: i32) {
         self.started.push(pid);
-        let cmd = cmdline(pid).unwrap_or_default();
+        // Right after spawn(), /proc may not show the command line yet.
+        let cmd = wait_for(PATIENCE, "a started process's command line", || {
+            cmdline(pid)
+                .or_else(|| (!Path::new(&format!("/proc/{pid}")).exists()).then(String::new))
+        });
         self.record(&format!("pid {pid} {cmd}"));
         if pid == self.brick {
             // The brick's socket and log lie outside the cluster's folder.
@@ -702,41 +732,46 @@ fn clean_up_killed_run() {
     let Ok(state) = fs::read_to_string(STATE_FILE) else {
         return;
     };
+    let entries: Vec<(&str, &str)> = state
+        .lines()
+        .map(|l| l.split_once(' ').unwrap_or((l, "")))
+        .collect();
+    // Processes first: a mount detached while its client still runs would
+    // make the client exit by itself, racing the check of its command line.
     let mut pids = Vec::new();
-    for line in state.lines() {
-        let (kind, rest) = line.split_once(' ').unwrap_or((line, ""));
-        match kind {
-            "pid" => {
-                let (pid, cmd) = rest.split_once(' ').unwrap_or((rest, ""));
-                let Ok(pid) = pid.parse::<i32>() else {
-                    continue;
-                };
-                if pid > 1 && !cmd.is_empty() && cmdline(pid).as_deref() == Some(cmd) {
-                    eprintln!("gluster harness: killing pid {pid} of a killed run: {cmd}");
-                    kill(pid, libc::SIGKILL);
-                    pids.push(pid);
-                }
-            }
-            "mount" => {
-                let mounted = fs::read_to_string("/proc/self/mounts")
-                    .unwrap_or_default()
-                    .lines()
-                    .any(|m| m.split_whitespace().nth(1) == Some(rest));
-                if mounted {
-                    run_bounded(Command::new("umount").arg("-l").arg(rest), PATIENCE);
-                }
-            }
-            _ => {}
+    for (_, rest) in entries.iter().filter(|(kind, _)| *kind == "pid") {
+        let (pid, cmd) = rest.split_once(' ').unwrap_or((rest, ""));
+        let Ok(pid) = pid.parse::<i32>() else {
+            continue;
+        };
+        if pid > 1 && !cmd.is_empty() && cmdline(pid).as_deref() == Some(cmd) {
+            eprintln!("gluster harness: killing pid {pid} of a killed run: {cmd}");
+            kill(pid, libc::SIGKILL);
+            pids.push(pid);
+        }
+    }
+    for (_, mount) in entries.iter().filter(|(kind, _)| *kind == "mount") {
+        let mounted = fs::read_to_string("/proc/self/mounts")
+            .unwrap_or_default()
+            .lines()
+            .any(|m| m.split_whitespace().nth(1) == Some(mount));
+        if mounted {
+            eprintln!("gluster harness: unmounting {mount} of a killed run");
+            run_bounded(Command::new("umount").arg("-l").arg(mount), PATIENCE);
         }
     }
     for pid in pids {
         wait_gone(pid, PATIENCE);
     }
-    for line in state.lines() {
-        if let Some(dir) = line.strip_prefix("dir ") {
-            let _ = fs::remove_dir_all(dir);
-        } else if let Some(file) = line.strip_prefix("file ") {
-            let _ = fs::remove_file(file);
+    for (kind, path) in entries {
+        match kind {
+            "dir" => {
+                let _ = fs::remove_dir_all(path);
+            }
+            "file" => {
+                let _ = fs::remove_file(path);
+            }
+            _ => {}
         }
     }
     let _ = fs::remove_file(STATE_FILE);
@@ -860,13 +895,14 @@ pub fn wait_gone(pid: i32, limit: Duration) -> bool {
     true
 }
 
-/// The command line, arguments joined by spaces.
+/// The command line, arguments joined by spaces (and newlines made
+/// spaces: it is kept in a line of [`STATE_FILE`]).
 pub fn cmdline(pid: i32) -> Option<String> {
     let raw = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
     let words: Vec<String> = raw
         .split(|&b| b == 0)
         .filter(|w| !w.is_empty())
-        .map(|w| String::from_utf8_lossy(w).into_owned())
+        .map(|w| String::from_utf8_lossy(w).replace('\n', " "))
         .collect();
     (!words.is_empty()).then(|| words.join(" "))
 }
