@@ -68,6 +68,19 @@ impl InProcess {
 
     /// Waits for the flock too.
     pub fn then_machine(self) -> Serial {
+        match self.machine(libc::LOCK_EX) {
+            Ok(serial) => serial,
+            Err((_, e)) => panic!("flock {LOCK_FILE}: {e}"),
+        }
+    }
+
+    /// The flock if nobody holds it, else self back.
+    pub fn try_machine(self) -> Result<Serial, InProcess> {
+        self.machine(libc::LOCK_EX | libc::LOCK_NB)
+            .map_err(|(me, _)| me)
+    }
+
+    fn machine(self, how: i32) -> Result<Serial, (InProcess, std::io::Error)> {
         let flock = OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -76,17 +89,13 @@ impl InProcess {
             .open(LOCK_FILE)
             .unwrap_or_else(|e| panic!("cannot open {LOCK_FILE}: {e} (the cluster needs root)"));
         // SAFETY: flock(2) on a descriptor this function owns.
-        let r = unsafe { libc::flock(flock.as_raw_fd(), libc::LOCK_EX) };
-        assert_eq!(
-            r,
-            0,
-            "flock {LOCK_FILE}: {}",
-            std::io::Error::last_os_error()
-        );
-        Serial {
+        if unsafe { libc::flock(flock.as_raw_fd(), how) } != 0 {
+            return Err((self, std::io::Error::last_os_error()));
+        }
+        Ok(Serial {
             _flock: flock,
             _guard: self.0,
-        }
+        })
     }
 }
 
