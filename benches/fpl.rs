@@ -44,6 +44,8 @@ use fpl::{Lock, Mode, Options};
 
 #[path = "fpl/chain.rs"]
 mod chain;
+#[path = "fpl/shared.rs"]
+mod shared;
 
 struct Bench {
     quick: bool,
@@ -101,10 +103,10 @@ fn main() {
         first_line(&run_out(Command::new("qemu-img").arg("--version")))
     ));
     // `--only=SECTION` runs one section (syscalls, latency, qemu-img,
-    // holders, bulk, refused, chain).
+    // holders, bulk, refused, chain, shared).
     let only = args.iter().find_map(|a| a.strip_prefix("--only="));
     type Section = fn(&mut Bench);
-    let sections: [(&str, Section); 7] = [
+    let sections: [(&str, Section); 8] = [
         ("syscalls", syscalls),
         ("latency", latency),
         ("qemu-img", versus_qemu_img),
@@ -112,6 +114,7 @@ fn main() {
         ("bulk", bulk),
         ("refused", refused),
         ("chain", chain::chain),
+        ("shared", shared::shared),
     ];
     for (name, section) in sections {
         if only.is_none_or(|o| o == name) {

@@ -159,9 +159,16 @@
 #define FPL_HOLDER_NO_LOCKS 1
 
 /**
- * fpl_holder.flags: named because it has the image open while its bytes
- * are held, on a file system that keeps its locks out of /proc (FUSE);
- * never set in 1.0.
+ * fpl_holder.flags: a holder named by inference, not seen holding. The
+ * image's file system keeps its locks out of /proc (FUSE file systems that
+ * lock on their server, as GlusterFS's client does: no lock line in any
+ * fdinfo, not even the holder's own), bytes are held that no lock line
+ * accounts for, and this process has the image open: a lock lives only as
+ * long as a descriptor of its file, so a holder on this host is among such
+ * processes. perm and unshared are then every byte unaccounted for (with
+ * several inferred holders, which holds which cannot be told); the
+ * process may also be a mere opener while the real holder is on another
+ * host. Listed with FPL_QUERY_HOLDERS (no need for FPL_QUERY_OPENERS).
  */
 #define FPL_HOLDER_INFERRED 2
 

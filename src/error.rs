@@ -292,6 +292,7 @@ mod tests {
                 },
                 no_locks: true,
                 node,
+                inferred: false,
             }),
         }
     }

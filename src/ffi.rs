@@ -118,9 +118,16 @@ pub const FPL_ACCESS_WRITE: u32 = 0x02;
 /// fpl_holder.flags: an opener, holding none of the image's bytes on any
 /// descriptor (listed with FPL_QUERY_OPENERS); its perm and unshared are 0.
 pub const FPL_HOLDER_NO_LOCKS: u32 = 0x01;
-/// fpl_holder.flags: named because it has the image open while its bytes
-/// are held, on a file system that keeps its locks out of /proc (FUSE);
-/// never set in 1.0.
+/// fpl_holder.flags: a holder named by inference, not seen holding. The
+/// image's file system keeps its locks out of /proc (FUSE file systems that
+/// lock on their server, as GlusterFS's client does: no lock line in any
+/// fdinfo, not even the holder's own), bytes are held that no lock line
+/// accounts for, and this process has the image open: a lock lives only as
+/// long as a descriptor of its file, so a holder on this host is among such
+/// processes. perm and unshared are then every byte unaccounted for (with
+/// several inferred holders, which holds which cannot be told); the
+/// process may also be a mere opener while the real holder is on another
+/// host. Listed with FPL_QUERY_HOLDERS (no need for FPL_QUERY_OPENERS).
 pub const FPL_HOLDER_INFERRED: u32 = 0x02;
 /// fpl_holder.flags, with FPL_HOLDER_NO_LOCKS: the descriptor is another
 /// device node of the image's block device (same st_rdev, another inode: a
@@ -480,6 +487,9 @@ fn holder_flags(h: &crate::holders::Holder) -> u32 {
     let mut flags = 0;
     if h.no_locks {
         flags |= FPL_HOLDER_NO_LOCKS;
+    }
+    if h.inferred {
+        flags |= FPL_HOLDER_INFERRED;
     }
     if let Some(node) = &h.node {
         flags |= FPL_HOLDER_OTHER_NODE;

@@ -180,6 +180,12 @@ pub struct Holder {
     /// image's node: it is an opener of the image (`no_locks`) even when
     /// it locks its own node. `None` for a descriptor of the image's inode.
     pub node: Option<Node>,
+    /// A holder named by inference, not seen holding (`FPL_HOLDER_INFERRED`):
+    /// the image's file system keeps its locks out of `/proc` (FUSE:
+    /// GlusterFS, ...), bytes are held that no lock line accounts for, and
+    /// this process has the image open. `held` is then every such byte:
+    /// which of several inferred holders holds which cannot be told.
+    pub inferred: bool,
 }
 
 /// Another device node of the same block device, as an opener of an image
@@ -208,7 +214,14 @@ pub struct Scan {
     /// without privilege, or a sandbox's PID 1; or a bounded walk stopped
     /// before it. Its locks are unknown.
     pub refused: bool,
+    /// The processes that could not be inspected, in pid order, at most
+    /// [`UNINSPECTED_KEPT`] of them (a walk stopped by its deadline leaves
+    /// the rest out).
+    pub uninspected: Vec<i32>,
 }
+
+/// How many uninspected pids a [`Scan`] keeps: enough to explain them.
+pub const UNINSPECTED_KEPT: usize = 8;
 
 impl Scan {
     /// Whether holders of `held` may be missing for target `i`: some held
@@ -321,6 +334,7 @@ fn scan_with(targets: &[Target], deadline: Option<Instant>, stop: Stop, openers:
     let mut out = Scan {
         holders: vec![Vec::new(); targets.len()],
         refused: false,
+        uninspected: Vec::new(),
     };
     if targets.is_empty() {
         return out;
@@ -346,7 +360,7 @@ fn scan_with(targets: &[Target], deadline: Option<Instant>, stop: Stop, openers:
     // Set by whichever share meets what `stop` waits for; the others then
     // stop too.
     let found = Arc::new(AtomicBool::new(false));
-    let parts: Vec<(Vec<Vec<Holder>>, bool)> = if threads == 1 {
+    let parts: Vec<Share> = if threads == 1 {
         vec![scan_pids(&pids, targets, deadline, stop, openers, &found)]
     } else {
         let mut jobs: Vec<Job> = pids
@@ -364,12 +378,15 @@ fn scan_with(targets: &[Target], deadline: Option<Instant>, stop: Stop, openers:
             .collect();
         jobs.iter_mut().map(Job::finish).collect()
     };
-    for (found, refused) in parts {
-        out.refused |= refused;
-        for (all, some) in out.holders.iter_mut().zip(found) {
+    for share in parts {
+        out.refused |= share.refused;
+        out.uninspected.extend(share.uninspected);
+        for (all, some) in out.holders.iter_mut().zip(share.found) {
             all.extend(some);
         }
     }
+    out.uninspected.sort_unstable();
+    out.uninspected.truncate(UNINSPECTED_KEPT);
     for hs in &mut out.holders {
         hs.sort_by_key(|h| (h.pid, h.fd));
     }
@@ -393,7 +410,28 @@ struct Work {
     stop: Stop,
     openers: bool,
     found: Arc<AtomicBool>,
-    out: Option<(Vec<Vec<Holder>>, bool)>,
+    out: Option<Share>,
+}
+
+/// What one share of the walk found.
+#[derive(Default)]
+struct Share {
+    /// For each target, its holders among the share's processes.
+    found: Vec<Vec<Holder>>,
+    /// Some process was not inspected.
+    refused: bool,
+    /// Which ones (at most [`UNINSPECTED_KEPT`]).
+    uninspected: Vec<i32>,
+}
+
+impl Share {
+    /// A share whose processes went uninspected (its thread failed).
+    fn lost() -> Share {
+        Share {
+            refused: true,
+            ..Share::default()
+        }
+    }
 }
 
 extern "C" fn run_work(arg: *mut libc::c_void) -> *mut libc::c_void {
@@ -459,7 +497,7 @@ impl Job {
 
     /// Waits for the share: its holders, and whether some process went
     /// uninspected (also when the thread failed).
-    fn finish(&mut self) -> (Vec<Vec<Holder>>, bool) {
+    fn finish(&mut self) -> Share {
         if let Some(thread) = self.thread.take() {
             // SAFETY: a thread this Job created and nobody joined yet.
             let rc = unsafe { libc::pthread_join(thread, std::ptr::null_mut()) };
@@ -479,10 +517,10 @@ impl Job {
                     }),
                 );
                 std::mem::forget(work);
-                return (Vec::new(), true);
+                return Share::lost();
             }
         }
-        self.work.out.take().unwrap_or_else(|| (Vec::new(), true))
+        self.work.out.take().unwrap_or_else(Share::lost)
     }
 }
 
@@ -502,7 +540,7 @@ fn scan_pids(
     stop: Stop,
     openers: bool,
     done: &AtomicBool,
-) -> (Vec<Vec<Holder>>, bool) {
+) -> Share {
     let index: HashMap<FileId, usize> =
         targets.iter().enumerate().map(|(i, t)| (t.id, i)).collect();
     let mut devices: HashMap<u64, Vec<usize>> = HashMap::new();
@@ -519,6 +557,7 @@ fn scan_pids(
     };
     let mut found = vec![Vec::new(); targets.len()];
     let mut refused = false;
+    let mut uninspected = Vec::new();
     let me = std::process::id() as i32;
     for &pid in pids {
         if done.load(Ordering::Relaxed) {
@@ -529,7 +568,12 @@ fn scan_pids(
             break;
         }
         let openers = openers && pid != me;
-        refused |= scan_process(pid, targets, &index, openers, &mut found).is_err();
+        if scan_process(pid, targets, &index, openers, &mut found).is_err() {
+            refused = true;
+            if uninspected.len() < UNINSPECTED_KEPT {
+                uninspected.push(pid);
+            }
+        }
         if let Stop::AtHolderOf(byte) = stop {
             let met = found
                 .first()
@@ -539,7 +583,11 @@ fn scan_pids(
             }
         }
     }
-    (found, refused)
+    Share {
+        found,
+        refused,
+        uninspected,
+    }
 }
 
 /// Which targets a descriptor's `stat` names.
@@ -672,6 +720,7 @@ fn scan_process(
             access,
             no_locks: false,
             node: None,
+            inferred: false,
         });
     }
     for u in unlocked {
@@ -692,6 +741,7 @@ fn scan_process(
             access: u.access,
             no_locks: true,
             node,
+            inferred: false,
         });
     }
     if refused {

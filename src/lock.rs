@@ -13,7 +13,7 @@ use nix::errno::Errno;
 
 use crate::error::{Conflict, ConflictKind, Error, HolderId, Result};
 use crate::fcntl::{self, Flavor};
-use crate::fdinfo::{lock_lines, LockClass};
+use crate::fdinfo::{lock_lines, LockClass, LockLine};
 use crate::holders::{self, Lookup, Mounts};
 use crate::image::Image;
 use crate::perm::Perm;
@@ -326,13 +326,24 @@ impl Lock {
         failure.into_error(&self.image, Some(self.image.fd().as_raw_fd()))
     }
 
-    /// Are all the bytes this handle took still held on the file? Tested
-    /// from a new open file description of the same inode, so it sees what
-    /// other processes see: `Ok` when every byte is held, by this handle as
-    /// far as the file system shows (another process holding the same
-    /// byte would hide a loss), else [`Error::Lost`] (`ENOLCK`) naming
-    /// the first byte missing. One test per run of bytes, more only where a
-    /// run is partly held. Changes nothing. Locks that fell back to POSIX
+    /// Are all the bytes this handle took still held on the file? `Ok` when
+    /// every byte is held, else [`Error::Lost`] (`ENOLCK`) naming the first
+    /// byte missing. Two looks, both needed for a held lock:
+    ///
+    /// - where the kernel records the locks (local file systems, and the
+    ///   NFS and CephFS clients, which also keep a record), this handle's
+    ///   own `/proc/self/fdinfo` lock lines must cover every byte: exact,
+    ///   and not fooled by another process holding the same byte;
+    /// - then a test from a new open file description of the same inode,
+    ///   which asks the file system itself, as another process would: on a
+    ///   FUSE file system that locks on its server (GlusterFS), the only
+    ///   look there is, and there another holder of the same byte would
+    ///   hide a loss. One test per run of bytes, more only where a run is
+    ///   partly held.
+    ///
+    /// A held lock is never reported lost. Changes nothing. A file system
+    /// that cannot be reached gives its own error (`ENOTCONN`, `EIO`, ...),
+    /// not `ENOLCK`: unreachable is not lost. Locks that fell back to POSIX
     /// cannot be seen from their own process: `ENOTSUP`.
     pub fn verify(&self) -> Result<()> {
         if self.flavor == Flavor::Posix {
@@ -350,6 +361,20 @@ impl Lock {
             byte,
         };
         let failed = |e, byte| Error::test_failed(e, byte, self.image.display_path().as_deref());
+        if !crate::query::locks_hidden(self.image.fd()) {
+            if let Some(lines) = own_lock_lines(self.image.fd()) {
+                for (first, len) in self.held.run_iter() {
+                    let missing = (first..first + len).find(|&byte| {
+                        !lines
+                            .iter()
+                            .any(|l| l.class == LockClass::Ofd && l.covers(byte.into()))
+                    });
+                    if let Some(byte) = missing {
+                        return Err(lost(byte));
+                    }
+                }
+            }
+        }
         for (first, len) in self.held.run_iter() {
             let last = first + len - 1;
             match fcntl::test(fresh.fd(), Flavor::Ofd, first, len, true) {
@@ -722,4 +747,12 @@ fn description_bytes(image: &Image) -> ByteSet {
         }
     }
     ByteSet::new(held.perm, held.unshared)
+}
+
+/// The lock lines of this process's descriptor `fd`: the locks of its open
+/// file description, all on its inode. `None` when fdinfo cannot be read
+/// (no /proc).
+fn own_lock_lines(fd: BorrowedFd<'_>) -> Option<Vec<LockLine>> {
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd())).ok()?;
+    Some(lock_lines(&info).collect())
 }

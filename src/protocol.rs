@@ -192,6 +192,16 @@ impl Held {
             libvirt: self.libvirt || other.libvirt,
         }
     }
+
+    /// What `self` holds that `other` does not.
+    pub fn minus(self, other: Held) -> Held {
+        Held {
+            perm: self.perm.minus(other.perm),
+            unshared: self.unshared.minus(other.unshared),
+            legacy: self.legacy && !other.legacy,
+            libvirt: self.libvirt && !other.libvirt,
+        }
+    }
 }
 
 /// One conflict test: "could I lock `byte` exclusively?" (F_GETLK, F_WRLCK).

@@ -24,6 +24,16 @@ pub struct Status {
     pub holders: Vec<Holder>,
     /// Some process could not be inspected.
     pub holders_partial: bool,
+    /// Which processes could not be inspected, when `holders_partial`: the
+    /// first few pids (see [`holders::UNINSPECTED_KEPT`]), to explain why.
+    pub uninspected: Vec<i32>,
+    /// Bytes are held that no lock line in `/proc` accounts for, on a file
+    /// system that keeps its locks out of `/proc` (a FUSE file system that
+    /// locks on its server, as GlusterFS's client does): a holder on this
+    /// host would show no lock line, and the holders named are inferred
+    /// ([`Holder::inferred`]). Only looked at when holders are asked for
+    /// and bytes are held.
+    pub hidden_locks: bool,
 }
 
 /// The range a query looks at: from byte 0 (libvirt) to 204. One F_GETLK
@@ -94,6 +104,8 @@ pub fn query_many_with<P: AsRef<Path>>(paths: &[P], inspect: Inspect) -> Vec<Res
             };
             let status = Status {
                 held,
+                // Until the walk says whether lock lines account for them.
+                hidden_locks: inspect.holders && !held.is_empty() && locks_hidden(image.fd()),
                 ..Status::default()
             };
             // Free images need no walk of /proc, unless openers are asked.
@@ -118,23 +130,73 @@ pub fn query_many_with<P: AsRef<Path>>(paths: &[P], inspect: Inspect) -> Vec<Res
         })
         .collect();
     if !targets.is_empty() {
-        let scan = if inspect.openers {
+        // Inferring holders where locks are hidden needs the openers.
+        let hidden = results
+            .iter()
+            .any(|(r, _)| r.as_ref().is_ok_and(|s| s.hidden_locks));
+        let scan = if inspect.openers || hidden {
             holders::scan_openers(&targets)
         } else {
             holders::scan(&targets)
         };
         for (result, index) in &mut results {
             if let (Ok(status), Some(i)) = (result, *index) {
-                status.holders = scan.holders[i]
-                    .iter()
-                    .filter(|h| inspect.holders || h.no_locks)
-                    .cloned()
-                    .collect();
                 status.holders_partial = scan.partial(i, status.held);
+                if status.holders_partial {
+                    status.uninspected.clone_from(&scan.uninspected);
+                }
+                let mut found = scan.holders[i].clone();
+                if status.hidden_locks {
+                    status.hidden_locks = infer(&mut found, status.held);
+                }
+                status.holders = found
+                    .into_iter()
+                    .filter(|h| {
+                        if h.no_locks {
+                            inspect.openers
+                        } else {
+                            inspect.holders
+                        }
+                    })
+                    .collect();
             }
         }
     }
     results.into_iter().map(|(r, _)| r).collect()
+}
+
+/// Where the image's locks are hidden from `/proc` and bytes are `held`
+/// that no lock line accounts for, the openers of the image (processes that
+/// have it open and show no lock) are their holders, inferred: an OFD or
+/// POSIX lock lives only as long as an open descriptor of its file, so a
+/// holder on this host is among them. Each gets every unaccounted byte.
+/// False when lock lines account for every byte (a FUSE file system that
+/// leaves locking to the kernel).
+fn infer(found: &mut [Holder], held: Held) -> bool {
+    let seen = found
+        .iter()
+        .filter(|h| !h.no_locks)
+        .fold(Held::default(), |all, h| all.union(h.held));
+    let unseen = held.minus(seen);
+    if unseen.is_empty() {
+        return false;
+    }
+    for h in found.iter_mut().filter(|h| h.no_locks && h.node.is_none()) {
+        h.no_locks = false;
+        h.inferred = true;
+        h.held = unseen;
+    }
+    true
+}
+
+/// Whether the file system of `fd` keeps its locks where `/proc` cannot
+/// show them: a FUSE file system that implements locking itself (GlusterFS,
+/// ...) sends every lock to its server and the kernel records none. (A FUSE
+/// file system that leaves locking to the kernel shows lock lines, which
+/// account for every held byte, and nothing is inferred.)
+pub(crate) fn locks_hidden(fd: BorrowedFd<'_>) -> bool {
+    use nix::sys::statfs::{fstatfs, FUSE_SUPER_MAGIC};
+    fstatfs(fd).is_ok_and(|st| st.filesystem_type() == FUSE_SUPER_MAGIC)
 }
 
 /// The protocol bytes somebody holds, seen from a descriptor that holds

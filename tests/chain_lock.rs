@@ -414,6 +414,43 @@ fn verify_finds_a_byte_that_is_gone() {
     lock.release().expect("release");
 }
 
+/// Another process holding the very byte that is lost cannot hide the
+/// loss on a file system whose locks the kernel records: the handle's own
+/// fdinfo lists its locks, and byte 100 is no longer among them (a test
+/// from a new descriptor would meet qemu-io's byte 100 and see it held).
+#[test]
+fn verify_is_not_fooled_by_another_holder_of_the_lost_byte() {
+    let (dir, top) = chain3("chain-verify-shared");
+    let base = dir.path().join("base.raw");
+    let lock = ChainLock::acquire(&top, req(Mode::Read), Options::default()).expect("acquire");
+    // qemu-io reading the base as QEMU reads a raw image: byte 100 too.
+    let reader = Holder::start(&["-r", "-f", "raw", "-U"], &base);
+    let theirs = fpl::query(&base, true).expect("query");
+    assert!(
+        theirs
+            .holders
+            .iter()
+            .any(|h| h.pid == reader.pid() && h.held.covers(100)),
+        "qemu-io holds byte 100 of the base: {theirs:?}"
+    );
+    let base_lock = lock.locks().nth(2).flatten().expect("the base is locked");
+    let unlock = libc::flock {
+        l_type: libc::F_UNLCK as libc::c_short,
+        l_whence: libc::SEEK_SET as libc::c_short,
+        l_start: 100,
+        l_len: 1,
+        l_pid: 0,
+    };
+    let rc = unsafe { libc::fcntl(base_lock.fd().as_raw_fd(), libc::F_OFD_SETLK, &unlock) };
+    assert_eq!(rc, 0);
+    // Byte 100 is still held on the file, by qemu-io.
+    assert!(fpl::query(&base, false).expect("query").held.covers(100));
+    let err = lock.verify().expect_err("this handle's byte 100 is gone");
+    assert!(matches!(err, Error::Lost { byte: 100, .. }), "{err}");
+    drop(reader);
+    lock.release().expect("release");
+}
+
 #[test]
 fn the_c_abi_chain_verify_and_flag_rules() {
     let (dir, top) = chain3("chain-cabi");

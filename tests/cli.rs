@@ -456,7 +456,7 @@ fn status_never_calls_an_image_free_when_the_holder_is_out_of_sight() {
         stdout.lines().next(),
         Some(
             format!(
-                "{}: held by a process fpl cannot see: uses consistent read, write; \
+                "{}: held on another host or out of sight: uses consistent read, write; \
                  shares everything",
                 s(&image)
             )
@@ -2802,7 +2802,7 @@ fn status_lists_holders_and_openers_of_one_image_apart() {
         .count();
     assert!(held_lines >= 1, "{out}");
     // The opener line, the note, the holder's lines: nothing else, and in
-    // particular no bytes "held by a process fpl cannot see".
+    // particular no bytes "held on another host or out of sight".
     assert_eq!(lines.len(), held_lines + 2, "{out}");
     assert!(
         lines.contains(&format!("{}: {OPENER_NOTE}", s(&image)).as_str()),

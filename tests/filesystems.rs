@@ -1357,3 +1357,68 @@ fn fuse_interrupted_calls_are_retried() {
     eprintln!("{alarms} signals, {interrupted} requests failed with EINTR");
     drop(m);
 }
+
+/// A FUSE file system that locks in its own table (lockfail `slow`, as
+/// GlusterFS's client locks on its server): no lock line in any fdinfo,
+/// not even the holder's. The bytes are held all the same; the process
+/// that has the image open is named as their holder, flagged inferred,
+/// with every byte it must be holding, and the C ABI says so with
+/// FPL_HOLDER_INFERRED. The same holder on the kernel-locked `local` mode
+/// shows lock lines and is seen, not inferred. A lock held there verifies
+/// (no false alarm where fdinfo shows nothing), and a second handle of the
+/// query's own process is never named.
+#[test]
+fn fuse_holders_whose_locks_are_out_of_sight_are_inferred() {
+    need_root();
+    for (mode, inferred) in [("slow", true), ("local", false)] {
+        let tmp = TempDir::new(&format!("fs-fuse-infer-{mode}"));
+        let m = mount_fuse_with(&tmp, mode, &[], &[]);
+        let image = m.path().join("disk.img");
+        let holder = Holder::start("write", &image);
+        let status = fpl::query(&image, true).expect("query");
+        assert!(
+            status.held.perm == Mode::Write.perm() && !status.held.unshared.is_empty(),
+            "{mode}: the write bytes are held: {status:?}"
+        );
+        assert_eq!(status.hidden_locks, inferred, "{mode}: {status:?}");
+        let named: Vec<_> = status
+            .holders
+            .iter()
+            .map(|h| (h.pid, h.inferred, h.no_locks, h.held))
+            .collect();
+        assert_eq!(
+            named,
+            [(holder.pid(), inferred, false, status.held)],
+            "{mode}: the holder is named"
+        );
+        let (rc, st, holders, err) = c_query(&image);
+        assert_eq!(rc, 0, "{}", message(&err));
+        assert_eq!(st.n_holders, 1, "{mode}");
+        let flags = if inferred { FPL_HOLDER_INFERRED } else { 0 };
+        assert_eq!(
+            (holders[0].pid, holders[0].flags),
+            (holder.pid(), flags),
+            "{mode}"
+        );
+
+        // This process's own read-shared lock verifies, and the query does
+        // not name this process (its own descriptors are no one else's).
+        let reader = Request::new(Mode::ReadShared.perm(), Mode::ReadShared.shared());
+        let mine =
+            Lock::acquire(&image, reader, Options::default()).expect("read-shared beside write");
+        mine.verify().expect("held, not lost");
+        let again = fpl::query(&image, true).expect("query");
+        let me = std::process::id() as i32;
+        assert!(
+            again.holders.iter().all(|h| h.pid != me || !inferred),
+            "{mode}: {again:?}"
+        );
+        mine.release().expect("release");
+        holder.release();
+        let after = fpl::query(&image, true).expect("query");
+        assert!(
+            after.held.is_empty() && after.holders.is_empty(),
+            "{after:?}"
+        );
+    }
+}

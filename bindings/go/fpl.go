@@ -362,6 +362,12 @@ type Holder struct {
 // incoming migration's destination); Perm and Unshared are 0.
 func (h Holder) NoLocks() bool { return h.Flags&HolderNoLocks != 0 }
 
+// Inferred tells whether h was named by inference, not seen holding: the
+// file system keeps its locks out of /proc (FUSE: GlusterFS), bytes are
+// held that no lock line accounts for, and the process has the image open.
+// Perm and Unshared are then every such byte.
+func (h Holder) Inferred() bool { return h.Flags&HolderInferred != 0 }
+
 func holderOf(h *C.fpl_holder) Holder {
 	return Holder{
 		PID: int(h.pid), FD: int(h.fd), Perm: Perm(h.perm), Unshared: Perm(h.unshared),

@@ -71,6 +71,10 @@ pub const EXIT_ERROR: u8 = 2;
 /// again later"), like `flock -E`, a status commands rarely use, so that a
 /// caller can tell "an image was busy" from "the command failed".
 pub const EXIT_HOLD_CONFLICT: u8 = 75;
+/// `hold`'s exit status when the file system lost a lock while it held it
+/// (a verification found a byte gone): the command was ended as on a
+/// signal. Next to 75, and as rare among commands' own statuses.
+pub const EXIT_HOLD_LOST: u8 = 76;
 /// `hold`'s exit status for its own errors (and wrong command lines), as
 /// timeout, env and chroot use it: 1 and 2 belong to the command.
 pub const EXIT_HOLD_ERROR: u8 = 125;

@@ -20,7 +20,8 @@ use crate::job::{self, Job, Terminal};
 use crate::request::AccessArgs;
 use crate::signals::{die_of, signal_of, Signals, STOP};
 use crate::{
-    escape, out, report, status, stdout_failed, EXIT_HOLD_CONFLICT, EXIT_HOLD_ERROR, EXIT_OK,
+    escape, out, report, status, stdout_failed, EXIT_HOLD_CONFLICT, EXIT_HOLD_ERROR,
+    EXIT_HOLD_LOST, EXIT_OK,
 };
 
 /// How often `--wait` tries again.
@@ -38,6 +39,17 @@ pub struct HoldArgs {
     /// for up to SECONDS (fractions allowed) instead of failing at once.
     #[arg(long, value_name = "SECONDS", value_parser = parse_seconds)]
     pub wait: Option<Duration>,
+
+    /// While holding, make sure every SECONDS (fractions allowed) that the
+    /// file system still holds every lock; 0 never does. A lock found lost
+    /// ends the hold (exit status 76).
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        value_parser = parse_seconds,
+        default_value = "10"
+    )]
+    pub verify_interval: Duration,
 
     /// The images (files or block devices).
     #[arg(value_name = "IMAGE", required = true)]
@@ -91,10 +103,24 @@ It then holds the locks until it gets SIGINT (Ctrl-C), SIGTERM or SIGHUP. A sign
 ignoring stays ignored (nohup ignores SIGHUP; shells make background jobs
 ignore SIGINT): the line names the signals that count.
 
+While it holds, fpl makes sure every 10 seconds (--verify-interval) that the
+file system still holds every lock it took (fpl_verify: this descriptor's own
+lock records where the kernel keeps them, and a test from a new descriptor,
+which asks the file system itself). A network file system can drop locks
+while both sides go on writing: a GlusterFS brick that restarts, an NFS lease
+that expires. A lock found lost ends the hold:
+  fpl: lost the lock on [vm.raw]: byte 100 is no longer held
+and a command is ended as on SIGTERM (passed on to its process group; fpl
+waits for it to exit), then fpl releases what is left and exits with 76,
+whatever the command's own status. A file system that cannot be reached
+meanwhile (ENOTCONN while a server restarts) is said once, and verification
+goes on: unreachable is not lost.
+
 Exit status:
   0    the command exited 0; without a command, SIGTERM or SIGHUP ended the hold
   75   an image is in use in a conflicting way, or open without locks with
        --no-unlocked-openers (after --wait, if given)
+  76   a lock was lost while held (the command was ended as on SIGTERM)
   125  fpl failed (an image cannot be opened or locked, a wrong command line,
        the line of a hold without command cannot be written)
   126  the command cannot be run
@@ -124,13 +150,15 @@ pub fn run(args: &HoldArgs) -> u8 {
         Ok(locks) => locks,
         Err(status) => return status,
     };
+    let mut verifier = Verifier::new(args.verify_interval);
     let outcome = match args.command.split_first() {
-        None => hold_until_signal(args, &locks),
-        Some((program, rest)) => run_command(program, rest),
+        None => hold_until_signal(args, &locks, &mut verifier),
+        Some((program, rest)) => run_command(program, rest, &locks, &mut verifier),
     };
     release_all(locks);
     match outcome {
         Ok(Ended::Status(status)) => status,
+        Ok(Ended::Lost) => EXIT_HOLD_LOST,
         // Only now that the locks are released.
         Ok(Ended::Signal(signal)) => die_of(signal),
         Err(what) => {
@@ -146,6 +174,84 @@ enum Ended {
     Status(u8),
     /// Die of this signal, as the command did (or as SIGINT asked).
     Signal(Signal),
+    /// A lock was lost while held (the command, if any, was ended).
+    Lost,
+}
+
+/// Makes sure, every `interval`, that the file system still holds every
+/// lock of the hold.
+struct Verifier {
+    /// `None`: never (`--verify-interval 0`).
+    interval: Option<Duration>,
+    next: Instant,
+    /// A verification could not be made, and that was said: said again only
+    /// after one succeeds.
+    unreachable_said: bool,
+}
+
+impl Verifier {
+    fn new(interval: Duration) -> Verifier {
+        let interval = (!interval.is_zero()).then_some(interval);
+        Verifier {
+            interval,
+            next: Instant::now() + interval.unwrap_or_default(),
+            unreachable_said: false,
+        }
+    }
+
+    /// How long to wait before the next verification (`None`: for ever).
+    fn left(&self) -> Option<Duration> {
+        self.interval
+            .map(|_| self.next.saturating_duration_since(Instant::now()))
+    }
+
+    /// Verifies every lock if it is time to; true when one is lost (and
+    /// said). Other failures are said once, and verification goes on.
+    fn lost(&mut self, locks: &[(PathBuf, Taken)]) -> bool {
+        let Some(interval) = self.interval else {
+            return false;
+        };
+        if Instant::now() < self.next {
+            return false;
+        }
+        let mut failed = None;
+        for (path, taken) in locks {
+            match taken.verify() {
+                Ok(()) => {}
+                Err(e @ Error::Lost { .. }) => {
+                    let whose = match &e {
+                        Error::Lost { path: file, .. } if file != path => {
+                            format!(" (a file of {}'s chain)", escape::path(path))
+                        }
+                        _ => String::new(),
+                    };
+                    diag!("fpl: {}{whose}", escape::error(&e));
+                    return true;
+                }
+                Err(e) => failed = failed.or(Some((path, e))),
+            }
+        }
+        match failed {
+            Some((path, e)) if !self.unreachable_said => {
+                diag!(
+                    "fpl: {}: cannot verify the lock: {}; trying again every {}",
+                    escape::path(path),
+                    escape::error(&e),
+                    seconds(interval)
+                );
+                self.unreachable_said = true;
+            }
+            Some(_) => {}
+            None => self.unreachable_said = false,
+        }
+        self.next = Instant::now() + interval;
+        false
+    }
+}
+
+/// `10 s`, `0.5 s`.
+fn seconds(d: Duration) -> String {
+    format!("{} s", d.as_secs_f64())
 }
 
 /// What is held for one image: its file, or every file of its chain.
@@ -155,6 +261,13 @@ enum Taken {
 }
 
 impl Taken {
+    fn verify(&self) -> Result<(), Error> {
+        match self {
+            Taken::File(lock) => lock.verify(),
+            Taken::Chain(lock) => lock.verify(),
+        }
+    }
+
     fn release(self) -> Result<(), Error> {
         match self {
             Taken::File(lock) => lock.release(),
@@ -361,7 +474,11 @@ fn release_all(locks: Vec<(PathBuf, Taken)>) {
 /// Holds until a stop signal. SIGINT (Ctrl-C) ends fpl by SIGINT, so that
 /// the shell loop or script that ran it stops too, as it would have for
 /// any program; SIGTERM and SIGHUP are the planned ends of a hold: exit 0.
-fn hold_until_signal(args: &HoldArgs, locks: &[(PathBuf, Taken)]) -> Result<Ended, String> {
+fn hold_until_signal(
+    args: &HoldArgs,
+    locks: &[(PathBuf, Taken)],
+    verifier: &mut Verifier,
+) -> Result<Ended, String> {
     let signals = Signals::block(&STOP, false)?;
     let names: Vec<_> = locks
         .iter()
@@ -386,7 +503,12 @@ fn hold_until_signal(args: &HoldArgs, locks: &[(PathBuf, Taken)]) -> Result<Ende
         return Err("the hold is released: nobody could be told of it".to_owned());
     }
     loop {
-        let info = signals.next()?;
+        let Some(info) = signals.next_within(verifier.left())? else {
+            if verifier.lost(locks) {
+                return Ok(Ended::Lost);
+            }
+            continue;
+        };
         match signal_of(&info) {
             Some(Signal::SIGINT) => return Ok(Ended::Signal(Signal::SIGINT)),
             Some(s) if STOP.contains(&s) => return Ok(Ended::Status(EXIT_OK)),
@@ -395,7 +517,12 @@ fn hold_until_signal(args: &HoldArgs, locks: &[(PathBuf, Taken)]) -> Result<Ende
     }
 }
 
-fn run_command(program: &OsString, rest: &[OsString]) -> Result<Ended, String> {
+fn run_command(
+    program: &OsString,
+    rest: &[OsString],
+    locks: &[(PathBuf, Taken)],
+    verifier: &mut Verifier,
+) -> Result<Ended, String> {
     // Started with SIGCHLD ignored (SIG_IGN survives exec), the kernel would
     // reap the command itself and send no SIGCHLD: fpl would wait for ever
     // and never see its status. The command inherits the default too, as
@@ -430,9 +557,13 @@ fn run_command(program: &OsString, rest: &[OsString]) -> Result<Ended, String> {
     };
     let pid = Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
     let job = Job::started(pid, &terminal, give);
-    let status = wait_forwarding(&job, &signals, &terminal);
+    let waited = wait_forwarding(&job, &signals, &terminal, locks, verifier);
     job.ended(&terminal);
-    Ok(ended_as(status?))
+    let (status, lost) = waited?;
+    if lost {
+        return Ok(Ended::Lost);
+    }
+    Ok(ended_as(status))
 }
 
 /// Makes the kernel kill the command when fpl dies. fpl holds the locks, not
@@ -463,12 +594,17 @@ fn die_with_fpl(command: &mut Command) {
 }
 
 /// Waits for the command to end, passing the stop signals on to its
-/// process group and following it when it stops and fpl is continued.
+/// process group and following it when it stops and fpl is continued, and
+/// verifying the locks meanwhile: a lost one ends the command as SIGTERM
+/// would (true with its status).
 fn wait_forwarding(
     job: &Job,
     signals: &Signals,
     terminal: &Terminal,
-) -> Result<ExitStatus, String> {
+    locks: &[(PathBuf, Taken)],
+    verifier: &mut Verifier,
+) -> Result<(ExitStatus, bool), String> {
+    let mut lost = false;
     loop {
         let mut raw = 0;
         // SAFETY: waitpid writes the status into `raw`.
@@ -476,7 +612,7 @@ fn wait_forwarding(
             unsafe { libc::waitpid(job.pid.as_raw(), &mut raw, libc::WNOHANG | libc::WUNTRACED) };
         if got == job.pid.as_raw() {
             if !libc::WIFSTOPPED(raw) {
-                return Ok(ExitStatus::from_raw(raw));
+                return Ok((ExitStatus::from_raw(raw), lost));
             }
             if let Ok(signal) = Signal::try_from(libc::WSTOPSIG(raw)) {
                 job.stopped(signal, terminal);
@@ -490,11 +626,20 @@ fn wait_forwarding(
             }
             return Err(format!("cannot wait: {e}"));
         }
-        let info = match signals.next() {
-            Ok(info) => info,
+        let wait = if lost { None } else { verifier.left() };
+        let info = match signals.next_within(wait) {
+            Ok(Some(info)) => info,
+            Ok(None) => {
+                if verifier.lost(locks) {
+                    diag!("fpl: ending the command as on SIGTERM");
+                    job.signal(Signal::SIGTERM);
+                    lost = true;
+                }
+                continue;
+            }
             // Without signals, at least wait for the command (the locks
             // must outlast it).
-            Err(_) => return wait_blocking(job.pid),
+            Err(_) => return wait_blocking(job.pid).map(|status| (status, lost)),
         };
         match signal_of(&info) {
             Some(Signal::SIGCONT) => job.continued(terminal),

@@ -79,6 +79,9 @@ fn holder(h: &Holder) -> Value {
     if h.no_locks {
         flags.push("no-locks");
     }
+    if h.inferred {
+        flags.push("inferred");
+    }
     json!({
         "pid": h.pid,
         "fd": h.fd,

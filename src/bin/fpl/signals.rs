@@ -3,10 +3,13 @@
 //! between two looks. Children get back the signal mask fpl started with
 //! (the standard library lets them inherit the current one).
 
+use std::os::fd::AsFd;
 use std::os::unix::process::CommandExt;
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{SigSet, SigmaskHow, Signal};
 use nix::sys::signalfd::{siginfo, SfdFlags, SignalFd};
 
@@ -76,6 +79,32 @@ impl Signals {
             match self.fd.read_signal() {
                 Ok(Some(info)) => return Ok(info),
                 Ok(None) | Err(Errno::EINTR) => continue,
+                Err(e) => return Err(format!("cannot read signals: {e}")),
+            }
+        }
+    }
+
+    /// Waits for the next watched signal for at most `timeout` (for ever
+    /// if `None`): `None` when the time is up first.
+    pub fn next_within(&self, timeout: Option<Duration>) -> Result<Option<siginfo>, String> {
+        let Some(timeout) = timeout else {
+            return self.next().map(Some);
+        };
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            // Rounded up: a wait that ends early would only come back here.
+            let ms = u16::try_from(left.as_micros().div_ceil(1000)).unwrap_or(u16::MAX);
+            let mut fds = [PollFd::new(self.fd.as_fd(), PollFlags::POLLIN)];
+            match poll(&mut fds, PollTimeout::from(ms)) {
+                Ok(0) if left.is_zero() => return Ok(None),
+                Ok(0) | Err(Errno::EINTR) => continue,
+                Ok(_) => {}
+                Err(e) => return Err(format!("cannot wait for signals: {e}")),
+            }
+            match self.fd.read_signal() {
+                Ok(Some(info)) => return Ok(Some(info)),
+                Ok(None) | Err(Errno::EINTR) | Err(Errno::EAGAIN) => continue,
                 Err(e) => return Err(format!("cannot read signals: {e}")),
             }
         }

@@ -39,9 +39,14 @@ pub struct StatusArgs {
 const AFTER_HELP: &str = "\
 Each image is `free`, or one line per holder says what it uses and what it
 does not share, in QEMU's words. Bytes held by nobody visible are reported as
-`held by a process fpl cannot see` (another host sharing the file
+`held on another host or out of sight` (another host sharing the file
 system, another PID namespace, or a process fpl may not inspect): never as
-free.
+free, and a note says which it can be.
+
+On a FUSE file system that locks on its server (GlusterFS), no process shows
+its locks in /proc, not even on the holder's own host: a process that has the
+image open while its bytes are held is named as their holder, inferred:
+  vm.raw: in use by qemu-io (pid 4410, fd 9), inferred: uses write; ...
 
 A process that has the image open and holds none of its bytes is an opener:
   vm.raw: open read-write by qemu-system-x86 (pid 4410, fd 12) without locks
@@ -168,6 +173,8 @@ pub fn run(args: &StatusArgs) -> u8 {
 pub struct Notes {
     /// What an opener is has been said.
     openers: bool,
+    /// How an inferred holder is known has been said.
+    inferred: bool,
 }
 
 /// The lines `fpl status` prints for one inspected image.
@@ -187,7 +194,7 @@ pub fn describe_status(
 /// What `fpl status` says of one image, a line each, without the image's
 /// name: `free`, `in use by qemu-io (pid 4410, fd 12): uses ...`, `open
 /// read-write by qemu-io (pid 4410, fd 12) without locks` (with a note the
-/// first time in `notes`), or bytes held by a process fpl cannot see and a
+/// first time in `notes`), or bytes held on another host or out of sight and a
 /// note on why.
 pub fn describe(status: &Status, holders_looked_up: bool, notes: &mut Notes) -> Vec<String> {
     if !holders_looked_up {
@@ -206,6 +213,8 @@ pub fn describe(status: &Status, holders_looked_up: bool, notes: &mut Notes) -> 
         .map(|h| {
             if h.no_locks {
                 opener_words(h)
+            } else if h.inferred {
+                format!("in use by {}, inferred: {}", who(h), describe_held(&h.held))
             } else {
                 format!("in use by {}: {}", who(h), describe_held(&h.held))
             }
@@ -222,12 +231,23 @@ pub fn describe(status: &Status, holders_looked_up: bool, notes: &mut Notes) -> 
                 .to_owned(),
         );
     }
+    if status.holders.iter().any(|h| h.inferred) && !notes.inferred {
+        notes.inferred = true;
+        lines.push(
+            "note: this file system (FUSE) keeps its locks on its server, out of /proc: \
+             no process shows a lock line, so the processes that have the image open \
+             while its bytes are held are named as their holders, inferred, not seen \
+             (a lock lives only as long as a descriptor of its file); the holder may \
+             also be on another host"
+                .to_owned(),
+        );
+    }
     // Bytes the test found that no holder in /proc accounts for.
     let seen = status
         .holders
         .iter()
         .fold(Held::default(), |all, h| all.union(h.held));
-    let unseen = minus(status.held, seen);
+    let unseen = status.held.minus(seen);
     if !unseen.is_empty() {
         let (prefix, held) = if holding == 0 {
             ("held", status.held)
@@ -235,12 +255,14 @@ pub fn describe(status: &Status, holders_looked_up: bool, notes: &mut Notes) -> 
             ("also held", unseen)
         };
         lines.push(format!(
-            "{prefix} by a process fpl cannot see: {}",
+            "{prefix} on another host or out of sight: {}",
             describe_held(&held)
         ));
         lines.push(if status.holders_partial {
-            "note: some processes could not be inspected; \
-             run fpl as root to name every holder"
+            uninspected_note(&status.uninspected)
+        } else if status.hidden_locks {
+            "note: no process on this host has the image open: the holder runs on \
+             another host sharing the file system (or in another PID namespace)"
                 .to_owned()
         } else {
             "note: no process fpl can see holds these bytes: the holder \
@@ -250,6 +272,63 @@ pub fn describe(status: &Status, holders_looked_up: bool, notes: &mut Notes) -> 
         });
     }
     lines
+}
+
+/// Why holders may be missing: some processes could not be inspected. A
+/// caller who is not root is told to be; root is told which processes the
+/// kernel still keeps from it, and what sets them apart.
+fn uninspected_note(pids: &[i32]) -> String {
+    // SAFETY: geteuid cannot fail and touches no memory.
+    if unsafe { libc::geteuid() } != 0 || pids.is_empty() {
+        return "note: some processes could not be inspected; \
+                run fpl as root to name every holder"
+            .to_owned();
+    }
+    let named: Vec<String> = pids
+        .iter()
+        .map(|&pid| match fpl::holders::process_name(pid) {
+            name if name.is_empty() => format!("{pid}"),
+            name => format!("{pid} ({})", escape::escape(&name)),
+        })
+        .collect();
+    let (them, it) = if pids.len() == 1 {
+        (format!("pid {}", named[0]), "it")
+    } else {
+        (format!("pids {}", named.join(", ")), "they")
+    };
+    let why = if pids.iter().any(|&pid| has_capabilities_beyond_ours(pid)) {
+        format!(
+            "the kernel keeps {its} descriptors from fpl ({it} {holds} capabilities \
+             fpl lacks, as a sandbox's or container runtime's init may)",
+            its = if it == "it" { "its" } else { "their" },
+            holds = if it == "it" { "holds" } else { "hold" },
+        )
+    } else {
+        "the kernel keeps their descriptors from fpl (a security module's policy, \
+         or a user namespace that root here does not own)"
+            .to_owned()
+    };
+    format!(
+        "note: {them} could not be inspected, even by root: {why}; a holder among \
+         them cannot be named"
+    )
+}
+
+/// Whether process `pid` has permitted capabilities this process does not
+/// have in effect (`/proc/PID/status`), false if either cannot be read.
+fn has_capabilities_beyond_ours(pid: i32) -> bool {
+    let caps = |path: String, field: &str| -> Option<u64> {
+        let text = std::fs::read_to_string(path).ok()?;
+        let line = text.lines().find_map(|l| l.strip_prefix(field))?;
+        u64::from_str_radix(line.trim(), 16).ok()
+    };
+    match (
+        caps(format!("/proc/{pid}/status"), "CapPrm:"),
+        caps("/proc/self/status".to_owned(), "CapEff:"),
+    ) {
+        (Some(theirs), Some(ours)) => theirs & !ours != 0,
+        _ => false,
+    }
 }
 
 /// `open read-write by qemu-io (pid 4410, fd 12) without locks`.
@@ -297,14 +376,4 @@ pub fn describe_held(held: &Held) -> String {
         parts.push("holds libvirt's lease on byte 0 (virtlockd)".to_owned());
     }
     parts.join("; ")
-}
-
-/// The bytes of `a` that `b` does not hold.
-fn minus(a: Held, b: Held) -> Held {
-    Held {
-        perm: a.perm.minus(b.perm),
-        unshared: a.unshared.minus(b.unshared),
-        legacy: a.legacy && !b.legacy,
-        libvirt: a.libvirt && !b.libvirt,
-    }
 }

@@ -43,6 +43,14 @@ class Holder:
         migration's destination); ``perm`` and ``unshared`` are empty."""
         return bool(self.flags & HolderFlag.NO_LOCKS)
 
+    @property
+    def inferred(self) -> bool:
+        """Named by inference, not seen holding: the file system keeps its
+        locks out of /proc (FUSE: GlusterFS), bytes are held that no lock
+        line accounts for, and this process has the image open. ``perm``
+        and ``unshared`` are every such byte."""
+        return bool(self.flags & HolderFlag.INFERRED)
+
 
 @dataclass(frozen=True)
 class Status:
