@@ -568,7 +568,8 @@ fn a_killed_run_is_cleaned_up_by_the_next() {
             let _ = tx.send(line);
         }
     });
-    let deadline = Instant::now() + PATIENCE * 2;
+    // The run waits for the clusters of other test binaries, if any run.
+    let deadline = Instant::now() + PATIENCE * 8;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         match rx.recv_timeout(left) {
