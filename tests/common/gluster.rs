@@ -531,10 +531,10 @@ exec sleep infinity"#;
             wait_gone(self.b_fuse, PATIENCE);
         }
         if self.a_mounted {
-            let plain = run_bounded(Command::new("umount").arg(&self.a), PATIENCE);
-            if !plain.status.success() {
+            let plain = run_within(Command::new("umount").arg(&self.a), PATIENCE);
+            if !plain.is_ok_and(|o| o.status.success()) {
                 // Busy (a test's process still has a file open): detach it.
-                run_bounded(Command::new("umount").arg("-l").arg(&self.a), PATIENCE);
+                let _ = run_within(Command::new("umount").arg("-l").arg(&self.a), PATIENCE);
             }
             self.a_mounted = false;
         }
@@ -547,7 +547,7 @@ exec sleep infinity"#;
                 ["volume", "stop", &self.vol, "force"].as_slice(),
                 ["volume", "delete", &self.vol].as_slice(),
             ] {
-                run_bounded(
+                let _ = run_within(
                     Command::new("gluster").arg("--mode=script").args(args),
                     PATIENCE,
                 );
@@ -766,7 +766,7 @@ fn clean_up_killed_run() {
             .any(|m| m.split_whitespace().nth(1) == Some(mount));
         if mounted {
             eprintln!("gluster harness: unmounting {mount} of a killed run");
-            run_bounded(Command::new("umount").arg("-l").arg(mount), PATIENCE);
+            let _ = run_within(Command::new("umount").arg("-l").arg(mount), PATIENCE);
         }
     }
     for pid in pids {
@@ -807,13 +807,20 @@ fn refuse_foreign_glusterd() {
 /// Runs `cmd` to its end (stdin closed, output captured); killed, and the
 /// test failed, after `limit`.
 pub fn run_bounded(cmd: &mut Command, limit: Duration) -> Output {
+    run_within(cmd, limit).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// [`run_bounded`] that says what went wrong instead of panicking (for the
+/// teardown, which runs in `Drop`, during a panic too: a second panic
+/// there would abort the test binary).
+pub fn run_within(cmd: &mut Command, limit: Duration) -> Result<Output, String> {
     let what = format!("{cmd:?}");
     let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
+        .map_err(|e| format!("cannot run {what}: {e}"))?;
     let mut out = child.stdout.take().expect("piped");
     let mut err = child.stderr.take().expect("piped");
     let out = std::thread::spawn(move || {
@@ -828,21 +835,23 @@ pub fn run_bounded(cmd: &mut Command, limit: Duration) -> Output {
     });
     let deadline = Instant::now() + limit;
     let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break status;
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) => {}
+            Err(e) => return Err(format!("{what}: wait: {e}")),
         }
         if Instant::now() > deadline {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("{what} did not finish within {limit:?}");
+            return Err(format!("{what} did not finish within {limit:?}"));
         }
         std::thread::sleep(Duration::from_millis(5));
     };
-    Output {
+    Ok(Output {
         status,
         stdout: out.join().unwrap_or_default(),
         stderr: err.join().unwrap_or_default(),
-    }
+    })
 }
 
 /// Polls `f` every 20 ms until it gives a value; panics naming `what`
