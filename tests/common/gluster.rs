@@ -126,6 +126,7 @@ impl Cluster {
     /// Installs what is missing, cleans up after a killed run, starts
     /// glusterd, creates and starts a fresh volume and mounts it on A and B.
     pub fn start() -> Cluster {
+        require_root();
         Cluster::start_with(Serial::take())
     }
 
@@ -591,15 +592,8 @@ impl Drop for Cluster {
 /// GlusterFS when missing (never touching a QEMU package), fails saying
 /// what is needed otherwise.
 fn require_tools() {
-    let root = is_root();
-    assert!(
-        root,
-        "the GlusterFS tests need root (glusterd, mount, namespaces): run cargo test as root"
-    );
-    let gluster_missing: Vec<&str> = ["glusterd", "gluster", "mount.glusterfs"]
-        .into_iter()
-        .filter(|t| find_tool(t).is_none())
-        .collect();
+    require_root();
+    let gluster_missing = missing_gluster_tools();
     if !gluster_missing.is_empty() {
         install_glusterfs(&gluster_missing);
     }
@@ -620,6 +614,33 @@ fn require_tools() {
         "/dev/fuse is missing: GlusterFS mounts through FUSE (modprobe fuse, or give the \
          container /dev/fuse)"
     );
+}
+
+fn missing_gluster_tools() -> Vec<&'static str> {
+    ["glusterd", "gluster", "mount.glusterfs"]
+        .into_iter()
+        .filter(|t| find_tool(t).is_none())
+        .collect()
+}
+
+/// Root, or a panic saying so (and what to install, if GlusterFS is
+/// missing: only root can have the harness install it).
+fn require_root() {
+    if !is_root() {
+        let gluster_missing = missing_gluster_tools();
+        let install = if gluster_missing.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " and GlusterFS ({} missing: apt-get install glusterfs-server glusterfs-client)",
+                gluster_missing.join(", ")
+            )
+        };
+        panic!(
+            "the GlusterFS tests need root (glusterd, mount, namespaces){install}: run cargo \
+             test as root"
+        );
+    }
 }
 
 /// `apt-get install glusterfs-server glusterfs-client`, after a simulation
