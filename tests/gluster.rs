@@ -18,7 +18,11 @@
 //! - `kill_9_of_the_holder_frees_the_bytes_across_hosts`;
 //! - `kill_9_of_host_a_s_fuse_client_frees_the_bytes_for_b`;
 //! - `a_brick_restart_drops_every_lock`: the hazard CLUSTER.md found,
-//!   asserted so that a GlusterFS that fixes it is noticed.
+//!   asserted so that a GlusterFS that fixes it is noticed;
+//! - `a_killed_run_is_cleaned_up_by_the_next`: a test binary killed with
+//!   its cluster up (and a hold on B) leaves glusterd, the brick, the
+//!   clients and B's namespace running; the next cluster ends them by the
+//!   pids recorded and removes the mount and the folder.
 //!
 //! Each test has a cluster of its own (they run one at a time; starting one
 //! takes about 2 s). Needs root, /dev/fuse, GlusterFS (installed by the
@@ -517,6 +521,129 @@ fn the_harness_gives_two_hosts_one_file_and_cleans_up() {
     );
     assert!(!dir.exists(), "{dir:?} is left");
     assert!(!Path::new(gluster::STATE_FILE).exists());
+}
+
+/// The cluster of a test binary that is killed (SIGKILL) without a
+/// teardown: run, and killed, by `a_killed_run_is_cleaned_up_by_the_next`.
+#[test]
+#[ignore = "run (and killed) by a_killed_run_is_cleaned_up_by_the_next"]
+fn a_run_that_gets_killed() {
+    if std::env::var_os("FPL_GLUSTER_KILLED_RUN").is_none() {
+        println!("a helper of a_killed_run_is_cleaned_up_by_the_next: nothing to do alone");
+        return;
+    }
+    let cluster = Cluster::start();
+    raw_image(&cluster, "disk.raw");
+    let _hold = Proc::hold(&cluster, true, "write", &[cluster.b("disk.raw")]);
+    println!("cluster up");
+    std::thread::sleep(Duration::from_secs(600));
+}
+
+#[test]
+fn a_killed_run_is_cleaned_up_by_the_next() {
+    use std::io::BufRead;
+    // No other test of this binary may start a cluster (and clean up after
+    // the killed run) before this one has looked at what it left.
+    let mine = gluster::InProcess::take();
+    let mut run = Command::new(std::env::current_exe().expect("the test binary"))
+        .args([
+            "--exact",
+            "a_run_that_gets_killed",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env("FPL_GLUSTER_KILLED_RUN", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("the test binary runs");
+    let stdout = run.stdout.take().expect("piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    // The run waits for the clusters of other test binaries, if any run.
+    let deadline = Instant::now() + PATIENCE * 8;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) if line.contains("cluster up") => break,
+            Ok(_) => {}
+            Err(e) => {
+                let _ = run.kill();
+                let _ = run.wait();
+                panic!("the run to be killed never said its cluster was up: {e}");
+            }
+        }
+    }
+    let state = std::fs::read_to_string(gluster::STATE_FILE).expect("the killed run's state");
+    let recorded: Vec<(i32, String)> = state
+        .lines()
+        .filter_map(|l| {
+            let (pid, cmd) = l.strip_prefix("pid ")?.split_once(' ')?;
+            Some((pid.parse().ok()?, cmd.to_owned()))
+        })
+        .collect();
+    let mount = state
+        .lines()
+        .find_map(|l| l.strip_prefix("mount "))
+        .expect("the killed run's mount")
+        .to_owned();
+    run.kill().expect("SIGKILL");
+    let _ = run.wait();
+    // Another test binary waiting for the cluster lock may take it first
+    // (and clean up); otherwise look at what the killed run left, with the
+    // lock held.
+    let serial = match mine.try_machine() {
+        Ok(serial) => {
+            let left: Vec<i32> = recorded
+                .iter()
+                .filter(|(p, _)| alive(*p))
+                .map(|(p, _)| *p)
+                .collect();
+            // glusterd, the brick, both clients, B's unshare and init.
+            assert!(left.len() >= 6, "{left:?} of {recorded:?}");
+            serial
+        }
+        Err(mine) => {
+            eprintln!("another test binary took the cluster lock first and cleaned up");
+            mine.then_machine()
+        }
+    };
+    let cluster = Cluster::start_with(serial);
+    for (pid, cmd) in &recorded {
+        assert!(
+            gluster::cmdline(*pid).as_deref() != Some(cmd.as_str()) || !alive(*pid),
+            "pid {pid} of the killed run still runs: {cmd}"
+        );
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mounts").expect("/proc/self/mounts");
+    assert!(
+        !mounts
+            .lines()
+            .any(|m| m.split(' ').nth(1) == Some(mount.as_str())),
+        "the killed run's mount {mount} is left"
+    );
+    let dir = Path::new(&mount).parent().expect("a folder");
+    assert!(!dir.exists(), "the killed run's folder {dir:?} is left");
+    // The new cluster works.
+    raw_image(&cluster, "disk.raw");
+    let out = fpl_on_b(
+        &cluster,
+        &["check", "--mode", "write", s(&cluster.b("disk.raw"))],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        describe("fpl check on B", &out)
+    );
 }
 
 #[test]

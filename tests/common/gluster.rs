@@ -52,7 +52,35 @@ pub struct Serial {
 impl Serial {
     /// Waits for the mutex, then for the flock.
     pub fn take() -> Serial {
-        let guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        InProcess::take().then_machine()
+    }
+}
+
+/// The process-wide half of a [`Serial`]: no other cluster of this test
+/// binary starts meanwhile, but another process may run one (a test that
+/// runs a cluster in a child process holds this).
+pub struct InProcess(MutexGuard<'static, ()>);
+
+impl InProcess {
+    pub fn take() -> InProcess {
+        InProcess(SERIAL.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Waits for the flock too.
+    pub fn then_machine(self) -> Serial {
+        match self.machine(libc::LOCK_EX) {
+            Ok(serial) => serial,
+            Err((_, e)) => panic!("flock {LOCK_FILE}: {e}"),
+        }
+    }
+
+    /// The flock if nobody holds it, else self back.
+    pub fn try_machine(self) -> Result<Serial, InProcess> {
+        self.machine(libc::LOCK_EX | libc::LOCK_NB)
+            .map_err(|(me, _)| me)
+    }
+
+    fn machine(self, how: i32) -> Result<Serial, (InProcess, std::io::Error)> {
         let flock = OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -61,17 +89,13 @@ impl Serial {
             .open(LOCK_FILE)
             .unwrap_or_else(|e| panic!("cannot open {LOCK_FILE}: {e} (the cluster needs root)"));
         // SAFETY: flock(2) on a descriptor this function owns.
-        let r = unsafe { libc::flock(flock.as_raw_fd(), libc::LOCK_EX) };
-        assert_eq!(
-            r,
-            0,
-            "flock {LOCK_FILE}: {}",
-            std::io::Error::last_os_error()
-        );
-        Serial {
-            _flock: flock,
-            _guard: guard,
+        if unsafe { libc::flock(flock.as_raw_fd(), how) } != 0 {
+            return Err((self, std::io::Error::last_os_error()));
         }
+        Ok(Serial {
+            _flock: flock,
+            _guard: self.0,
+        })
     }
 }
 
@@ -102,7 +126,12 @@ impl Cluster {
     /// Installs what is missing, cleans up after a killed run, starts
     /// glusterd, creates and starts a fresh volume and mounts it on A and B.
     pub fn start() -> Cluster {
-        let serial = Serial::take();
+        require_root();
+        Cluster::start_with(Serial::take())
+    }
+
+    /// [`Cluster::start`] with the right to run one already taken.
+    pub fn start_with(serial: Serial) -> Cluster {
         require_tools();
         clean_up_killed_run();
         refuse_foreign_glusterd();
@@ -382,11 +411,18 @@ exec sleep infinity"#;
             self.assert_b_alive();
             children(unshare).first().copied()
         });
-        self.record_pid(self.b_init);
         wait_for(PATIENCE, "host B's mount", || {
             self.assert_b_alive();
             ready.exists().then_some(())
         });
+        // Recorded as what it will be until killed (a killed run's init is
+        // recognised by this command line).
+        let init = self.b_init;
+        wait_for(PATIENCE, "host B's init to become `sleep infinity`", || {
+            self.assert_b_alive();
+            (cmdline(init).as_deref() == Some("sleep infinity")).then_some(())
+        });
+        self.record_pid(self.b_init);
         let b = self.b.clone();
         self.b_fuse = wait_for(PATIENCE, "host B's FUSE client", || {
             fuse_client(&self.vol, &b)
@@ -454,7 +490,11 @@ exec sleep infinity"#;
 
     fn record_pid(&mut self, pid: i32) {
         self.started.push(pid);
-        let cmd = cmdline(pid).unwrap_or_default();
+        // Right after spawn(), /proc may not show the command line yet.
+        let cmd = wait_for(PATIENCE, "a started process's command line", || {
+            cmdline(pid)
+                .or_else(|| (!Path::new(&format!("/proc/{pid}")).exists()).then(String::new))
+        });
         self.record(&format!("pid {pid} {cmd}"));
         if pid == self.brick {
             // The brick's socket and log lie outside the cluster's folder.
@@ -492,10 +532,10 @@ exec sleep infinity"#;
             wait_gone(self.b_fuse, PATIENCE);
         }
         if self.a_mounted {
-            let plain = run_bounded(Command::new("umount").arg(&self.a), PATIENCE);
-            if !plain.status.success() {
+            let plain = run_within(Command::new("umount").arg(&self.a), PATIENCE);
+            if !plain.is_ok_and(|o| o.status.success()) {
                 // Busy (a test's process still has a file open): detach it.
-                run_bounded(Command::new("umount").arg("-l").arg(&self.a), PATIENCE);
+                let _ = run_within(Command::new("umount").arg("-l").arg(&self.a), PATIENCE);
             }
             self.a_mounted = false;
         }
@@ -508,7 +548,7 @@ exec sleep infinity"#;
                 ["volume", "stop", &self.vol, "force"].as_slice(),
                 ["volume", "delete", &self.vol].as_slice(),
             ] {
-                run_bounded(
+                let _ = run_within(
                     Command::new("gluster").arg("--mode=script").args(args),
                     PATIENCE,
                 );
@@ -552,15 +592,8 @@ impl Drop for Cluster {
 /// GlusterFS when missing (never touching a QEMU package), fails saying
 /// what is needed otherwise.
 fn require_tools() {
-    let root = is_root();
-    assert!(
-        root,
-        "the GlusterFS tests need root (glusterd, mount, namespaces): run cargo test as root"
-    );
-    let gluster_missing: Vec<&str> = ["glusterd", "gluster", "mount.glusterfs"]
-        .into_iter()
-        .filter(|t| find_tool(t).is_none())
-        .collect();
+    require_root();
+    let gluster_missing = missing_gluster_tools();
     if !gluster_missing.is_empty() {
         install_glusterfs(&gluster_missing);
     }
@@ -581,6 +614,33 @@ fn require_tools() {
         "/dev/fuse is missing: GlusterFS mounts through FUSE (modprobe fuse, or give the \
          container /dev/fuse)"
     );
+}
+
+fn missing_gluster_tools() -> Vec<&'static str> {
+    ["glusterd", "gluster", "mount.glusterfs"]
+        .into_iter()
+        .filter(|t| find_tool(t).is_none())
+        .collect()
+}
+
+/// Root, or a panic saying so (and what to install, if GlusterFS is
+/// missing: only root can have the harness install it).
+fn require_root() {
+    if !is_root() {
+        let gluster_missing = missing_gluster_tools();
+        let install = if gluster_missing.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " and GlusterFS ({} missing: apt-get install glusterfs-server glusterfs-client)",
+                gluster_missing.join(", ")
+            )
+        };
+        panic!(
+            "the GlusterFS tests need root (glusterd, mount, namespaces){install}: run cargo \
+             test as root"
+        );
+    }
 }
 
 /// `apt-get install glusterfs-server glusterfs-client`, after a simulation
@@ -702,41 +762,46 @@ fn clean_up_killed_run() {
     let Ok(state) = fs::read_to_string(STATE_FILE) else {
         return;
     };
+    let entries: Vec<(&str, &str)> = state
+        .lines()
+        .map(|l| l.split_once(' ').unwrap_or((l, "")))
+        .collect();
+    // Processes first: a mount detached while its client still runs would
+    // make the client exit by itself, racing the check of its command line.
     let mut pids = Vec::new();
-    for line in state.lines() {
-        let (kind, rest) = line.split_once(' ').unwrap_or((line, ""));
-        match kind {
-            "pid" => {
-                let (pid, cmd) = rest.split_once(' ').unwrap_or((rest, ""));
-                let Ok(pid) = pid.parse::<i32>() else {
-                    continue;
-                };
-                if pid > 1 && !cmd.is_empty() && cmdline(pid).as_deref() == Some(cmd) {
-                    eprintln!("gluster harness: killing pid {pid} of a killed run: {cmd}");
-                    kill(pid, libc::SIGKILL);
-                    pids.push(pid);
-                }
-            }
-            "mount" => {
-                let mounted = fs::read_to_string("/proc/self/mounts")
-                    .unwrap_or_default()
-                    .lines()
-                    .any(|m| m.split_whitespace().nth(1) == Some(rest));
-                if mounted {
-                    run_bounded(Command::new("umount").arg("-l").arg(rest), PATIENCE);
-                }
-            }
-            _ => {}
+    for (_, rest) in entries.iter().filter(|(kind, _)| *kind == "pid") {
+        let (pid, cmd) = rest.split_once(' ').unwrap_or((rest, ""));
+        let Ok(pid) = pid.parse::<i32>() else {
+            continue;
+        };
+        if pid > 1 && !cmd.is_empty() && cmdline(pid).as_deref() == Some(cmd) {
+            eprintln!("gluster harness: killing pid {pid} of a killed run: {cmd}");
+            kill(pid, libc::SIGKILL);
+            pids.push(pid);
+        }
+    }
+    for (_, mount) in entries.iter().filter(|(kind, _)| *kind == "mount") {
+        let mounted = fs::read_to_string("/proc/self/mounts")
+            .unwrap_or_default()
+            .lines()
+            .any(|m| m.split_whitespace().nth(1) == Some(mount));
+        if mounted {
+            eprintln!("gluster harness: unmounting {mount} of a killed run");
+            let _ = run_within(Command::new("umount").arg("-l").arg(mount), PATIENCE);
         }
     }
     for pid in pids {
         wait_gone(pid, PATIENCE);
     }
-    for line in state.lines() {
-        if let Some(dir) = line.strip_prefix("dir ") {
-            let _ = fs::remove_dir_all(dir);
-        } else if let Some(file) = line.strip_prefix("file ") {
-            let _ = fs::remove_file(file);
+    for (kind, path) in entries {
+        match kind {
+            "dir" => {
+                let _ = fs::remove_dir_all(path);
+            }
+            "file" => {
+                let _ = fs::remove_file(path);
+            }
+            _ => {}
         }
     }
     let _ = fs::remove_file(STATE_FILE);
@@ -763,13 +828,20 @@ fn refuse_foreign_glusterd() {
 /// Runs `cmd` to its end (stdin closed, output captured); killed, and the
 /// test failed, after `limit`.
 pub fn run_bounded(cmd: &mut Command, limit: Duration) -> Output {
+    run_within(cmd, limit).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// [`run_bounded`] that says what went wrong instead of panicking (for the
+/// teardown, which runs in `Drop`, during a panic too: a second panic
+/// there would abort the test binary).
+pub fn run_within(cmd: &mut Command, limit: Duration) -> Result<Output, String> {
     let what = format!("{cmd:?}");
     let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
+        .map_err(|e| format!("cannot run {what}: {e}"))?;
     let mut out = child.stdout.take().expect("piped");
     let mut err = child.stderr.take().expect("piped");
     let out = std::thread::spawn(move || {
@@ -784,21 +856,23 @@ pub fn run_bounded(cmd: &mut Command, limit: Duration) -> Output {
     });
     let deadline = Instant::now() + limit;
     let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break status;
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) => {}
+            Err(e) => return Err(format!("{what}: wait: {e}")),
         }
         if Instant::now() > deadline {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("{what} did not finish within {limit:?}");
+            return Err(format!("{what} did not finish within {limit:?}"));
         }
         std::thread::sleep(Duration::from_millis(5));
     };
-    Output {
+    Ok(Output {
         status,
         stdout: out.join().unwrap_or_default(),
         stderr: err.join().unwrap_or_default(),
-    }
+    })
 }
 
 /// Polls `f` every 20 ms until it gives a value; panics naming `what`
@@ -860,13 +934,14 @@ pub fn wait_gone(pid: i32, limit: Duration) -> bool {
     true
 }
 
-/// The command line, arguments joined by spaces.
+/// The command line, arguments joined by spaces (and newlines made
+/// spaces: it is kept in a line of [`STATE_FILE`]).
 pub fn cmdline(pid: i32) -> Option<String> {
     let raw = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
     let words: Vec<String> = raw
         .split(|&b| b == 0)
         .filter(|w| !w.is_empty())
-        .map(|w| String::from_utf8_lossy(w).into_owned())
+        .map(|w| String::from_utf8_lossy(w).replace('\n', " "))
         .collect();
     (!words.is_empty()).then(|| words.join(" "))
 }
