@@ -786,3 +786,105 @@ pub fn process_name(pid: i32) -> String {
         })
         .unwrap_or_default()
 }
+
+/// An image some process on this host holds protocol bytes of, found by
+/// [`images_in_use`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InUse {
+    /// A name of it: the holder's `/proc/PID/fd/FD` link when that names
+    /// the same inode here, else the `/proc/PID/fd/FD` path itself (a
+    /// process in another mount namespace, a deleted file), which opens
+    /// the same inode.
+    pub path: PathBuf,
+    /// Its `stat` identity.
+    pub id: FileId,
+}
+
+/// Every image on this host whose protocol bytes (0, 100-104, 200-204) some
+/// process holds with a POSIX or OFD lock, each once, in the order first
+/// met walking `/proc` by pid: `/proc/locks` says which inodes have such
+/// locks (it names no OFD holder), then one walk of `/proc/PID/fd` finds a
+/// descriptor of each, for its name. What it cannot find: locks the kernel
+/// does not record (a FUSE file system that locks on its server), locks of
+/// processes this one may not inspect (their inodes are known, their names
+/// not: they are left out), and images used without locks.
+pub fn images_in_use() -> Vec<InUse> {
+    let text = fs::read_to_string("/proc/locks").unwrap_or_default();
+    // (lock lines' device, inode) of every protocol lock.
+    let mut locked: HashSet<(u32, u32, u64)> = HashSet::new();
+    for line in text.lines() {
+        let Some(l) = fdinfo::parse_lock_line(line) else {
+            continue;
+        };
+        let protocol = |first: u64, last: u64| l.first <= last && l.last.is_none_or(|e| e >= first);
+        if l.class != LockClass::Other
+            && (protocol(0, 0) || protocol(100, 104) || protocol(200, 204))
+        {
+            locked.insert((l.major, l.minor, l.ino));
+        }
+    }
+    if locked.is_empty() {
+        return Vec::new();
+    }
+    let inodes: HashSet<u64> = locked.iter().map(|&(_, _, ino)| ino).collect();
+    let mounts = Mounts::read();
+    let mut found: Vec<InUse> = Vec::new();
+    let mut seen: HashSet<(u32, u32, u64)> = HashSet::new();
+    let Ok(procs) = fs::read_dir("/proc") else {
+        return found;
+    };
+    let mut pids: Vec<i32> = procs
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    pids.sort_unstable();
+    for pid in pids {
+        let folder = format!("/proc/{pid}/fd");
+        let Ok(dir) = nix::fcntl::open(
+            folder.as_str(),
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        ) else {
+            continue;
+        };
+        let Ok(entries) = fs::read_dir(&folder) else {
+            continue;
+        };
+        for fd in entries.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok()) {
+            let Ok(st) = fstatat(dir.as_fd(), fd.to_string().as_str(), AtFlags::empty()) else {
+                continue;
+            };
+            let kind = st.st_mode & libc::S_IFMT;
+            if !inodes.contains(&st.st_ino) || (kind != libc::S_IFREG && kind != libc::S_IFBLK) {
+                continue;
+            }
+            let id = FileId {
+                dev: st.st_dev,
+                ino: st.st_ino,
+            };
+            // The lock lines' device: the stat device, or (btrfs) that of
+            // the mount the descriptor is on.
+            let target = mounts.target_on(id, || {
+                let info = fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).ok()?;
+                info.lines()
+                    .find_map(|l| l.strip_prefix("mnt_id:"))
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+            });
+            let key = (target.major, target.minor, id.ino);
+            if !locked.contains(&key) || !seen.insert(key) {
+                continue;
+            }
+            let link = format!("/proc/{pid}/fd/{fd}");
+            let named = fs::read_link(&link)
+                .ok()
+                .filter(|p| {
+                    fs::metadata(p).is_ok_and(|m| {
+                        use std::os::unix::fs::MetadataExt;
+                        m.dev() == id.dev && m.ino() == id.ino
+                    })
+                })
+                .unwrap_or_else(|| PathBuf::from(&link));
+            found.push(InUse { path: named, id });
+        }
+    }
+    found
+}

@@ -697,6 +697,69 @@ fn status_quiet_answers_in_use_in_its_exit_status_and_short_options_work() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("or forever"));
 }
 
+/// `fpl status --all` finds every image held on the host, by whom, without
+/// being told its name: two images held (by qemu-io, by `fpl hold`) are
+/// listed with their holders, a free one is not; `--all` takes no IMAGE.
+/// Other tests hold images meanwhile, so only these are looked at.
+#[test]
+fn status_all_lists_every_held_image_and_its_holders() {
+    let dir = TempDir::new("status-all");
+    let a = dir.raw("a.raw");
+    let b = dir.raw("b.raw");
+    let free = dir.raw("free.raw");
+    let _qemu_io = qemu_io_holding(&a);
+    let mut hold = Running::spawn(
+        Command::new(FPL)
+            .args(["hold", "-m", "read"])
+            .arg(&b)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped()),
+    );
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(hold.child.stdout.take().expect("piped")),
+        &mut line,
+    )
+    .expect("read fpl hold's line");
+    assert!(line.starts_with("fpl: holding "), "{line:?}");
+
+    let out = Command::new(FPL)
+        .args(["status", "--all", "--json"])
+        .output()
+        .expect("fpl runs");
+    let stdout = expect_status(&out, 0);
+    let v: serde_json::Value = serde_json::from_str(&stdout).expect("JSON");
+    let find = |p: &Path| {
+        v.as_array()
+            .expect("an array")
+            .iter()
+            .find(|o| o["path"] == s(p))
+            .cloned()
+    };
+    let of_a = find(&a).unwrap_or_else(|| panic!("{} missing: {stdout}", a.display()));
+    assert_eq!(of_a["holders"][0]["name"], "qemu-io", "{of_a}");
+    let of_b = find(&b).unwrap_or_else(|| panic!("{} missing: {stdout}", b.display()));
+    assert_eq!(of_b["holders"][0]["pid"], hold.pid(), "{of_b}");
+    assert!(find(&free).is_none(), "{stdout}");
+
+    let out = Command::new(FPL)
+        .args(["status", "-a"])
+        .output()
+        .expect("fpl runs");
+    let text = expect_status(&out, 0);
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with(&format!("{}: in use by qemu-io (pid ", s(&a)))),
+        "{text}"
+    );
+    let out = Command::new(FPL)
+        .args(["status", "-a"])
+        .arg(&a)
+        .output()
+        .expect("fpl runs");
+    assert_eq!(out.status.code(), Some(2), "--all takes no IMAGE");
+}
+
 /// Verifying every 50 ms while a command runs raises no false alarm on a
 /// local file system (about 20 verifications, a reader of the same bytes
 /// beside): the command's status is fpl's. A negative or non-numeric

@@ -37,8 +37,14 @@ pub struct StatusArgs {
     #[arg(long)]
     pub chain: bool,
 
+    /// Every image some process on this host holds QEMU's locks on, instead
+    /// of IMAGEs named (found from /proc/locks and the holders'
+    /// descriptors).
+    #[arg(short, long, conflicts_with = "images")]
+    pub all: bool,
+
     /// The images (files or block devices).
-    #[arg(value_name = "IMAGE", required = true)]
+    #[arg(value_name = "IMAGE", required_unless_present = "all")]
     pub images: Vec<PathBuf>,
 }
 
@@ -63,6 +69,12 @@ unless given --no-unlocked-openers). Openers are found in the same walk of
 /proc as holders, among the processes fpl may inspect (run as root to see
 every one); --no-holders looks for neither, and its `free` only says that
 no byte is held.
+
+--all looks at every image some process on this host holds QEMU's locks on
+(found from /proc/locks, then named from the holders' descriptors; an image
+in another mount namespace is shown as /proc/PID/fd/FD). It cannot find
+images used without locks (QEMU with locking=off: name them), nor locks a
+FUSE file system keeps on its server.
 
 Control characters in process names and paths are shown escaped
 (`\\x1b`, `\\t`, `\\u{9b}`, and `\\\\` for a backslash); --json gives them exactly.
@@ -139,6 +151,37 @@ pub fn looked_up(holders: bool) -> Inspect {
 
 /// Runs `fpl status`; returns the exit status.
 pub fn run(args: &StatusArgs) -> u8 {
+    if args.all {
+        let images: Vec<PathBuf> = fpl::holders::images_in_use()
+            .into_iter()
+            .map(|i| i.path)
+            .collect();
+        if images.is_empty() && !args.json && !args.quiet {
+            out("no image on this host is held (as far as /proc/locks shows)");
+            return EXIT_OK;
+        }
+        let named = StatusArgs {
+            json: args.json,
+            quiet: args.quiet,
+            no_holders: args.no_holders,
+            chain: args.chain,
+            all: false,
+            images,
+        };
+        return run_named(&named, named.images.is_empty());
+    }
+    run_named(args, false)
+}
+
+/// `fpl status` of the images named (`none`: `--all` found none, so that
+/// JSON prints `[]` and `--quiet` says free).
+fn run_named(args: &StatusArgs, none: bool) -> u8 {
+    if none {
+        if args.json {
+            json::print(Vec::new());
+        }
+        return if args.quiet { EXIT_CONFLICT } else { EXIT_OK };
+    }
     let holders = !args.no_holders;
     if args.quiet {
         return in_use_status(args, holders);
