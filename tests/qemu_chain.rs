@@ -2273,3 +2273,67 @@ fn data_file_conflicts_name_the_data_file() {
         assert_qemu(&q, "qemu-io", write_x, Want::Ok, "after release");
     }
 }
+
+/// A VM started as libvirt starts it (`-name guest=vm01,debug-threads=on`)
+/// is named by its guest in `fpl status`, not only as `qemu-system-x86`,
+/// in text (`(pid N, fd M, guest vm01)`) and JSON (`"guest": "vm01"`); the
+/// older `-name web,process=...` form gives `web`; qemu-io, with no guest,
+/// gets `"guest": null`. Its user is shown only when it is not fpl's own.
+#[test]
+fn fpl_status_names_a_vm_by_its_guest() {
+    let _scene = Scene::new("qchain-guest");
+    let q = qemu72();
+    img(&q, &["create", "-q", "-f", "raw", "a.raw", "1M"]);
+    img(&q, &["create", "-q", "-f", "raw", "b.raw", "1M"]);
+    let drive = |image: &str| {
+        vec![
+            "-drive".to_owned(),
+            format!("file={image},if=virtio,format=raw"),
+        ]
+    };
+    let mut a = vec!["-name".to_owned(), "guest=vm01,debug-threads=on".to_owned()];
+    a.extend(drive("a.raw"));
+    let mut vm1 = running_vm(&q, a);
+    let mut b = vec!["-name".to_owned(), "web,process=qemu-web".to_owned()];
+    b.extend(drive("b.raw"));
+    let mut vm2 = running_vm(&q, b);
+    wait_bytes(&mut vm1, &[("a.raw", &[100, 101, 201])]);
+    wait_bytes(&mut vm2, &[("b.raw", &[100, 101, 201])]);
+
+    let out = run_ok({
+        let mut c = Command::new(env!("CARGO_BIN_EXE_fpl"));
+        c.args(["status", "a.raw", "b.raw"]);
+        c
+    });
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(
+        lines.first().is_some_and(|l| l.starts_with(&format!(
+            "a.raw: in use by qemu-system-x86 (pid {}, fd ",
+            vm1.pid()
+        )) && l.contains(", guest vm01): uses ")),
+        "{text}"
+    );
+    // process=qemu-web renames the process (its comm) too.
+    assert!(
+        lines
+            .get(1)
+            .is_some_and(|l| l.contains(&format!("(pid {}, fd ", vm2.pid()))
+                && l.contains(", guest web): uses ")),
+        "{text}"
+    );
+    assert!(!text.contains("user "), "root's VMs, root's fpl: {text}");
+
+    let out = run_ok({
+        let mut c = Command::new(env!("CARGO_BIN_EXE_fpl"));
+        c.args(["status", "--json", "a.raw"]);
+        c
+    });
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let h = &v[0]["holders"][0];
+    assert_eq!(h["guest"], "vm01", "{v}");
+    assert_eq!(h["uid"], 0, "{v}");
+    assert_eq!(h["user"], "root", "{v}");
+    vm1.assert_running();
+    vm2.assert_running();
+}

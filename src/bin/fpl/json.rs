@@ -82,10 +82,17 @@ fn holder(h: &Holder) -> Value {
     if h.inferred {
         flags.push("inferred");
     }
+    let (uid, user) = match crate::status::user_of(h.pid) {
+        Some((uid, user)) => (json!(uid), json!(user)),
+        None => (Value::Null, Value::Null),
+    };
     json!({
         "pid": h.pid,
         "fd": h.fd,
         "name": h.name,
+        "guest": crate::status::guest_name(h.pid),
+        "uid": uid,
+        "user": user,
         "perm": perm_list(h.held.perm),
         "unshared": perm_list(h.held.unshared),
         "flags": flags,

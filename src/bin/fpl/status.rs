@@ -447,12 +447,92 @@ fn open_mode(a: Access) -> &'static str {
     }
 }
 
-/// `qemu-io (pid 4410, fd 12)`.
+/// `qemu-io (pid 4410, fd 12)`; for a QEMU whose command line names its
+/// guest (`-name guest=vm01`, as libvirt starts it), `qemu-system-x86 (pid
+/// 4410, fd 12, guest vm01)`; and the process's user when it is not fpl's
+/// own (`..., user libvirt-qemu)`).
 fn who(h: &Holder) -> String {
+    let mut more = String::new();
+    if let Some(guest) = guest_name(h.pid) {
+        more.push_str(&format!(", guest {}", escape::escape(&guest)));
+    }
+    if let Some((uid, user)) = user_of(h.pid) {
+        // SAFETY: geteuid cannot fail.
+        if uid != unsafe { libc::geteuid() } {
+            more.push_str(&format!(", user {}", escape::escape(&user)));
+        }
+    }
     if h.name.is_empty() {
-        format!("pid {} (fd {})", h.pid, h.fd)
+        format!("pid {} (fd {}{more})", h.pid, h.fd)
     } else {
-        format!("{} (pid {}, fd {})", escape::escape(&h.name), h.pid, h.fd)
+        format!(
+            "{} (pid {}, fd {}{more})",
+            escape::escape(&h.name),
+            h.pid,
+            h.fd
+        )
+    }
+}
+
+/// The guest's name a QEMU process was started with: `-name vm01`, `-name
+/// guest=vm01,debug-threads=on` (libvirt's form), `--name ...`; `None` for
+/// any other process or a command line that cannot be read.
+pub fn guest_name(pid: i32) -> Option<String> {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let mut args = cmdline.split(|&b| b == 0);
+    while let Some(arg) = args.next() {
+        if arg != b"-name" && arg != b"--name" {
+            continue;
+        }
+        let value = String::from_utf8_lossy(args.next()?).into_owned();
+        // QEMU's option syntax: `,,` is a literal comma.
+        let value = value.replace(",,", "\u{0}");
+        for (i, part) in value.split(',').enumerate() {
+            let part = part.replace('\u{0}', ",");
+            if let Some(name) = part.strip_prefix("guest=") {
+                return Some(name.to_owned());
+            }
+            if i == 0 && !part.contains('=') {
+                return Some(part);
+            }
+        }
+        return None;
+    }
+    None
+}
+
+/// The effective uid of process `pid` (`/proc/PID/status`) and its user's
+/// name (the uid itself when it has none).
+pub fn user_of(pid: i32) -> Option<(u32, String)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let uid: u32 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))?
+        .split_ascii_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some((uid, user_name(uid).unwrap_or_else(|| uid.to_string())))
+}
+
+/// The name of user `uid`, through the C library (NSS: /etc/passwd, LDAP,
+/// ...).
+fn user_name(uid: u32) -> Option<String> {
+    let mut buf = vec![0 as libc::c_char; 4096];
+    // SAFETY: passwd is plain data; getpwuid_r writes it and strings into
+    // buf (of the length given), and sets result to it or to NULL.
+    unsafe {
+        let mut pwd: libc::passwd = std::mem::zeroed();
+        let mut result: *mut libc::passwd = std::ptr::null_mut();
+        let rc = libc::getpwuid_r(uid, &mut pwd, buf.as_mut_ptr(), buf.len(), &mut result);
+        if rc != 0 || result.is_null() || pwd.pw_name.is_null() {
+            return None;
+        }
+        Some(
+            std::ffi::CStr::from_ptr(pwd.pw_name)
+                .to_string_lossy()
+                .into_owned(),
+        )
     }
 }
 
