@@ -47,6 +47,17 @@ pub struct ChainLock {
 }
 
 impl ChainLock {
+    /// [`ChainLock::acquire`], waiting up to `timeout` while any member is
+    /// in use, as [`crate::Lock::acquire_within`] does for one file.
+    pub fn acquire_within(
+        path: &Path,
+        request: Request,
+        options: Options,
+        timeout: std::time::Duration,
+    ) -> Result<ChainLock> {
+        crate::wait::retrying(timeout, options, |o| ChainLock::acquire(path, request, o))
+    }
+
     /// Resolves the image at `path` and locks each member with its derived
     /// request, all or nothing. Errors: a resolution error of
     /// [`chain::resolve`], or the first member's conflict or OS error, with

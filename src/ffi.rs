@@ -620,6 +620,59 @@ pub unsafe extern "C" fn fpl_acquire(
     })
 }
 
+/// fpl_acquire, waiting while the image is in use: on a conflict (and,
+/// with FPL_FLAG_NO_UNLOCKED_OPENERS, beside an opener without locks) it
+/// tries again every 100 ms until TIMEOUT_MS milliseconds have passed since
+/// the first try, as `fpl hold --wait` does; 0 tries once. Nothing is held
+/// between tries. Any other error returns at once. After the timeout it
+/// returns the last conflict (`-EAGAIN`, or `-EBUSY` for an opener), its
+/// holder named unless FPL_FLAG_NO_HOLDER_LOOKUP (one walk of /proc, for
+/// that error only). Blocks the calling thread meanwhile (sleeping; signal
+/// handlers run, and the wait goes on); there is no "forever": pass the
+/// longest wait the caller can afford (UINT32_MAX is about 49 days).
+/// Added in 1.1 (symbol version LIBFPL_1.1).
+///
+/// # Safety
+/// As fpl_acquire.
+#[no_mangle]
+pub unsafe extern "C" fn fpl_acquire_wait(
+    path: *const c_char,
+    perm: u32,
+    shared: u32,
+    flags: u32,
+    timeout_ms: u32,
+    out: *mut *mut fpl_lock,
+    err: *mut fpl_error,
+) -> c_int {
+    boundary!(err, {
+        // SAFETY: contract above.
+        let path = unsafe { path_arg(path) }?;
+        if out.is_null() {
+            return Err(Error::invalid("out is NULL"));
+        }
+        let args = request(perm, shared, flags)?;
+        let timeout = std::time::Duration::from_millis(timeout_ms.into());
+        let handle = if args.chain {
+            Handle::Chain(ChainLock::acquire_within(
+                path,
+                args.request,
+                args.options,
+                timeout,
+            )?)
+        } else {
+            Handle::File(Lock::acquire_within(
+                path,
+                args.request,
+                args.options,
+                timeout,
+            )?)
+        };
+        // SAFETY: OUT is non-NULL and writable (contract).
+        unsafe { out.write(into_handle(handle)) };
+        Ok(())
+    })
+}
+
 /// The same on a descriptor FD the caller opened (for reading). The locks
 /// belong to FD's open file description, as QEMU's belong to its image
 /// descriptor; the handle keeps its own close-on-exec duplicate, so they last

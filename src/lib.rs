@@ -45,6 +45,7 @@ pub mod perm;
 pub mod protocol;
 pub mod qcow2;
 pub mod query;
+pub mod wait;
 
 pub use chain_lock::ChainLock;
 pub use error::{Conflict, ConflictKind, Error, HolderId, Result};

@@ -79,6 +79,21 @@ impl Lock {
         Lock::take(image, request, options, None)
     }
 
+    /// [`Lock::acquire`], trying again every 100 ms while the image is in
+    /// use (a conflict; with `refuse_unlocked_openers`, an opener without
+    /// locks) for up to `timeout`, as `fpl hold --wait` does. Any other
+    /// error returns at once; after the timeout, the last conflict, with
+    /// its holder named (unless `skip_holder_lookup`). Nothing is held
+    /// between tries.
+    pub fn acquire_within(
+        path: &Path,
+        request: Request,
+        options: Options,
+        timeout: std::time::Duration,
+    ) -> Result<Lock> {
+        crate::wait::retrying(timeout, options, |o| Lock::acquire(path, request, o))
+    }
+
     /// Takes the locks for `request` on an image libfpl opened itself
     /// ([`Image::open`]: a description of its own), as [`Lock::acquire`]
     /// does after opening. The chain lock locks the descriptors chain

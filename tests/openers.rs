@@ -327,3 +327,134 @@ fn a_chain_is_refused_beside_an_opener_of_any_member() {
     assert_eq!(held, [1, 1], "byte 100 on each member, as before");
     drop(qemu);
 }
+
+/// `fpl_acquire_wait(..., timeout_ms, ...)`.
+fn acquire_wait(
+    image: &Path,
+    mode: Mode,
+    flags: u32,
+    timeout_ms: u32,
+) -> (i32, *mut fpl_lock, fpl_error) {
+    let path = c_path(image);
+    let r = req(mode);
+    let mut lock = std::ptr::null_mut();
+    let mut err = new_error();
+    // SAFETY: valid pointers.
+    let rc = unsafe {
+        fpl_acquire_wait(
+            path.as_ptr(),
+            r.perm.bits(),
+            r.shared.bits(),
+            flags,
+            timeout_ms,
+            &mut lock,
+            &mut err,
+        )
+    };
+    (rc, lock, err)
+}
+
+/// The bounded wait of the libraries, against real qemu-io: it takes the
+/// image once qemu-io quits (and not before: it waited), gives up after
+/// its timeout with QEMU's message and the holder named, tries once for 0,
+/// returns other errors at once, waits beside an opener without locks with
+/// FPL_FLAG_NO_UNLOCKED_OPENERS (-EBUSY after the timeout), and with
+/// FPL_FLAG_CHAIN waits for any member.
+#[test]
+fn acquire_wait_waits_for_the_image_and_gives_up_with_the_last_conflict() {
+    let dir = TempDir::new("wait");
+    let image = raw_image(&dir, "vm.raw");
+    let opts = format!(
+        "driver=raw,file.driver=file,file.filename={}",
+        image.display()
+    );
+
+    // Gives up: the holder stays.
+    let writer = QemuIo::start(&opts, &image);
+    let started = Instant::now();
+    let (rc, _, err) = acquire_wait(&image, Mode::Write, 0, 300);
+    assert_eq!(rc, -libc::EAGAIN, "{}", message(&err));
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert_eq!(err.holder_pid, writer.pid(), "{}", message(&err));
+    assert!(
+        message(&err).starts_with(&format!(
+            "Failed to get shared \"write\" lock (held by qemu-io, pid {})",
+            writer.pid()
+        )),
+        "{}",
+        message(&err)
+    );
+    assert_eq!(ours(&image), 0, "nothing held after giving up");
+    // 0 tries once.
+    let (rc, _, _) = acquire_wait(&image, Mode::Write, FPL_FLAG_NO_HOLDER_LOOKUP, 0);
+    assert_eq!(rc, -libc::EAGAIN);
+
+    // Takes it once qemu-io quits, 400 ms in.
+    let quitter = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(400));
+        drop(writer);
+    });
+    let started = Instant::now();
+    let (rc, lock, err) = acquire_wait(&image, Mode::Write, 0, 20_000);
+    assert_eq!(rc, 0, "{}", message(&err));
+    assert!(started.elapsed() >= Duration::from_millis(400), "it waited");
+    quitter.join().expect("the thread ends");
+    assert!(ours(&image) > 0);
+    // SAFETY: a live handle, not used again.
+    assert_eq!(unsafe { fpl_release(lock) }, 0);
+
+    // Any other error at once.
+    let started = Instant::now();
+    let (rc, _, _) = acquire_wait(&dir.path().join("missing.raw"), Mode::Write, 0, 20_000);
+    assert_eq!(rc, -libc::ENOENT);
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "no wait for ENOENT"
+    );
+
+    // Beside an opener without locks: -EBUSY once the time is up.
+    let opener = QemuIo::start(&unlocked(&image), &image);
+    let (rc, _, err) = acquire_wait(&image, Mode::Write, FPL_FLAG_NO_UNLOCKED_OPENERS, 300);
+    assert_eq!(rc, -libc::EBUSY, "{}", message(&err));
+    assert_eq!(err.holder_pid, opener.pid());
+    assert_eq!(ours(&image), 0);
+    drop(opener);
+
+    // A chain waits for its base.
+    qemu_img(
+        dir.path(),
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            "vm.raw",
+            "-F",
+            "raw",
+            "top.qcow2",
+        ],
+    );
+    let top = dir.path().join("top.qcow2");
+    let base_writer = QemuIo::start(&opts, &image);
+    let (rc, _, err) = acquire_wait(&top, Mode::Read, FPL_FLAG_CHAIN, 200);
+    assert_eq!(rc, -libc::EAGAIN, "{}", message(&err));
+    assert!(
+        message(&err).ends_with(&format!(
+            "Is another process using the image [{}]?",
+            image.display()
+        )),
+        "{}",
+        message(&err)
+    );
+    drop(base_writer);
+    let (rc, lock, err) = acquire_wait(&top, Mode::Read, FPL_FLAG_CHAIN, 5_000);
+    assert_eq!(rc, 0, "{}", message(&err));
+    // SAFETY: a live handle, not used again.
+    assert_eq!(unsafe { fpl_release(lock) }, 0);
+
+    // The Rust API is the same wait.
+    let lock = Lock::acquire_within(&image, req(Mode::Write), Options::default(), Duration::ZERO)
+        .expect("free now");
+    lock.release().expect("release");
+}

@@ -39,7 +39,7 @@ from ._perm import MODES, Access, Format, HolderFlag, Mode, Perm, Role, StatusFl
 from ._query import Holder, Status, query, query_many
 
 #: The version of libfpl these bindings were written for.
-__version__ = "1.0.0"
+__version__ = "1.1.0"
 
 __all__ = [
     "MODES",
