@@ -281,6 +281,15 @@ impl Qmp {
         }
     }
 
+    /// Asks the VM to quit, without waiting for an answer; a VM whose QMP
+    /// is already gone (it exited: the caller's wait_exit says how) is no
+    /// error here. Seen once under a loaded host: the source of a completed
+    /// migration closed its socket before `quit` was written.
+    fn send_quit(&mut self) {
+        use std::io::Write;
+        let _ = writeln!(self.writer, "{}", serde_json::json!({"execute": "quit"}));
+    }
+
     fn ok(&mut self, command: &str, arguments: serde_json::Value) -> serde_json::Value {
         self.execute(command, arguments)
             .unwrap_or_else(|e| panic!("{}: {command}: {e}", self.what))
@@ -911,8 +920,11 @@ fn the_migration_window_is_granted_by_the_protocol_refused_by_the_opener_rule() 
     m.dst.proc.assert_running();
     // The source's R on top lasts until it exits.
     m.src.proc.assert_running();
-    m.src.qmp.ok("quit", serde_json::json!({}));
-    m.src.proc.wait_exit(Duration::from_secs(30));
+    m.src.qmp.send_quit();
+    let status = m.src.proc.wait_exit(Duration::from_secs(30));
+    if !status.success() {
+        eprintln!("the source VM ended with {status} (not by quit)");
+    }
     assert_eq!((held(&base), held(&top)), (RP.to_vec(), RWX.to_vec()));
     m.expect_dst("after the source quit", table::destination_active());
 }
