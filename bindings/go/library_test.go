@@ -12,7 +12,41 @@ import (
 	"fpl"
 )
 
-const withoutLibfpl = "TestWithoutLibfplEveryCallFailsWithErrNotInstalled"
+const (
+	withoutLibfpl = "TestWithoutLibfplEveryCallFailsWithErrNotInstalled"
+	firstUse      = "TestFirstUseFromManyGoroutinesLoadsLibfplOnce"
+)
+
+// FPL_TEST_FIRST_USE set: this process has not used libfpl yet, and many
+// goroutines start at once (under go test -race, the loading is checked
+// for data races). Without it, the test runs itself in such a process.
+func TestFirstUseFromManyGoroutinesLoadsLibfplOnce(t *testing.T) {
+	if os.Getenv("FPL_TEST_FIRST_USE") == "" {
+		cmd := exec.Command(os.Args[0], "-test.run=^"+firstUse+"$", "-test.v", "-test.count=1")
+		cmd.Env = append(os.Environ(), "FPL_TEST_FIRST_USE=1")
+		out, err := cmd.CombinedOutput()
+		if err != nil || !strings.Contains(string(out), "--- PASS: "+firstUse) {
+			t.Fatalf("%v:\n%s", err, out)
+		}
+		return
+	}
+	image := newImage(t)
+	var wg sync.WaitGroup
+	for i := 0; i < 16; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			if i%2 == 0 {
+				if v := fpl.Version(); v != fpl.HeaderVersion {
+					t.Errorf("Version() = %q, want %s", v, fpl.HeaderVersion)
+				}
+			} else if err := fpl.Check(image, fpl.Read); err != nil {
+				t.Error(err)
+			}
+		}(i)
+	}
+	wg.Wait()
+}
 
 // runWithoutLibfpl runs withoutLibfpl again in a process of its own, with
 // FPL_LIBRARY set to library and FPL_TEST_NO_LIBRARY to words the error
