@@ -332,7 +332,12 @@ typedef struct fpl_error {
    * conflict, QEMU's wording: `Failed to get "write" lock`, `Failed to get
    * shared "write" lock` or `Failed to lock byte 100`, then the holder
    * when known (` (held by qemu-io, pid 4410)`), then a newline and
-   * `Is another process using the image [PATH]?`. Cut at 255 bytes.
+   * `Is another process using the image [PATH]?`. For any other error,
+   * the path, what could not be done and the errno's name and text
+   * (`cannot open 'vm.qcow2': ENOENT: No such file or directory`): the
+   * whole story, so printing strerror beside it says the errno twice.
+   * At most 255 bytes: a longer message (a long path) is cut at a
+   * character boundary and ends in `...`.
    */
   char message[FPL_MESSAGE_SIZE];
   /**
@@ -566,6 +571,9 @@ int fpl_update(struct fpl_lock *lock,
  * no-op returning 0. Returns a negative errno if unlocking failed (the
  * message is not available: closing the descriptor then drops the bytes
  * unless another process has a copy); the handle is freed all the same.
+ * Not async-signal-safe (it frees memory): a signal handler that must let
+ * go of the image should end the process (`_exit` closes the descriptor,
+ * which drops the locks) or tell a thread to release.
  *
  * # Safety
  * LOCK: NULL or a live handle, never used again afterwards. Any thread.
