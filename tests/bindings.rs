@@ -1,8 +1,9 @@
 //! The Python and Go bindings, tested the way their users would use them:
 //! the Python package pip-installed into a virtual environment and run by
-//! pytest, the Go package built by cgo through `pkg-config fpl` after
-//! `make install`, each against real QEMU processes holding images.
-//! Everything they download or cache stays under target/.
+//! pytest, the Go package built by cgo with no libfpl installed (it loads
+//! libfpl.so.1 when first used), each against real QEMU processes holding
+//! images. What pip downloads or caches stays under target/; Go's caches
+//! are new for each run.
 
 mod common;
 mod support;
@@ -11,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::{libfpl_dir, TempDir};
-use support::{cargo_toml_version, make, readme_block, require, root, run, stdout};
+use support::{cargo_toml_version, readme_block, require, root, run, stdout};
 
 /// A virtual environment under target/ with pytest and mypy, made once and
 /// then reused.
@@ -120,52 +121,107 @@ fn python_package_installs_with_pip_and_passes_pytest_against_qemu() {
     );
 }
 
-/// The environment for go: caches under target/, no network, cgo on, and
-/// pkg-config seeing only the fpl.pc installed under PREFIX.
-fn go(prefix: &Path, args: &[&str]) -> Command {
+/// go with nothing of libfpl in sight: no pkg-config (a failing one), no
+/// -I, -L or library path, no FPL_LIBRARY. Its build cache and GOPATH are
+/// TMP's, new for each run: no answer from another run or checkout can be
+/// reused (a shared cache once kept link flags naming a deleted temporary
+/// prefix, and a second run failed with `cannot find -lfpl`).
+fn go(tmp: &Path, args: &[&str]) -> Command {
     let go = require("go", "apt-get install golang-go");
-    require("pkg-config", "apt-get install pkg-config");
-    let cache = root().join("target").join("go");
     let mut cmd = Command::new(go);
     cmd.args(args)
         .current_dir(root().join("bindings/go"))
-        .env("GOPATH", cache.join("path"))
-        .env("GOCACHE", cache.join("cache"))
-        .env("GOFLAGS", "-mod=mod")
+        .env("GOCACHE", tmp.join("go-cache"))
+        .env("GOPATH", tmp.join("go-path"))
+        .env("GOENV", "off")
+        .env("GOWORK", "off")
+        .env("GOFLAGS", "-mod=mod -modcacherw")
         .env("GOPROXY", "off")
         .env("GOTOOLCHAIN", "local")
         .env("GO111MODULE", "on")
         .env("CGO_ENABLED", "1")
-        // go's build cache keys a cgo package on the CGO_* variables, not on
-        // pkg-config's output nor on headers outside the package: without
-        // the prefix named here, a second run (a new temporary prefix)
-        // reuses the package built against the last one, its fpl.h and its
-        // deleted -L folder.
-        .env(
-            "CGO_CFLAGS",
-            format!("-O2 -g -I{}", prefix.join("include").display()),
-        )
-        .env(
-            "CGO_LDFLAGS",
-            format!("-O2 -g -L{}", prefix.join("lib").display()),
-        )
-        .env("PKG_CONFIG_LIBDIR", prefix.join("lib/pkgconfig"))
-        .env_remove("PKG_CONFIG_PATH")
-        .env_remove("PKG_CONFIG_SYSROOT_DIR")
-        .env("LD_LIBRARY_PATH", prefix.join("lib"))
-        .env("FPL_EXPECTED_VERSION", cargo_toml_version());
+        .env("TMPDIR", tmp)
+        .env("PKG_CONFIG", "false");
+    for var in [
+        "CGO_CFLAGS",
+        "CGO_CPPFLAGS",
+        "CGO_LDFLAGS",
+        "CPATH",
+        "C_INCLUDE_PATH",
+        "LIBRARY_PATH",
+        "LD_LIBRARY_PATH",
+        "PKG_CONFIG_PATH",
+        "PKG_CONFIG_LIBDIR",
+        "FPL_LIBRARY",
+        "FPL_TEST_NO_LIBRARY",
+    ] {
+        cmd.env_remove(var);
+    }
     cmd
 }
 
+/// Fails unless the executable at PATH was linked with nothing of libfpl:
+/// no NEEDED libfpl, no undefined fpl_ symbol.
+fn assert_links_no_libfpl(path: &Path) {
+    let readelf = require("readelf", "apt-get install binutils");
+    let out = stdout(&run(Command::new(readelf)
+        .args(["-d", "--dyn-syms", "-W"])
+        .arg(path)));
+    for line in out.lines() {
+        let needs = line.contains("(NEEDED)") && line.contains("libfpl");
+        // The name may carry its version: fpl_version@LIBFPL_1.0 (4).
+        let undefined =
+            line.contains(" UND ") && line.split_whitespace().any(|name| name.starts_with("fpl_"));
+        assert!(!needs && !undefined, "{path:?} links libfpl: {line}");
+    }
+}
+
+/// Runs the Go test binary TEST in the package's folder; fails unless it
+/// passes every test it runs, without skipping one. Returns its report.
+fn go_test_binary(test: &Path, tmp: &Path, args: &[&str], env: &[(&str, &Path)]) -> String {
+    let mut cmd = Command::new(test);
+    cmd.args(["-test.v", "-test.count=1"])
+        .args(args)
+        .current_dir(root().join("bindings/go"))
+        .env("TMPDIR", tmp)
+        .env("FPL_EXPECTED_VERSION", cargo_toml_version())
+        .env_remove("FPL_LIBRARY")
+        .env_remove("FPL_TEST_NO_LIBRARY")
+        .env_remove("LD_LIBRARY_PATH");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("the Go test binary runs");
+    let report = stdout(&out);
+    println!("{report}");
+    assert!(
+        out.status.success(),
+        "go test failed ({env:?}):\n{report}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !report.contains("--- SKIP") && !report.contains("--- FAIL"),
+        "{report}"
+    );
+    report
+}
+
 #[test]
-fn go_package_builds_through_pkg_config_and_passes_go_test_against_qemu() {
+fn go_package_builds_without_libfpl_and_passes_go_test_against_qemu() {
     let tmp = TempDir::new("go");
-    let prefix = tmp.path().join("usr");
-    make("install", &[("PREFIX", &prefix)]);
+    let pkg = root().join("bindings/go");
+
+    // The package carries the header it is compiled with (a user building
+    // it from a module cache has no include/): the repository's, unchanged.
+    assert!(
+        std::fs::read(pkg.join("fpl.h")).unwrap()
+            == std::fs::read(root().join("include/fpl.h")).unwrap(),
+        "bindings/go/fpl.h differs from include/fpl.h: cp include/fpl.h bindings/go/fpl.h"
+    );
 
     // The README's example is the example program, as written.
     assert_eq!(
-        std::fs::read_to_string(root().join("bindings/go/example/main.go")).unwrap(),
+        std::fs::read_to_string(pkg.join("example/main.go")).unwrap(),
         readme_block("## Using it from Go", "go"),
         "bindings/go/example/main.go and the README's Go example differ"
     );
@@ -175,52 +231,116 @@ fn go_package_builds_through_pkg_config_and_passes_go_test_against_qemu() {
         "apt-get install golang-go",
     ))
     .arg("-l")
-    .arg(root().join("bindings/go"))));
+    .arg(&pkg)));
     assert_eq!(unformatted, "", "gofmt would change these files");
-    run(&mut go(&prefix, &["vet", "./..."]));
 
-    let out = go(&prefix, &["test", "-count=1", "-v", "./..."])
-        .env("TMPDIR", tmp.path())
-        .output()
-        .expect("go test runs");
-    let report = stdout(&out);
-    println!("{report}");
-    assert!(
-        out.status.success(),
-        "go test failed:\n{report}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    // Built with no libfpl installed: cgo and the C library only.
+    run(&mut go(tmp.path(), &["vet", "./..."]));
+    run(&mut go(tmp.path(), &["build", "./..."]));
+    let test = tmp.path().join("fpl.test");
+    run(go(tmp.path(), &["test", "-c", "-o"]).arg(&test).arg("."));
+    assert_links_no_libfpl(&test);
+
+    // Against the built library, named by FPL_LIBRARY, with real QEMU
+    // holders.
+    let lib = libfpl_dir().join("libfpl.so.1");
+    let report = go_test_binary(&test, tmp.path(), &[], &[("FPL_LIBRARY", &lib)]);
     let passed = report.lines().filter(|l| l.starts_with("--- PASS")).count();
     assert!(passed >= 10, "only {passed} Go tests passed:\n{report}");
     assert!(
-        !report.contains("--- SKIP") && !report.contains("--- FAIL"),
+        report.contains("--- PASS: TestWithoutLibfplEveryCallFailsWithErrNotInstalled"),
+        "{report}"
+    );
+
+    // Loading on first use from many goroutines, and using libfpl from
+    // them, under the race detector.
+    let out = run(go(
+        tmp.path(),
+        &[
+            "test",
+            "-race",
+            "-count=1",
+            "-v",
+            "-run=^(TestFirstUseFromManyGoroutinesLoadsLibfplOnce|TestGoroutines|TestWithoutLibfplEveryCallFailsWithErrNotInstalled)$",
+            ".",
+        ],
+    )
+    .env("FPL_LIBRARY", &lib));
+    let report = stdout(&out);
+    assert_eq!(
+        report.lines().filter(|l| l.starts_with("--- PASS")).count(),
+        3,
+        "{report}"
+    );
+
+    // Against none: neither FPL_LIBRARY nor the loader finds a libfpl.so.1.
+    let report = go_test_binary(
+        &test,
+        tmp.path(),
+        &["-test.run=^TestWithoutLibfplEveryCallFailsWithErrNotInstalled$"],
+        &[(
+            "FPL_TEST_NO_LIBRARY",
+            Path::new("No such file or directory"),
+        )],
+    );
+    assert!(
+        report.contains("--- PASS: TestWithoutLibfplEveryCallFailsWithErrNotInstalled"),
         "{report}"
     );
 
     // A module of the user's own uses the package as the README says:
-    // `go mod edit -require=fpl@v0.0.0 -replace=fpl=/path/to/libfpl/bindings/go`.
+    // `go mod edit -require=fpl@v0.0.0 -replace=fpl=/path/to/libfpl/bindings/go`,
+    // here a copy of it away from the repository, as in a module cache.
     let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
     assert!(readme
         .contains("go mod edit -require=fpl@v0.0.0 -replace=fpl=/path/to/libfpl/bindings/go\n"));
+    let module = tmp.path().join("fpl-module");
+    std::fs::create_dir(&module).unwrap();
+    for entry in std::fs::read_dir(&pkg).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            std::fs::copy(&path, module.join(path.file_name().unwrap())).unwrap();
+        }
+    }
     let app = tmp.path().join("app");
     std::fs::create_dir(&app).unwrap();
-    std::fs::copy(
-        root().join("bindings/go/example/main.go"),
-        app.join("main.go"),
+    std::fs::copy(pkg.join("example/main.go"), app.join("main.go")).unwrap();
+    run(go(tmp.path(), &["mod", "init", "example.org/app"]).current_dir(&app));
+    let replace = format!("-replace=fpl={}", module.display());
+    run(go(
+        tmp.path(),
+        &["mod", "edit", "-require=fpl@v0.0.0", &replace],
     )
-    .unwrap();
-    run(go(&prefix, &["mod", "init", "example.org/app"]).current_dir(&app));
-    let replace = format!("-replace=fpl={}", root().join("bindings/go").display());
-    run(go(&prefix, &["mod", "edit", "-require=fpl@v0.0.0", &replace]).current_dir(&app));
-    run(go(&prefix, &["build", "-o", "app", "."]).current_dir(&app));
+    .current_dir(&app));
+    run(go(tmp.path(), &["build", "-o", "app", "."]).current_dir(&app));
+    assert_links_no_libfpl(&app.join("app"));
+
+    // libfpl.so.1 found by the dynamic loader, without FPL_LIBRARY.
     let vm = support::qemu_img_create(&app, "vm.qcow2");
     let out = run(Command::new(app.join("app"))
         .current_dir(&app)
-        .env("LD_LIBRARY_PATH", prefix.join("lib")));
+        .env_remove("FPL_LIBRARY")
+        .env("LD_LIBRARY_PATH", libfpl_dir()));
     assert!(
         stdout(&out).starts_with("held by app (pid "),
         "{}",
         stdout(&out)
     );
     assert!(fpl::query(&vm, false).unwrap().held.is_empty());
+
+    // Without it, the program is told what to install.
+    let out = Command::new(app.join("app"))
+        .current_dir(&app)
+        .env_remove("FPL_LIBRARY")
+        .env_remove("LD_LIBRARY_PATH")
+        .output()
+        .expect("the example runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.starts_with("fpl: cannot load libfpl.so.1 (dlopen: libfpl.so.1: ")
+            && stderr.contains("make install")
+            && stderr.contains("FPL_LIBRARY"),
+        "{stderr}"
+    );
 }

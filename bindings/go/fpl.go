@@ -1,7 +1,9 @@
 // Package fpl takes, changes, tests and inspects the locks QEMU puts on disk
 // images (its file-posix byte-range locking protocol), exactly as QEMU does,
-// and names the processes holding an image. It wraps libfpl, found with
-// pkg-config: install libfpl first (make install).
+// and names the processes holding an image. It wraps libfpl, loaded on
+// first use: building needs cgo and the C library only, running needs
+// libfpl.so.1 (see Load; without it, every call returns an error wrapping
+// ErrNotInstalled).
 //
 //	lock, err := fpl.Acquire("vm.qcow2", fpl.Write)
 //	if errors.Is(err, syscall.EAGAIN) {
@@ -23,13 +25,13 @@
 // Mode with NoUnlockedOpeners set refuses beside them with an *Error
 // wrapping syscall.EBUSY.
 //
-// The bindings speak libfpl's ABI 1 (libfpl.so.1).
+// The bindings speak libfpl's ABI 1 (libfpl.so.1), declared by the copy
+// of libfpl's fpl.h they carry.
 package fpl
 
 /*
-#cgo pkg-config: fpl
 #include <stdlib.h>
-#include <fpl.h>
+#include "fpl.h"
 */
 import "C"
 
@@ -44,7 +46,7 @@ import (
 )
 
 // ABI 1's sizes of the structures the caller allocates (libfpl writes into
-// them): building against another fpl.h fails here rather than corrupting
+// them): building with another fpl.h fails here rather than corrupting
 // memory at run time.
 const (
 	errorSize  = 304
@@ -187,13 +189,14 @@ var ErrReleased = errors.New("fpl: lock already released")
 // several goroutines.
 type Lock struct {
 	mu   sync.Mutex
+	lib  *library
 	c    *C.fpl_lock
 	path string
 	mode Mode
 }
 
-func newLock(c *C.fpl_lock, path string, mode Mode) *Lock {
-	l := &Lock{c: c, path: path, mode: mode}
+func newLock(lib *library, c *C.fpl_lock, path string, mode Mode) *Lock {
+	l := &Lock{lib: lib, c: c, path: path, mode: mode}
 	// Like an *os.File, a lock that is no longer reachable is released.
 	runtime.SetFinalizer(l, (*Lock).Release)
 	return l
@@ -203,28 +206,36 @@ func newLock(c *C.fpl_lock, path string, mode Mode) *Lock {
 // roll back on conflict. A conflict is an *Error wrapping syscall.EAGAIN,
 // with nothing left held.
 func Acquire(path string, mode Mode) (*Lock, error) {
+	lib, err := libfpl()
+	if err != nil {
+		return nil, err
+	}
 	cpath := C.CString(path)
 	defer C.free(unsafe.Pointer(cpath))
 	var c *C.fpl_lock
-	var err C.fpl_error
-	if rc := C.fpl_acquire(cpath, C.uint32_t(mode.Perm), C.uint32_t(mode.Shared), mode.flags(), &c, &err); rc != 0 {
-		return nil, newError("acquire", path, rc, &err)
+	var e C.fpl_error
+	if rc := lib.acquire(cpath, C.uint32_t(mode.Perm), C.uint32_t(mode.Shared), mode.flags(), &c, &e); rc != 0 {
+		return nil, newError("acquire", path, rc, &e)
 	}
-	return newLock(c, path, mode), nil
+	return newLock(lib, c, path, mode), nil
 }
 
 // AcquireFile takes the locks on the open file description of f (opened for
 // reading). The lock keeps its own duplicate of the descriptor, so closing
 // f does not release it.
 func AcquireFile(f *os.File, mode Mode) (*Lock, error) {
+	lib, err := libfpl()
+	if err != nil {
+		return nil, err
+	}
 	var c *C.fpl_lock
-	var err C.fpl_error
-	rc := C.fpl_acquire_fd(C.int(f.Fd()), C.uint32_t(mode.Perm), C.uint32_t(mode.Shared), mode.flags(), &c, &err)
+	var e C.fpl_error
+	rc := lib.acquireFD(C.int(f.Fd()), C.uint32_t(mode.Perm), C.uint32_t(mode.Shared), mode.flags(), &c, &e)
 	runtime.KeepAlive(f)
 	if rc != 0 {
-		return nil, newError("acquire", f.Name(), rc, &err)
+		return nil, newError("acquire", f.Name(), rc, &e)
 	}
-	return newLock(c, f.Name(), mode), nil
+	return newLock(lib, c, f.Name(), mode), nil
 }
 
 // Update changes the lock to mode (QEMU's prepare / commit / abort). On
@@ -239,7 +250,7 @@ func (l *Lock) Update(mode Mode) error {
 	}
 	mode.Chain = l.mode.Chain
 	var err C.fpl_error
-	if rc := C.fpl_update(l.c, C.uint32_t(mode.Perm), C.uint32_t(mode.Shared), mode.flags(), &err); rc != 0 {
+	if rc := l.lib.update(l.c, C.uint32_t(mode.Perm), C.uint32_t(mode.Shared), mode.flags(), &err); rc != 0 {
 		return newError("update", l.path, rc, &err)
 	}
 	l.mode = mode
@@ -268,7 +279,7 @@ func (l *Lock) Verify() error {
 		return ErrReleased
 	}
 	var err C.fpl_error
-	if rc := C.fpl_verify(l.c, &err); rc != 0 {
+	if rc := l.lib.verify(l.c, &err); rc != 0 {
 		return newError("verify", l.path, rc, &err)
 	}
 	return nil
@@ -282,7 +293,7 @@ func (l *Lock) Release() error {
 	if l.c == nil {
 		return ErrReleased
 	}
-	rc := C.fpl_release(l.c)
+	rc := l.lib.release(l.c)
 	l.c = nil
 	runtime.SetFinalizer(l, nil)
 	if rc != 0 {
@@ -294,11 +305,15 @@ func (l *Lock) Release() error {
 // Check tells whether Acquire(path, mode) would succeed now, taking
 // nothing: nil if it would, else the error Acquire would return.
 func Check(path string, mode Mode) error {
+	lib, err := libfpl()
+	if err != nil {
+		return err
+	}
 	cpath := C.CString(path)
 	defer C.free(unsafe.Pointer(cpath))
-	var err C.fpl_error
-	if rc := C.fpl_check(cpath, C.uint32_t(mode.Perm), C.uint32_t(mode.Shared), mode.flags(), &err); rc != 0 {
-		return newError("check", path, rc, &err)
+	var e C.fpl_error
+	if rc := lib.check(cpath, C.uint32_t(mode.Perm), C.uint32_t(mode.Shared), mode.flags(), &e); rc != 0 {
+		return newError("check", path, rc, &e)
 	}
 	return nil
 }
@@ -447,6 +462,10 @@ func Query(path string, holders bool) (Status, error) {
 
 // QueryWith is Query with openers, or other things to look for.
 func QueryWith(path string, what Inspect) (Status, error) {
+	lib, err := libfpl()
+	if err != nil {
+		return Status{}, err
+	}
 	cpath := C.CString(path)
 	defer C.free(unsafe.Pointer(cpath))
 	flags := what.flags()
@@ -456,14 +475,14 @@ func QueryWith(path string, what Inspect) (Status, error) {
 	}
 	for {
 		var st C.fpl_status
-		var err C.fpl_error
+		var e C.fpl_error
 		buf := make([]C.fpl_holder, n)
 		var first *C.fpl_holder
 		if n > 0 {
 			first = &buf[0]
 		}
-		if rc := C.fpl_query(cpath, flags, &st, first, C.size_t(n), &err); rc != 0 {
-			return Status{}, newError("query", path, rc, &err)
+		if rc := lib.query(cpath, flags, &st, first, C.size_t(n), &e); rc != 0 {
+			return Status{}, newError("query", path, rc, &e)
 		}
 		// Holders come and go between calls: ask again until all fit.
 		if int(st.n_holders) > n {
@@ -498,6 +517,13 @@ func QueryManyWith(paths []string, what Inspect) []QueryResult {
 	if n == 0 {
 		return out
 	}
+	lib, loadErr := libfpl()
+	if loadErr != nil {
+		for i := range out {
+			out[i].Err = loadErr
+		}
+		return out
+	}
 	cpaths := make([]*C.char, n)
 	for i, p := range paths {
 		cpaths[i] = C.CString(p)
@@ -519,7 +545,7 @@ func QueryManyWith(paths []string, what Inspect) []QueryResult {
 			first = &buf[0]
 		}
 		var total C.size_t
-		rc := C.fpl_query_many(&cpaths[0], C.size_t(n), flags, &statuses[0], &results[0],
+		rc := lib.queryMany(&cpaths[0], C.size_t(n), flags, &statuses[0], &results[0],
 			first, C.size_t(capacity), &total, &err)
 		if rc != 0 && !contains(results, C.int32_t(rc)) {
 			// A bad argument: nothing was inspected.
@@ -639,16 +665,20 @@ type Member struct {
 // ...`, wrapping ENOENT); a loop or a chain too deep wraps ELOOP, a
 // malformed header EINVAL, a format libfpl does not follow ENOTSUP.
 func Chain(path string, mode Mode) ([]Member, error) {
+	lib, err := libfpl()
+	if err != nil {
+		return nil, err
+	}
 	cpath := C.CString(path)
 	defer C.free(unsafe.Pointer(cpath))
 	capacity := 8
 	for {
 		buf := make([]C.fpl_member, capacity)
 		var n C.size_t
-		var err C.fpl_error
-		if rc := C.fpl_chain(cpath, C.uint32_t(mode.Perm), C.uint32_t(mode.Shared), mode.flags(),
-			&buf[0], C.size_t(capacity), &n, &err); rc != 0 {
-			return nil, newError("chain", path, rc, &err)
+		var e C.fpl_error
+		if rc := lib.chain(cpath, C.uint32_t(mode.Perm), C.uint32_t(mode.Shared), mode.flags(),
+			&buf[0], C.size_t(capacity), &n, &e); rc != 0 {
+			return nil, newError("chain", path, rc, &e)
 		}
 		// The headers may change between calls: ask until all fit.
 		if int(n) > capacity {
@@ -667,8 +697,15 @@ func Chain(path string, mode Mode) ([]Member, error) {
 	}
 }
 
-// Version is the loaded libfpl's version, e.g. "1.0.0".
-func Version() string { return C.GoString(C.fpl_version()) }
+// Version is the loaded libfpl's version, e.g. "1.0.0", or "" if libfpl
+// cannot be loaded (Load says why).
+func Version() string {
+	lib, err := libfpl()
+	if err != nil {
+		return ""
+	}
+	return lib.version()
+}
 
 // HeaderVersion is the version of the fpl.h these bindings were built with.
 const HeaderVersion = C.FPL_VERSION_STRING

@@ -95,6 +95,9 @@ func conflict(t *testing.T, err error) *fpl.Error {
 }
 
 func TestVersion(t *testing.T) {
+	if err := fpl.Load(); err != nil {
+		t.Fatal(err)
+	}
 	if fpl.Version() != fpl.HeaderVersion {
 		t.Fatalf("library %s, header %s", fpl.Version(), fpl.HeaderVersion)
 	}
