@@ -28,6 +28,11 @@ for them::
     print([h.pid for h in status.openers])
     fpl.acquire("vm.raw", mode="write", no_unlocked_openers=True)  # fpl.Opened
 
+Permission sets (``perm=``, ``shared=``) are :class:`Perm` values, sets of
+them, or ``Perm.CONSISTENT_READ | Perm.WRITE``; they print as the ``fpl``
+command's words (``consistent-read,write``). ``Status.in_use`` is true
+while anybody holds a byte of QEMU's protocol.
+
 The library is loaded on first use: from the path in the ``FPL_LIBRARY``
 environment variable if set, else as ``libfpl.so.1`` by the system's loader.
 """
