@@ -5,6 +5,9 @@ a libfpl error."""
 from __future__ import annotations
 
 import itertools
+import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Iterator, List
 
@@ -118,3 +121,15 @@ def test_in_use_is_any_protocol_byte_held(image: Path, qemu_holding: HoldImage) 
     assert (str(status.perm), str(status.unshared)) == ("consistent-read", "write,resize")
     texts: List[str] = [f"{h.name} {h.access} {h.perm}" for h in status.holders]
     assert texts == ["qemu-io read consistent-read"]
+
+
+def test_bindings_readme_example_runs_as_written(tmp_path: Path) -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    example = re.findall(r"```python\n(.*?)```", readme, re.S)[-1]
+    assert "perm={fpl.Perm.CONSISTENT_READ}" in example
+    (tmp_path / "vm.qcow2").write_bytes(b"")
+    ran = subprocess.run(
+        [sys.executable, "-c", example], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout == "consistent-read all\nTrue\n"

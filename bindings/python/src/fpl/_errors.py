@@ -18,7 +18,11 @@ class Error(OSError):
     path), ``filename`` the path when there is one.
 
     Also an instance of the built-in class for its errno, so
-    ``except FileNotFoundError`` works as it does for ``open()``."""
+    ``except FileNotFoundError`` works as it does for ``open()``.
+
+    The first call also raises it when libfpl.so.1 cannot be found
+    (``errno.ENOENT``, the message saying what to install or set) or
+    cannot be used (``errno.ELIBBAD``: not loadable, another ABI)."""
 
     def __str__(self) -> str:
         return str(self.strerror)
