@@ -13,8 +13,9 @@ use std::process::Command;
 use common::{libfpl_dir, TempDir};
 use support::{cargo_toml_version, make, readme_block, require, root, run, stdout};
 
-/// A virtual environment under target/ with pytest and mypy, made once and
-/// then reused.
+/// A virtual environment under target/ with pytest and mypy (and what
+/// mypy needs to check setup.py: setuptools 70.1 or later and its stubs),
+/// made once and then reused.
 fn python_venv() -> PathBuf {
     let python3 = require("python3", "apt-get install python3 python3-venv");
     let venv = root().join("target").join("python-venv");
@@ -32,11 +33,22 @@ fn python_venv() -> PathBuf {
         );
     }
     let has_tools = Command::new(&python)
-        .args(["-c", "import pytest, mypy"])
+        .args([
+            "-c",
+            "import pytest, mypy, setuptools.command.bdist_wheel, importlib.metadata as m; \
+             m.version('types-setuptools')",
+        ])
         .output()
         .is_ok_and(|o| o.status.success());
     if !has_tools {
-        run(pip(&python).args(["install", "--quiet", "pytest", "mypy"]));
+        run(pip(&python).args([
+            "install",
+            "--quiet",
+            "pytest",
+            "mypy",
+            "setuptools>=70.1",
+            "types-setuptools",
+        ]));
     }
     python
 }
@@ -114,11 +126,12 @@ fn python_package_installs_with_pip_and_passes_pytest_against_qemu() {
     // The installed package carries its type information.
     assert!(package.join("py.typed").is_file());
 
-    // The type hints are complete and consistent.
+    // The type hints are complete and consistent (the build step's too).
     run(Command::new(&python)
         .args(["-m", "mypy", "--strict", "--cache-dir"])
         .arg(root().join("target/mypy-cache"))
         .arg(pkg.join("src/fpl"))
+        .arg(pkg.join("setup.py"))
         .arg(pkg.join("tests"))
         .current_dir(&pkg));
 
