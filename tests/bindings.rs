@@ -14,8 +14,9 @@ use std::process::Command;
 use common::{libfpl_dir, TempDir};
 use support::{cargo_toml_version, readme_block, require, root, run, stdout};
 
-/// A virtual environment under target/ with pytest and mypy, made once and
-/// then reused.
+/// A virtual environment under target/ with pytest and mypy (and what
+/// mypy needs to check setup.py: setuptools 70.1 or later and its stubs),
+/// made once and then reused.
 fn python_venv() -> PathBuf {
     let python3 = require("python3", "apt-get install python3 python3-venv");
     let venv = root().join("target").join("python-venv");
@@ -33,11 +34,22 @@ fn python_venv() -> PathBuf {
         );
     }
     let has_tools = Command::new(&python)
-        .args(["-c", "import pytest, mypy"])
+        .args([
+            "-c",
+            "import pytest, mypy, setuptools.command.bdist_wheel, importlib.metadata as m; \
+             m.version('types-setuptools')",
+        ])
         .output()
         .is_ok_and(|o| o.status.success());
     if !has_tools {
-        run(pip(&python).args(["install", "--quiet", "pytest", "mypy"]));
+        run(pip(&python).args([
+            "install",
+            "--quiet",
+            "pytest",
+            "mypy",
+            "setuptools>=70.1",
+            "types-setuptools",
+        ]));
     }
     python
 }
@@ -63,19 +75,42 @@ fn python_package_installs_with_pip_and_passes_pytest_against_qemu() {
         "bindings/python/pyproject.toml's version is not {version}"
     );
 
-    // pip builds and installs it (pure Python: no compiler involved).
+    // `pip wheel` builds a wheel carrying libfpl.so.1 (setup.py runs cargo
+    // build --release --lib), tagged for this platform, any Python 3.
+    let tmp = TempDir::new("python");
+    let wheels = tmp.path().join("wheels");
+    run(pip(&python)
+        .args(["wheel", "--quiet", "--no-deps", "-w"])
+        .arg(&wheels)
+        .arg(&pkg));
+    let built: Vec<PathBuf> = std::fs::read_dir(&wheels)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    let wheel_name = format!(
+        "libfpl-{version}-py3-none-{}_{}.whl",
+        std::env::consts::OS,
+        std::env::consts::ARCH
+    );
+    assert_eq!(
+        built,
+        [wheels.join(&wheel_name)],
+        "pip wheel built {built:?}"
+    );
+
+    // `pip install` does the same and installs it.
     run(pip(&python)
         .args(["install", "--quiet", "--force-reinstall", "--no-deps"])
         .arg(&pkg));
-    let tmp = TempDir::new("python");
     let lib = libfpl_dir().join("libfpl.so.1");
     let out = run(Command::new(&python)
         .args([
             "-c",
-            "import fpl; print(fpl.__file__); print(fpl.__version__)",
+            "import fpl; print(fpl.__file__); print(fpl.__version__); print(fpl.version())",
         ])
         .current_dir(tmp.path())
-        .env("FPL_LIBRARY", &lib));
+        .env_remove("FPL_LIBRARY")
+        .env_remove("LD_LIBRARY_PATH"));
     let text = stdout(&out);
     let mut lines = text.lines();
     let installed = lines.next().unwrap_or_default();
@@ -85,14 +120,19 @@ fn python_package_installs_with_pip_and_passes_pytest_against_qemu() {
         "fpl imported from {installed}, not from the virtual environment"
     );
     assert_eq!(lines.next(), Some(version.as_str()));
+    // ... and the library it loaded with no help, its own copy, is too.
+    assert_eq!(lines.next(), Some(version.as_str()));
+    let package = Path::new(installed).parent().unwrap();
+    assert!(package.join("_lib/libfpl.so.1").is_file());
     // The installed package carries its type information.
-    assert!(Path::new(installed).with_file_name("py.typed").is_file());
+    assert!(package.join("py.typed").is_file());
 
-    // The type hints are complete and consistent.
+    // The type hints are complete and consistent (the build step's too).
     run(Command::new(&python)
         .args(["-m", "mypy", "--strict", "--cache-dir"])
         .arg(root().join("target/mypy-cache"))
         .arg(pkg.join("src/fpl"))
+        .arg(pkg.join("setup.py"))
         .arg(pkg.join("tests"))
         .current_dir(&pkg));
 
@@ -101,7 +141,12 @@ fn python_package_installs_with_pip_and_passes_pytest_against_qemu() {
         .arg(tmp.path().join("pytest"))
         .arg(pkg.join("tests"))
         .current_dir(&pkg)
-        .env("FPL_LIBRARY", &lib)
+        // The suite runs on the package's own copy of libfpl, as users do;
+        // the debug build is the other library the lookup tests load.
+        .env_remove("FPL_LIBRARY")
+        .env_remove("LD_LIBRARY_PATH")
+        .env("FPL_TEST_LIBRARY", &lib)
+        .env("FPL_WHEEL", wheels.join(&wheel_name))
         .env("FPL_EXPECTED_VERSION", &version)
         .env("FPL_HEADER", root().join("include/fpl.h"))
         .env("PYTHONDONTWRITEBYTECODE", "1")

@@ -186,10 +186,11 @@ def test_errors_are_oserrors_with_errno(tmp_path: Path, image: Path) -> None:
         fpl.query(tmp_path)
     assert isinstance(isdir.value, fpl.Error) and isdir.value.errno == errno.EISDIR
 
-    with pytest.raises(fpl.Error) as inval:
+    # Bits that are no permission are the caller's mistake, caught before
+    # libfpl is asked (test_perm.py has the rest).
+    with pytest.raises(ValueError) as inval:
         fpl.check(image, perm=0x10, shared=0)
-    assert inval.value.errno == errno.EINVAL
-    assert not isinstance(inval.value, fpl.Conflict)
+    assert not isinstance(inval.value, fpl.Error)
 
     with pytest.raises(ValueError):
         fpl.acquire(image, mode="writ")  # type: ignore[arg-type]
@@ -266,27 +267,6 @@ def _run_python(code: str, env: Dict[str, str], cwd: Path) -> "subprocess.Comple
     )
 
 
-def test_library_is_found_by_soname_or_fpl_library(tmp_path: Path) -> None:
-    built = os.environ.get("FPL_LIBRARY")
-    assert built, "run with FPL_LIBRARY set to the built libfpl.so.1"
-    base = {k: v for k, v in os.environ.items() if k not in ("FPL_LIBRARY", "LD_LIBRARY_PATH")}
-    code = "import fpl; print(fpl.version())"
-
-    # No FPL_LIBRARY: the loader finds libfpl.so.1 on LD_LIBRARY_PATH.
-    found = _run_python(code, dict(base, LD_LIBRARY_PATH=str(Path(built).parent)), tmp_path)
-    assert found.returncode == 0, found.stderr
-    assert found.stdout.strip() == fpl.version()
-
-    # An explicit FPL_LIBRARY that does not exist is an error, never a fallback.
-    wrong = _run_python(
-        code,
-        dict(base, FPL_LIBRARY=str(tmp_path / "libfpl.so.1"), LD_LIBRARY_PATH=str(Path(built).parent)),
-        tmp_path,
-    )
-    assert wrong.returncode != 0
-    assert str(tmp_path / "libfpl.so.1") in wrong.stderr
-
-
 def test_a_libfpl_of_another_abi_is_refused_by_name(tmp_path: Path) -> None:
     """A libfpl.so.0 (no fpl_chain) or a future 2.x is refused when loaded,
     naming the library and the SONAME these bindings need, rather than
@@ -298,7 +278,14 @@ def test_a_libfpl_of_another_abi_is_refused_by_name(tmp_path: Path) -> None:
     v0 = ["fpl_acquire", "fpl_acquire_fd", "fpl_update", "fpl_release", "fpl_check",
           "fpl_query", "fpl_query_many"]
     v1 = v0 + ["fpl_chain", "fpl_verify"]
-    code = "import fpl; fpl.version()"
+    code = (
+        "import errno, fpl\n"
+        "try:\n"
+        "    fpl.version()\n"
+        "except fpl.Error as e:\n"
+        "    print(e.errno == errno.ELIBBAD, e.filename)\n"
+        "    raise\n"
+    )
     for name, functions, version, expected in (
         ("libfpl-v0.so", v0, "0.1.0", "lacks fpl_chain: not a libfpl.so.1"),
         ("libfpl-v2.so", v1, "2.0.0", "is libfpl 2.0.0, not a libfpl.so.1"),
@@ -313,6 +300,7 @@ def test_a_libfpl_of_another_abi_is_refused_by_name(tmp_path: Path) -> None:
         env = {k: v for k, v in os.environ.items() if k != "LD_LIBRARY_PATH"}
         refused = _run_python(code, dict(env, FPL_LIBRARY=str(lib)), tmp_path)
         assert refused.returncode != 0
+        assert refused.stdout == f"True {lib}\n", refused.stderr
         assert f"{lib} {expected}" in refused.stderr, refused.stderr
 
 

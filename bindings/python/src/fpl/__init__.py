@@ -28,8 +28,24 @@ for them::
     print([h.pid for h in status.openers])
     fpl.acquire("vm.raw", mode="write", no_unlocked_openers=True)  # fpl.Opened
 
-The library is loaded on first use: from the path in the ``FPL_LIBRARY``
-environment variable if set, else as ``libfpl.so.1`` by the system's loader.
+Permission sets (``perm=``, ``shared=``) are :class:`Perm` values, sets of
+them, or ``Perm.CONSISTENT_READ | Perm.WRITE``; they print as the ``fpl``
+command's words (``consistent-read,write``). ``Status.in_use`` is true
+while anybody holds a byte of QEMU's protocol.
+
+libfpl.so.1 is loaded on first use (not at import), from the first of:
+
+1. the path in the ``FPL_LIBRARY`` environment variable, if set (never
+   replaced by another library when it fails to load);
+2. the copy inside this package, ``fpl/_lib/libfpl.so.1``, which a wheel
+   built from bindings/python carries;
+3. the system's ``libfpl.so.1``, as the loader finds it (``LD_LIBRARY_PATH``,
+   the ld.so cache), else where ``ctypes.util.find_library("fpl")`` does.
+
+When none is found, that first call raises :class:`Error` with
+``errno.ENOENT`` (a ``FileNotFoundError``) saying what to install or set;
+a library that cannot be used (another ABI, another architecture) raises
+:class:`Error` with ``errno.ELIBBAD``.
 """
 
 from ._chain import Member, chain

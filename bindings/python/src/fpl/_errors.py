@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import errno as _errno
-from typing import Any, Dict, Optional, Tuple, Type
+import os
+from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple, Type
 
-from ._library import ErrorStruct, message
 from ._perm import Perm
+
+if TYPE_CHECKING:  # _library raises these errors: no import at run time
+    from ._library import ErrorStruct
 
 
 class Error(OSError):
@@ -15,7 +18,11 @@ class Error(OSError):
     path), ``filename`` the path when there is one.
 
     Also an instance of the built-in class for its errno, so
-    ``except FileNotFoundError`` works as it does for ``open()``."""
+    ``except FileNotFoundError`` works as it does for ``open()``.
+
+    The first call also raises it when libfpl.so.1 cannot be found
+    (``errno.ENOENT``, the message saying what to install or set) or
+    cannot be used (``errno.ELIBBAD``: not loadable, another ABI)."""
 
     def __str__(self) -> str:
         return str(self.strerror)
@@ -83,6 +90,16 @@ def _class_of(code: int) -> Type[Error]:
 
 def _rebuild(code: int, text: str, filename: Optional[str]) -> Error:
     return _class_of(code)(code, text, filename)
+
+
+def make(code: int, text: str, filename: Optional[str] = None) -> Error:
+    """The exception for errno CODE (positive) with message TEXT."""
+    return _class_of(code)(code, text, filename)
+
+
+def message(err: ErrorStruct) -> str:
+    """The error's message; non-UTF-8 path bytes survive as surrogates."""
+    return os.fsdecode(err.message)
 
 
 def from_struct(

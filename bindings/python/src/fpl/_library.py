@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import errno as _errno
 import os
 import threading
 from typing import Optional
+
+from . import _errors
 
 #: The SONAME these bindings speak to: any libfpl 1.x.
 SONAME = "libfpl.so.1"
@@ -142,12 +145,42 @@ _PROTOTYPES = {
 _loaded: Optional[ctypes.CDLL] = None
 _loading = threading.Lock()
 
+#: The copy of libfpl a wheel carries (put there when the wheel is built:
+#: bindings/python/setup.py); absent in a source checkout.
+PACKAGED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_lib", SONAME)
+
+INSTALL_HINT = (
+    "pip install the package from libfpl's bindings/python (its wheel carries "
+    f"{SONAME}), or install libfpl (make && sudo make install, then ldconfig), "
+    f"or set FPL_LIBRARY to the path of a {SONAME}"
+)
+
+
+def _load(path: str, origin: str) -> ctypes.CDLL:
+    """dlopen PATH (named by ORIGIN), as an fpl.Error when it cannot be."""
+    try:
+        return ctypes.CDLL(path)
+    except OSError as e:
+        text = f"{path} ({origin}) cannot be loaded: {e}"
+        raise _errors.make(_errno.ELIBBAD, text, path) from None
+
 
 def _open() -> ctypes.CDLL:
     explicit = os.environ.get("FPL_LIBRARY")
     if explicit:
         # An explicit choice is never silently replaced by another library.
-        return ctypes.CDLL(explicit)
+        if os.sep in explicit and not os.path.exists(explicit):
+            raise _errors.make(
+                _errno.ENOENT,
+                f"FPL_LIBRARY={explicit}: no such file (unset FPL_LIBRARY to use "
+                f"the fpl package's or the system's {SONAME})",
+                explicit,
+            )
+        return _load(explicit, "FPL_LIBRARY")
+    if os.path.exists(PACKAGED):
+        # The wheel's own copy, built from the same sources as this package;
+        # if it cannot be loaded, saying so beats picking another libfpl.
+        return _load(PACKAGED, "the fpl package's copy")
     try:
         # The loader's own search: LD_LIBRARY_PATH, RUNPATH, the ld.so cache.
         return ctypes.CDLL(SONAME)
@@ -156,15 +189,19 @@ def _open() -> ctypes.CDLL:
         # lib() then refuses a libfpl of another ABI by name.
         found = ctypes.util.find_library("fpl")
         if found is None:
-            raise OSError(
-                f"{SONAME} not found ({first}): install libfpl (make install, "
-                "then ldconfig) or set FPL_LIBRARY to the library's path"
+            raise _errors.make(
+                _errno.ENOENT,
+                f"{SONAME} not found: FPL_LIBRARY is not set, the fpl package "
+                f"has no copy ({PACKAGED}) and the system's loader has none "
+                f"({first}); {INSTALL_HINT}",
             ) from None
-        return ctypes.CDLL(found)
+        return _load(found, "the system's libfpl")
 
 
 def lib() -> ctypes.CDLL:
-    """The loaded libfpl, with every function's prototype set (loaded once)."""
+    """The loaded libfpl, with every function's prototype set (loaded once,
+    on first use). Raises fpl.Error (errno.ENOENT) when none is found,
+    errno.ELIBBAD when the one found cannot be used."""
     global _loaded
     with _loading:
         if _loaded is None:
@@ -173,18 +210,19 @@ def lib() -> ctypes.CDLL:
                 try:
                     function = getattr(handle, name)
                 except AttributeError:
-                    raise OSError(
-                        f"{handle._name} lacks {name}: not a {SONAME} (libfpl ABI 1)"
+                    raise _errors.make(
+                        _errno.ELIBBAD,
+                        f"{handle._name} lacks {name}: not a {SONAME} (libfpl ABI 1)",
+                        handle._name,
                     ) from None
                 function.restype = restype
                 function.argtypes = argtypes
             version = handle.fpl_version().decode()
             if version.split(".")[0] != SONAME.rsplit(".", 1)[1]:
-                raise OSError(f"{handle._name} is libfpl {version}, not a {SONAME}")
+                raise _errors.make(
+                    _errno.ELIBBAD,
+                    f"{handle._name} is libfpl {version}, not a {SONAME}",
+                    handle._name,
+                )
             _loaded = handle
         return _loaded
-
-
-def message(err: ErrorStruct) -> str:
-    """The error's message; non-UTF-8 path bytes survive as surrogates."""
-    return os.fsdecode(err.message)

@@ -3,12 +3,46 @@
 from __future__ import annotations
 
 import enum
-from typing import Dict, Literal, Optional, Tuple, Union
+from typing import Dict, Iterable, Literal, Optional, Tuple, Union
 
 
-class Perm(enum.IntFlag):
+class _Words(enum.IntFlag):
+    """An IntFlag that prints as the ``fpl`` command's words: its members'
+    names in lower case with hyphens, joined by commas (``read,write``),
+    ``none`` when empty; bits without a name (from a later libfpl 1.x) as
+    hexadecimal. A format spec with a number type (``{flags:x}``) formats
+    the bits as a number."""
+
+    def __str__(self) -> str:
+        bits = int(self)
+        if bits == 0:
+            return "none"
+        words = []
+        for member in type(self):
+            value = int(member)
+            # Single bits only: Python 3.8 to 3.10 also list NONE and ALL.
+            if value and value & (value - 1) == 0 and bits & value:
+                words.append(str(member.name).lower().replace("_", "-"))
+                bits &= ~value
+        if bits:
+            words.append(hex(bits))
+        return ",".join(words)
+
+    def __format__(self, spec: str) -> str:
+        if spec and spec[-1] in "bcdoxXn":
+            return int.__format__(int(self), spec)
+        return str.__format__(str(self), spec)
+
+
+class Perm(_Words):
     """QEMU's permissions, as bits: ``perm`` (used, bytes 100+i) and
-    ``shared``/``unshared`` (bytes 200+i) are sets of them."""
+    ``shared``/``unshared`` (bytes 200+i) are sets of them.
+
+    ``str()`` gives the words ``fpl --perm`` takes (QEMU's names):
+    ``consistent-read,write``, ``all``, ``none``. Wherever a permission
+    set is asked for (``perm=``, ``shared=``), a :class:`Perm`, a set or
+    any iterable of them (``{Perm.CONSISTENT_READ, Perm.WRITE}``) or an
+    ``int`` of ``FPL_PERM_*`` bits will do."""
 
     NONE = 0
     CONSISTENT_READ = 0x01
@@ -17,8 +51,11 @@ class Perm(enum.IntFlag):
     RESIZE = 0x08
     ALL = 0x0F
 
+    def __str__(self) -> str:
+        return "all" if int(self) == 0x0F else _Words.__str__(self)
 
-class StatusFlag(enum.IntFlag):
+
+class StatusFlag(_Words):
     """``Status.flags``."""
 
     NONE = 0
@@ -45,7 +82,7 @@ MODES: Dict[str, Tuple[Perm, Perm]] = {
     "exclusive": (_RWR, Perm.NONE),
 }
 
-class Access(enum.IntFlag):
+class Access(_Words):
     """``Holder.access``: how the holder's descriptor was opened."""
 
     NONE = 0
@@ -53,7 +90,7 @@ class Access(enum.IntFlag):
     WRITE = 0x02
 
 
-class HolderFlag(enum.IntFlag):
+class HolderFlag(_Words):
     """``Holder.flags``."""
 
     NONE = 0
@@ -111,7 +148,35 @@ FLAG_NO_UNLOCKED_OPENERS = 0x08
 QUERY_HOLDERS = 0x01
 QUERY_OPENERS = 0x02
 
-PermLike = Union[Perm, int]
+#: What ``perm=`` and ``shared=`` take: a Perm, an iterable of Perms (a
+#: set, a list), or an int of FPL_PERM_* bits.
+PermLike = Union[Perm, int, Iterable[Perm]]
+
+
+def bits(value: PermLike, what: str) -> int:
+    """The FPL_PERM_* bits of VALUE (a Perm, an iterable of them, an int).
+    TypeError for anything else, ValueError for bits that are no
+    permission."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        items: Iterable[object] = (value,)
+    elif isinstance(value, (str, bytes, bool)) or not isinstance(value, Iterable):
+        raise TypeError(
+            f"{what}={value!r}: give fpl.Perm values (Perm.WRITE, a set of them, or "
+            "Perm.CONSISTENT_READ | Perm.WRITE)"
+        )
+    else:
+        items = value
+    result = 0
+    for item in items:
+        if not isinstance(item, int) or isinstance(item, bool):
+            raise TypeError(f"{what}: {item!r} is not an fpl.Perm")
+        if item < 0 or item & ~int(Perm.ALL):
+            raise ValueError(
+                f"{what}: {int(item):#x} is not a permission: the bits are 0x01, 0x02, "
+                "0x04 and 0x08 (Perm.ALL is 0x0f)"
+            )
+        result |= int(item)
+    return result
 
 
 def request(
@@ -130,7 +195,7 @@ def request(
         return int(p), int(s)
     if perm is None or shared is None:
         raise TypeError("give a mode, or both perm and shared")
-    return int(perm), int(shared)
+    return bits(perm, "perm"), bits(shared, "shared")
 
 
 def flags(

@@ -77,8 +77,16 @@ class Status:
 
     @property
     def in_use(self) -> bool:
-        """Somebody holds a byte of QEMU's protocol (or libvirt's). Openers
-        hold none: see :attr:`openers`."""
+        """Whether somebody, this process included, holds a byte of QEMU's
+        protocol: a permission byte (100-103), an unshare byte (200-203),
+        QEMU 6.2's byte 104 or 204 (:attr:`legacy`) or libvirt's byte 0
+        (:attr:`libvirt`). A holder this host cannot see (another host on
+        shared storage, another PID namespace) counts: bytes are held
+        whether or not :attr:`holders` names anybody.
+
+        False means no process takes part in the protocol, not that nobody
+        has the image open: openers (QEMU with ``locking=off``) hold no
+        byte; ask ``query(path, openers=True)`` and see :attr:`openers`."""
         return bool(
             self.perm or self.unshared or self.flags & (StatusFlag.LEGACY | StatusFlag.LIBVIRT)
         )
