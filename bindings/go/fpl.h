@@ -14,9 +14,9 @@
 
 /** Version of this header; fpl_version() gives the loaded library's. */
 #define FPL_VERSION_MAJOR 1
-#define FPL_VERSION_MINOR 0
+#define FPL_VERSION_MINOR 1
 #define FPL_VERSION_PATCH 0
-#define FPL_VERSION_STRING "1.0.0"
+#define FPL_VERSION_STRING "1.1.0"
 
 
 /**
@@ -500,6 +500,30 @@ int fpl_acquire(const char *path,
                 uint32_t flags,
                 struct fpl_lock **out,
                 struct fpl_error *err);
+
+/**
+ * fpl_acquire, waiting while the image is in use: on a conflict (and,
+ * with FPL_FLAG_NO_UNLOCKED_OPENERS, beside an opener without locks) it
+ * tries again every 100 ms until TIMEOUT_MS milliseconds have passed since
+ * the first try, as `fpl hold --wait` does; 0 tries once. Nothing is held
+ * between tries. Any other error returns at once. After the timeout it
+ * returns the last conflict (`-EAGAIN`, or `-EBUSY` for an opener), its
+ * holder named unless FPL_FLAG_NO_HOLDER_LOOKUP (one walk of /proc, for
+ * that error only). Blocks the calling thread meanwhile (sleeping; signal
+ * handlers run, and the wait goes on); there is no "forever": pass the
+ * longest wait the caller can afford (UINT32_MAX is about 49 days).
+ * Added in 1.1 (symbol version LIBFPL_1.1).
+ *
+ * # Safety
+ * As fpl_acquire.
+ */
+int fpl_acquire_wait(const char *path,
+                     uint32_t perm,
+                     uint32_t shared,
+                     uint32_t flags,
+                     uint32_t timeout_ms,
+                     struct fpl_lock **out,
+                     struct fpl_error *err);
 
 /**
  * The same on a descriptor FD the caller opened (for reading). The locks
