@@ -37,11 +37,13 @@ import "C"
 
 import (
 	"errors"
+	"math"
 	"os"
 	"runtime"
 	"strconv"
 	"sync"
 	"syscall"
+	"time"
 	"unsafe"
 )
 
@@ -215,6 +217,39 @@ func Acquire(path string, mode Mode) (*Lock, error) {
 	var c *C.fpl_lock
 	var e C.fpl_error
 	if rc := lib.acquire(cpath, C.uint32_t(mode.Perm), C.uint32_t(mode.Shared), mode.flags(), &c, &e); rc != 0 {
+		return nil, newError("acquire", path, rc, &e)
+	}
+	return newLock(lib, c, path, mode), nil
+}
+
+// AcquireWait is Acquire, trying again every 100 ms while the image is in
+// use (a conflict; with NoUnlockedOpeners, an opener without locks) for up
+// to timeout, as `fpl hold --wait` does (libfpl 1.1, fpl_acquire_wait). A
+// timeout of 0 tries once; one beyond about 49 days is that long. After
+// the timeout it returns the last conflict, its holder named. It blocks
+// the calling goroutine (and its thread) meanwhile. With a libfpl 1.0
+// library it returns an *Error wrapping syscall.ENOSYS.
+func AcquireWait(path string, mode Mode, timeout time.Duration) (*Lock, error) {
+	lib, err := libfpl()
+	if err != nil {
+		return nil, err
+	}
+	if lib.sym.acquireWait == nil {
+		return nil, &Error{Op: "acquire", Path: path, Errno: syscall.ENOSYS,
+			Message: lib.name + " is libfpl " + lib.version() + ": AcquireWait needs libfpl 1.1 (fpl_acquire_wait)"}
+	}
+	if timeout < 0 {
+		timeout = 0
+	}
+	ms := (timeout + time.Millisecond - 1) / time.Millisecond
+	if ms > math.MaxUint32 {
+		ms = math.MaxUint32
+	}
+	cpath := C.CString(path)
+	defer C.free(unsafe.Pointer(cpath))
+	var c *C.fpl_lock
+	var e C.fpl_error
+	if rc := lib.acquireWait(cpath, C.uint32_t(mode.Perm), C.uint32_t(mode.Shared), mode.flags(), C.uint32_t(ms), &c, &e); rc != 0 {
 		return nil, newError("acquire", path, rc, &e)
 	}
 	return newLock(lib, c, path, mode), nil

@@ -380,3 +380,36 @@ func TestReadmeExample(t *testing.T) {
 		t.Fatalf("held image: exit %d: %q, want %q", code, out, want)
 	}
 }
+
+// AcquireWait (libfpl 1.1) gives up after its timeout with the last
+// conflict, holder named, and takes the image once qemu-io quits (and not
+// before: it waited).
+func TestAcquireWaitWaitsForQEMUToQuit(t *testing.T) {
+	image := newImage(t)
+	qemu := holdWithQEMU(t, image, false)
+	start := time.Now()
+	_, err := fpl.AcquireWait(image, fpl.Write, 300*time.Millisecond)
+	e := conflict(t, err)
+	if time.Since(start) < 300*time.Millisecond {
+		t.Fatalf("gave up after %v, before its timeout", time.Since(start))
+	}
+	if e.Holder != qemu.Process.Pid {
+		t.Fatalf("holder %d, want qemu-io %d", e.Holder, qemu.Process.Pid)
+	}
+	go func() {
+		time.Sleep(400 * time.Millisecond)
+		qemu.Process.Kill()
+		qemu.Wait()
+	}()
+	start = time.Now()
+	lock, err := fpl.AcquireWait(image, fpl.Write, 20*time.Second)
+	if err != nil {
+		t.Fatalf("AcquireWait once qemu-io is gone: %v", err)
+	}
+	if time.Since(start) < 400*time.Millisecond {
+		t.Fatalf("took the image after %v, while qemu-io still held it", time.Since(start))
+	}
+	if err := lock.Release(); err != nil {
+		t.Fatal(err)
+	}
+}

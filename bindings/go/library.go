@@ -48,6 +48,12 @@ static int fplgo_acquire(void *f, const char *path, uint32_t perm, uint32_t shar
 	return FPLGO_CALL(fpl_acquire, f)(path, perm, shared, flags, out, err);
 }
 
+static int fplgo_acquire_wait(void *f, const char *path, uint32_t perm, uint32_t shared,
+                              uint32_t flags, uint32_t timeout_ms, fpl_lock **out,
+                              fpl_error *err) {
+	return FPLGO_CALL(fpl_acquire_wait, f)(path, perm, shared, flags, timeout_ms, out, err);
+}
+
 static int fplgo_acquire_fd(void *f, int fd, uint32_t perm, uint32_t shared,
                             uint32_t flags, fpl_lock **out, fpl_error *err) {
 	return FPLGO_CALL(fpl_acquire_fd, f)(fd, perm, shared, flags, out, err);
@@ -133,6 +139,9 @@ type library struct {
 	name string // what was given to dlopen
 	sym  struct {
 		acquire, acquireFD, update, release, check, query, queryMany, chain, verify, version unsafe.Pointer
+		// Added in 1.1 (fpl_acquire_wait@@LIBFPL_1.1): nil with a 1.0
+		// library, which is still used for everything else.
+		acquireWait unsafe.Pointer
 	}
 }
 
@@ -206,6 +215,10 @@ func load() (*library, error) {
 				strconv.Itoa(C.FPL_VERSION_MINOR) + " or newer"}
 		}
 	}
+	// 1.1's additions are optional: a 1.0 library works for the rest.
+	cwait := C.CString("fpl_acquire_wait")
+	l.sym.acquireWait = C.fplgo_dlsym(handle, cwait, &why[0], C.size_t(len(why)))
+	C.free(unsafe.Pointer(cwait))
 	// A library of another ABI has other structures: refuse it by name
 	// rather than let it write past them.
 	if v := l.version(); !strings.HasPrefix(v, major+".") {
@@ -217,6 +230,10 @@ func load() (*library, error) {
 
 func (l *library) acquire(path *C.char, perm, shared, flags C.uint32_t, out **C.fpl_lock, err *C.fpl_error) C.int {
 	return C.fplgo_acquire(l.sym.acquire, path, perm, shared, flags, out, err)
+}
+
+func (l *library) acquireWait(path *C.char, perm, shared, flags, timeoutMS C.uint32_t, out **C.fpl_lock, err *C.fpl_error) C.int {
+	return C.fplgo_acquire_wait(l.sym.acquireWait, path, perm, shared, flags, timeoutMS, out, err)
 }
 
 func (l *library) acquireFD(fd C.int, perm, shared, flags C.uint32_t, out **C.fpl_lock, err *C.fpl_error) C.int {

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"fpl"
 )
@@ -97,6 +98,13 @@ func TestWithoutLibfplEveryCallFailsWithErrNotInstalled(t *testing.T) {
 			lock, err := fpl.Acquire(f.Name(), fpl.Write)
 			if lock != nil {
 				t.Error("Acquire gave a lock")
+			}
+			return err
+		},
+		"AcquireWait": func() error {
+			lock, err := fpl.AcquireWait(f.Name(), fpl.Write, time.Second)
+			if lock != nil {
+				t.Error("AcquireWait gave a lock")
 			}
 			return err
 		},

@@ -596,3 +596,34 @@ def test_release_frees_the_bytes_while_a_preexec_child_blocks(image: Path) -> No
         os.close(gate_r)
         os.close(gate_w)
     assert spawned["child"].wait() == 0
+
+
+def test_acquire_wait_gives_up_then_takes_the_image_once_qemu_quits(
+    image: Path, qemu_holding: HoldImage
+) -> None:
+    """wait= (libfpl 1.1): the last conflict after the timeout, holder
+    named; the image once qemu-io quits, not before; bad waits refused."""
+    qemu = qemu_holding(image)
+    start = time.monotonic()
+    with pytest.raises(fpl.Conflict) as refused:
+        fpl.acquire(image, mode="write", wait=0.3)
+    assert time.monotonic() - start >= 0.3
+    assert refused.value.holder_pid == qemu.pid
+    for bad in (-1, float("nan"), float("inf")):
+        with pytest.raises(ValueError):
+            fpl.acquire(image, mode="write", wait=bad)
+    with pytest.raises(TypeError):
+        fpl.acquire(image, mode="write", wait="soon")  # type: ignore[arg-type]
+
+    def quit_later() -> None:
+        time.sleep(0.4)
+        qemu.kill()
+        qemu.wait()
+
+    quitter = threading.Thread(target=quit_later)
+    start = time.monotonic()
+    quitter.start()
+    with fpl.acquire(image, mode="write", wait=20) as lock:
+        assert time.monotonic() - start >= 0.4
+        assert lock.path == os.fspath(image)
+    quitter.join()

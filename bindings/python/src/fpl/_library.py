@@ -86,6 +86,22 @@ for _struct, _size in SIZES.items():
 _u32 = ctypes.c_uint32
 _err = ctypes.POINTER(ErrorStruct)
 
+# Functions of libfpl 1.1, looked up only when a 1.1 library is loaded.
+_PROTOTYPES_1_1 = {
+    "fpl_acquire_wait": (
+        ctypes.c_int,
+        [
+            ctypes.c_char_p,
+            ctypes.c_uint32,
+            ctypes.c_uint32,
+            ctypes.c_uint32,
+            ctypes.c_uint32,
+            ctypes.POINTER(ctypes.c_void_p),
+            ctypes.POINTER(ErrorStruct),
+        ],
+    ),
+}
+
 # name: (result type, argument types), as declared in include/fpl.h; the
 # lock handle (fpl_lock *) is an opaque pointer.
 _PROTOTYPES = {
@@ -217,6 +233,13 @@ def lib() -> ctypes.CDLL:
                     ) from None
                 function.restype = restype
                 function.argtypes = argtypes
+            # Added in 1.1 (fpl_acquire_wait@@LIBFPL_1.1): optional, so
+            # that a 1.0 library still serves everything else.
+            for name, (restype, argtypes) in _PROTOTYPES_1_1.items():
+                function = getattr(handle, name, None)
+                if function is not None:
+                    function.restype = restype
+                    function.argtypes = argtypes
             version = handle.fpl_version().decode()
             if version.split(".")[0] != SONAME.rsplit(".", 1)[1]:
                 raise _errors.make(

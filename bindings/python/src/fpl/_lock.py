@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ctypes
+import errno
+import math
 import os
 import threading
 import warnings
@@ -162,6 +164,7 @@ def acquire(
     allow_posix: bool = False,
     chain: bool = False,
     no_unlocked_openers: bool = False,
+    wait: Optional[float] = None,
 ) -> Lock:
     """Open PATH read-only and take QEMU's locks for MODE (``"read-shared"``,
     ``"read"``, ``"write"``, ``"exclusive"``) or for explicit ``perm`` and
@@ -186,6 +189,14 @@ def acquire(
     cannot see those; the locks are taken first, then /proc is walked once,
     and everything is released if one is found.
 
+    ``wait=SECONDS`` (libfpl 1.1, ``fpl_acquire_wait``) tries again every
+    100 ms while the image is in use (a conflict; with
+    ``no_unlocked_openers``, an opener) for up to SECONDS, as ``fpl hold
+    --wait`` does, then raises the last conflict with its holder named; 0
+    tries once. It blocks the calling thread meanwhile. A negative or
+    non-finite wait is a ``ValueError``; with a libfpl 1.0 library, an
+    :class:`Error` with ``errno.ENOSYS``.
+
     Raises :class:`Conflict` when somebody holds the image in a way that
     conflicts (nothing is left held), another :class:`Error` otherwise
     (``FileNotFoundError``, ``IsADirectoryError``, ...)."""
@@ -193,14 +204,26 @@ def acquire(
     raw = _encode(path)
     handle = ctypes.c_void_p()
     err = ErrorStruct()
-    rc = lib().fpl_acquire(
-        raw,
-        p,
-        s,
-        _perm.flags(exact, allow_posix, chain, no_unlocked_openers),
-        ctypes.byref(handle),
-        ctypes.byref(err),
-    )
+    flags = _perm.flags(exact, allow_posix, chain, no_unlocked_openers)
+    if wait is None:
+        rc = lib().fpl_acquire(raw, p, s, flags, ctypes.byref(handle), ctypes.byref(err))
+    else:
+        if isinstance(wait, bool) or not isinstance(wait, (int, float)):
+            raise TypeError(f"wait must be a number of seconds, not {wait!r}")
+        if not math.isfinite(wait) or wait < 0:
+            raise ValueError(f"wait must be a number of seconds from 0 up, not {wait!r}")
+        library = lib()
+        if not hasattr(library, "fpl_acquire_wait"):
+            raise _errors.make(
+                errno.ENOSYS,
+                f"{library._name} is libfpl {version()}: wait= needs libfpl 1.1 "
+                "(fpl_acquire_wait)",
+                os.fsdecode(raw),
+            )
+        ms = min(math.ceil(wait * 1000), 0xFFFF_FFFF)
+        rc = library.fpl_acquire_wait(
+            raw, p, s, flags, ms, ctypes.byref(handle), ctypes.byref(err)
+        )
     if rc != 0:
         raise _errors.from_struct(err, rc, os.fsdecode(raw))
     assert handle.value is not None
