@@ -7,7 +7,9 @@
 #
 # Installs lib/libfpl.so.$(VERSION) with its libfpl.so.1 (SONAME) and
 # libfpl.so links, lib/libfpl.a, include/fpl.h, lib/pkgconfig/fpl.pc and,
-# when it was built, bin/fpl. `install` uses what `make` built and never
+# when it was built, bin/fpl with its manual pages (share/man/man1: fpl(1),
+# fpl-status(1), ...) and completions (bash, zsh, fish), which the built
+# fpl writes from its own command-line definition. `install` uses what `make` built and never
 # builds: as root, cargo would want a toolchain root may not have and would
 # leave root-owned files in target/.
 
@@ -17,6 +19,11 @@ LIBDIR ?= $(EXEC_PREFIX)/lib
 INCLUDEDIR ?= $(PREFIX)/include
 BINDIR ?= $(EXEC_PREFIX)/bin
 PKGCONFIGDIR ?= $(LIBDIR)/pkgconfig
+DATADIR ?= $(PREFIX)/share
+MANDIR ?= $(DATADIR)/man
+BASHCOMPDIR ?= $(DATADIR)/bash-completion/completions
+ZSHCOMPDIR ?= $(DATADIR)/zsh/site-functions
+FISHCOMPDIR ?= $(DATADIR)/fish/vendor_completions.d
 DESTDIR ?=
 
 CARGO ?= cargo
@@ -88,6 +95,14 @@ install:
 	@if [ -x $(BUILD)/fpl ]; then \
 	  echo "$(INSTALL) -m 755 -D $(BUILD)/fpl $(DESTDIR)$(BINDIR)/fpl"; \
 	  $(INSTALL) -m 755 -D $(BUILD)/fpl $(DESTDIR)$(BINDIR)/fpl; \
+	  echo "fpl(1) pages into $(DESTDIR)$(MANDIR)/man1; completions for bash, zsh, fish"; \
+	  $(INSTALL) -d $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(BASHCOMPDIR) \
+	    $(DESTDIR)$(ZSHCOMPDIR) $(DESTDIR)$(FISHCOMPDIR) && \
+	  $(BUILD)/fpl manpages $(DESTDIR)$(MANDIR)/man1 && \
+	  chmod 644 $(DESTDIR)$(MANDIR)/man1/fpl.1 $(DESTDIR)$(MANDIR)/man1/fpl-*.1 && \
+	  $(BUILD)/fpl completions bash > $(DESTDIR)$(BASHCOMPDIR)/fpl && \
+	  $(BUILD)/fpl completions zsh > $(DESTDIR)$(ZSHCOMPDIR)/_fpl && \
+	  $(BUILD)/fpl completions fish > $(DESTDIR)$(FISHCOMPDIR)/fpl.fish || exit 1; \
 	else \
 	  echo "note: $(BUILD)/fpl was not built: the fpl command is not installed"; \
 	fi
@@ -97,7 +112,10 @@ uninstall:
 	rm -f $(DESTDIR)$(LIBDIR)/$(REALNAME) $(DESTDIR)$(LIBDIR)/$(SONAME) \
 	      $(DESTDIR)$(LIBDIR)/libfpl.so $(DESTDIR)$(LIBDIR)/libfpl.a \
 	      $(DESTDIR)$(INCLUDEDIR)/fpl.h $(DESTDIR)$(PKGCONFIGDIR)/fpl.pc \
-	      $(DESTDIR)$(BINDIR)/fpl
+	      $(DESTDIR)$(BINDIR)/fpl \
+	      $(DESTDIR)$(MANDIR)/man1/fpl.1 $(DESTDIR)$(MANDIR)/man1/fpl-*.1 \
+	      $(DESTDIR)$(BASHCOMPDIR)/fpl $(DESTDIR)$(ZSHCOMPDIR)/_fpl \
+	      $(DESTDIR)$(FISHCOMPDIR)/fpl.fish
 	$(RUN_LDCONFIG)
 
 clean:

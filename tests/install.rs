@@ -263,8 +263,23 @@ fn prefix_install_and_uninstall() {
         PathBuf::from(format!("lib/libfpl.so.{version}")),
         PathBuf::from("lib/pkgconfig/fpl.pc"),
     ];
-    if make_build().join("fpl").is_file() {
+    let with_command = make_build().join("fpl").is_file();
+    if with_command {
         want.insert(0, PathBuf::from("bin/fpl"));
+        for page in [
+            "fpl-check.1",
+            "fpl-completions.1",
+            "fpl-demo.1",
+            "fpl-hold.1",
+            "fpl-status.1",
+            "fpl.1",
+        ] {
+            want.push(PathBuf::from("share/man/man1").join(page));
+        }
+        want.push(PathBuf::from("share/bash-completion/completions/fpl"));
+        want.push(PathBuf::from("share/fish/vendor_completions.d/fpl.fish"));
+        want.push(PathBuf::from("share/zsh/site-functions/_fpl"));
+        want.sort();
     }
     assert_eq!(
         installed
@@ -273,6 +288,45 @@ fn prefix_install_and_uninstall() {
             .collect::<Vec<_>>(),
         want
     );
+    if with_command {
+        // The pages are clean roff, and name every subcommand and option.
+        let man1 = prefix.join("share/man/man1");
+        for page in std::fs::read_dir(&man1).unwrap() {
+            let page = page.unwrap().path();
+            let out = Command::new("groff")
+                .args(["-man", "-ww", "-z"])
+                .arg(&page)
+                .output()
+                .expect("groff runs (apt-get install groff-base)");
+            assert!(
+                out.status.success() && out.stderr.is_empty(),
+                "groff -man -ww -z {page:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let fpl1 = std::fs::read_to_string(man1.join("fpl.1")).unwrap();
+        for sub in ["fpl-status(1)", "fpl-check(1)", "fpl-hold(1)"] {
+            assert!(fpl1.contains(&sub.replace('-', "\\-")), "{sub} in fpl.1");
+        }
+        let hold = std::fs::read_to_string(man1.join("fpl-hold.1")).unwrap();
+        for option in [
+            "verify\\-interval",
+            "no\\-unlocked\\-openers",
+            "Exit status",
+        ] {
+            assert!(hold.contains(option), "{option} in fpl-hold.1");
+        }
+        // The bash script parses, and completes the subcommands.
+        let bash = prefix.join("share/bash-completion/completions/fpl");
+        let out = Command::new("bash").arg("-n").arg(&bash).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let script = std::fs::read_to_string(&bash).unwrap();
+        assert!(script.contains("status") && script.contains("--verify-interval"));
+    }
     make("uninstall", &[("PREFIX", &prefix)]);
     assert_eq!(files_under(&prefix), Vec::<PathBuf>::new());
 }

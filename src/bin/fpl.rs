@@ -123,6 +123,26 @@ enum Cmd {
                       qemu-storage-daemon (package qemu-utils)."
     )]
     Demo,
+    /// Print the shell completion script for SHELL (bash, zsh or fish).
+    #[command(
+        long_about = "Prints the completion script of fpl for SHELL on standard \
+                      output, as make install puts it: bash (in \
+                      share/bash-completion/completions/fpl), zsh \
+                      (share/zsh/site-functions/_fpl) or fish \
+                      (share/fish/vendor_completions.d/fpl.fish)."
+    )]
+    Completions {
+        /// bash, zsh or fish.
+        #[arg(value_name = "SHELL")]
+        shell: clap_complete::Shell,
+    },
+    /// Write the manual pages fpl(1), fpl-status(1), ... into DIR.
+    #[command(hide = true)]
+    Manpages {
+        /// The folder to write them in (it must exist).
+        #[arg(value_name = "DIR")]
+        dir: std::path::PathBuf,
+    },
 }
 
 /// Set once a line could not be written on standard output.
@@ -172,6 +192,34 @@ fn main() -> ExitCode {
         // `hold` tells its own failures apart from its command's.
         Cmd::Hold(args) => return ExitCode::from(hold::run(args)),
         Cmd::Demo => demo::run(),
+        Cmd::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            let mut script = Vec::new();
+            clap_complete::generate(*shell, &mut cmd, "fpl", &mut script);
+            let mut stdout = std::io::stdout().lock();
+            match stdout.write_all(&script).and_then(|()| stdout.flush()) {
+                Ok(()) => EXIT_OK,
+                // `fpl completions bash | head`: the reader has what it wanted.
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => EXIT_OK,
+                Err(e) => {
+                    diag!("fpl: cannot write to standard output: {e}");
+                    EXIT_ERROR
+                }
+            }
+        }
+        Cmd::Manpages { dir } => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            match clap_mangen::generate_to(cmd, dir) {
+                Ok(()) => EXIT_OK,
+                Err(e) => {
+                    diag!(
+                        "fpl: cannot write the manual pages into {}: {e}",
+                        dir.display()
+                    );
+                    EXIT_ERROR
+                }
+            }
+        }
     };
     // Output that did not reach its reader is a failure like any other.
     if stdout_failed() {
