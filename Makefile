@@ -92,6 +92,8 @@ install:
 	ln -sf $(SONAME) $(DESTDIR)$(LIBDIR)/libfpl.so
 	$(INSTALL) -m 644 $(BUILD)/libfpl.a $(DESTDIR)$(LIBDIR)/libfpl.a
 	$(INSTALL) -m 644 include/fpl.h $(DESTDIR)$(INCLUDEDIR)/fpl.h
+	$(INSTALL) -d $(DESTDIR)$(MANDIR)/man3
+	$(INSTALL) -m 644 man/man3/*.3 $(DESTDIR)$(MANDIR)/man3/
 	@if [ -x $(BUILD)/fpl ]; then \
 	  echo "$(INSTALL) -m 755 -D $(BUILD)/fpl $(DESTDIR)$(BINDIR)/fpl"; \
 	  $(INSTALL) -m 755 -D $(BUILD)/fpl $(DESTDIR)$(BINDIR)/fpl; \
@@ -113,6 +115,7 @@ uninstall:
 	      $(DESTDIR)$(LIBDIR)/libfpl.so $(DESTDIR)$(LIBDIR)/libfpl.a \
 	      $(DESTDIR)$(INCLUDEDIR)/fpl.h $(DESTDIR)$(PKGCONFIGDIR)/fpl.pc \
 	      $(DESTDIR)$(BINDIR)/fpl \
+	      $(patsubst man/man3/%,$(DESTDIR)$(MANDIR)/man3/%,$(wildcard man/man3/*.3)) \
 	      $(DESTDIR)$(MANDIR)/man1/fpl.1 $(DESTDIR)$(MANDIR)/man1/fpl-*.1 \
 	      $(DESTDIR)$(BASHCOMPDIR)/fpl $(DESTDIR)$(ZSHCOMPDIR)/_fpl \
 	      $(DESTDIR)$(FISHCOMPDIR)/fpl.fish

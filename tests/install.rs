@@ -263,6 +263,12 @@ fn prefix_install_and_uninstall() {
         PathBuf::from(format!("lib/libfpl.so.{version}")),
         PathBuf::from("lib/pkgconfig/fpl.pc"),
     ];
+    // The library's pages (libfpl(3), one per function) always.
+    for page in std::fs::read_dir(common::root().join("man/man3")).unwrap() {
+        let name = page.unwrap().file_name();
+        want.push(PathBuf::from("share/man/man3").join(name));
+    }
+    want.sort();
     let with_command = make_build().join("fpl").is_file();
     if with_command {
         want.insert(0, PathBuf::from("bin/fpl"));
@@ -291,7 +297,11 @@ fn prefix_install_and_uninstall() {
     if with_command {
         // The pages are clean roff, and name every subcommand and option.
         let man1 = prefix.join("share/man/man1");
-        for page in std::fs::read_dir(&man1).unwrap() {
+        let man3 = prefix.join("share/man/man3");
+        let pages = std::fs::read_dir(&man1)
+            .unwrap()
+            .chain(std::fs::read_dir(&man3).unwrap());
+        for page in pages {
             let page = page.unwrap().path();
             let out = Command::new("groff")
                 .args(["-man", "-ww", "-z"])
