@@ -1,6 +1,7 @@
 # A thin layer over cargo for installing libfpl the way C libraries install.
 #
 #   make                      # cargo build --release (libfpl and the fpl command)
+#   make check                # install what the tests need, then every test
 #   sudo make install         # into /usr/local; never runs cargo
 #   make install DESTDIR=/tmp/stage PREFIX=/usr
 #   sudo make uninstall
@@ -54,9 +55,18 @@ RUN_LDCONFIG = @if [ -z "$(DESTDIR)" ] && [ "$$(id -u)" = 0 ] && command -v $(LD
 	  echo $(LDCONFIG); $(LDCONFIG); \
 	fi
 
-.PHONY: all build install uninstall clean
+.PHONY: all build check install uninstall clean
 
 all: build
+
+# Every test, on a fresh machine of this project's kind too: installs what
+# it lacks (as root: scripts/install-test-tools, never a QEMU package),
+# unpacks QEMU 7.2 beside QEMU 10 (scripts/fetch-qemu-7.2), then cargo
+# test. FPL_SOAK=1 adds the long soaks.
+check:
+	bash scripts/install-test-tools
+	bash scripts/fetch-qemu-7.2 >/dev/null
+	$(CARGO) test $(CARGO_FLAGS)
 
 build:
 	$(CARGO) build --release --target-dir $(CARGO_TARGET_DIR) $(CARGO_FLAGS)
