@@ -2810,7 +2810,8 @@ fn status_shows_openers_without_locks_and_never_calls_their_image_free() {
         assert_eq!(
             image["holders"],
             serde_json::json!([{
-                "pid": pid, "fd": fd, "name": "qemu-io", "perm": [], "unshared": [],
+                "pid": pid, "fd": fd, "name": "qemu-io", "guest": null, "uid": my_uid(),
+                "user": my_user(), "perm": [], "unshared": [],
                 "flags": ["no-locks"], "access": access,
             }]),
             "{image}"
@@ -2890,7 +2891,8 @@ fn status_chain_shows_an_opener_of_a_backing_file() {
     assert_eq!(
         members[1]["holders"],
         serde_json::json!([{
-            "pid": opener.pid(), "fd": fd, "name": "qemu-io", "perm": [], "unshared": [],
+            "pid": opener.pid(), "fd": fd, "name": "qemu-io", "guest": null, "uid": my_uid(),
+            "user": my_user(), "perm": [], "unshared": [],
             "flags": ["no-locks"], "access": ["read", "write"],
         }]),
         "{}",
@@ -3214,4 +3216,15 @@ fn hold_wait_says_again_when_a_holder_leaves_an_opener_in_its_place() {
     assert_eq!(opener.wait().code(), Some(0));
     assert_eq!(hold.wait().code(), Some(0));
     assert!(stderr.seen.is_empty(), "{:?}", stderr.seen);
+}
+
+/// This process's uid, as `fpl status --json` reports a holder's.
+fn my_uid() -> u32 {
+    fs::metadata("/proc/self").expect("/proc/self").uid()
+}
+
+/// This process's user name (`id -un`).
+fn my_user() -> String {
+    let out = Command::new("id").arg("-un").output().expect("id runs");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
