@@ -2,6 +2,7 @@
 #
 #   make                      # cargo build --release (libfpl and the fpl command)
 #   make check                # install what the tests need, then every test
+#   make dist                 # target/dist/libfpl-VERSION.tar.gz and its .sha256
 #   sudo make install         # into /usr/local; never runs cargo
 #   make install DESTDIR=/tmp/stage PREFIX=/usr
 #   sudo make uninstall
@@ -55,7 +56,7 @@ RUN_LDCONFIG = @if [ -z "$(DESTDIR)" ] && [ "$$(id -u)" = 0 ] && command -v $(LD
 	  echo $(LDCONFIG); $(LDCONFIG); \
 	fi
 
-.PHONY: all build check install uninstall clean
+.PHONY: all build check dist install uninstall clean
 
 all: build
 
@@ -77,6 +78,18 @@ build:
 PC_EXEC_PREFIX := $(patsubst $(PREFIX)%,$${prefix}%,$(EXEC_PREFIX))
 PC_LIBDIR := $(patsubst $(EXEC_PREFIX)%,$${exec_prefix}%,$(LIBDIR))
 PC_INCLUDEDIR := $(patsubst $(PREFIX)%,$${prefix}%,$(INCLUDEDIR))
+
+# A source tarball of the committed tree (HEAD), with its SHA-256 beside
+# it: target/dist/libfpl-$(VERSION).tar.gz and .sha256. Unpacked anywhere,
+# it builds and passes `make check` (it needs no git).
+DIST := libfpl-$(VERSION)
+dist:
+	@test -n "$(VERSION)" || { echo "no [package] version found in Cargo.toml" >&2; exit 1; }
+	@git diff --quiet HEAD -- || echo "note: uncommitted changes are not in the tarball (it is HEAD)" >&2
+	mkdir -p $(CARGO_TARGET_DIR)/dist
+	git archive --format=tar.gz --prefix=$(DIST)/ -o $(CARGO_TARGET_DIR)/dist/$(DIST).tar.gz HEAD
+	cd $(CARGO_TARGET_DIR)/dist && sha256sum $(DIST).tar.gz > $(DIST).tar.gz.sha256
+	@echo "$(CARGO_TARGET_DIR)/dist/$(DIST).tar.gz"; cat $(CARGO_TARGET_DIR)/dist/$(DIST).tar.gz.sha256
 
 install:
 	@test -n "$(VERSION)" || { echo "no [package] version found in Cargo.toml" >&2; exit 1; }
