@@ -311,7 +311,9 @@ pub fn scan_until(targets: &[Target], deadline: Option<Instant>) -> Scan {
 /// device count too ([`Holder::node`]): the walk stats every descriptor
 /// anyway, and `st_rdev` comes with that stat. This process is never
 /// listed as an opener: its own descriptors (libfpl's, and the caller's)
-/// are not another user.
+/// are not another user, and neither is another process's copy of one of
+/// them (the same open file description, `kcmp`: a child being forked,
+/// before its exec closes the copies).
 pub fn scan_openers(targets: &[Target]) -> Scan {
     scan_with(targets, None, Stop::Never, true)
 }
@@ -720,6 +722,13 @@ fn scan_process(
         if holds.contains(&u.target) {
             continue;
         }
+        // A copy of one of this process's own descriptors (a child it is
+        // forking, before its exec closes the copy; a descriptor passed
+        // over a socket) is this process's open file description, not
+        // another user of the image.
+        if u.node.is_none() && shares_our_description(pid, u.fd, targets[u.target].id) {
+            continue;
+        }
         let name = name.get_or_insert_with(|| process_name(pid)).clone();
         let node = u.node.map(|(id, held)| Node {
             path: fs::read_link(format!("/proc/{pid}/fd/{}", u.fd)).unwrap_or_default(),
@@ -742,6 +751,43 @@ fn scan_process(
     } else {
         Ok(())
     }
+}
+
+/// Whether descriptor `fd` of process `pid` is the same open file
+/// description as one of this process's descriptors of the inode `id`
+/// (`kcmp(KCMP_FILE)`). False where kcmp is unavailable (a kernel without
+/// CONFIG_CHECKPOINT_RESTORE, a seccomp filter) or not allowed.
+fn shares_our_description(pid: i32, fd: i32, id: FileId) -> bool {
+    const KCMP_FILE: libc::c_long = 0;
+    let me = std::process::id() as i32;
+    if pid == me {
+        return false;
+    }
+    let Ok(ours) = fs::read_dir("/proc/self/fd") else {
+        return false;
+    };
+    ours.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&own| {
+            fs::metadata(format!("/proc/self/fd/{own}")).is_ok_and(|m| {
+                use std::os::unix::fs::MetadataExt;
+                m.dev() == id.dev && m.ino() == id.ino
+            })
+        })
+        .any(|own| {
+            // SAFETY: kcmp only compares kernel objects; it reads and
+            // writes no memory of this process.
+            let rc = unsafe {
+                libc::syscall(
+                    libc::SYS_kcmp,
+                    libc::c_long::from(me),
+                    libc::c_long::from(pid),
+                    KCMP_FILE,
+                    libc::c_long::from(own),
+                    libc::c_long::from(fd),
+                )
+            };
+            rc == 0
+        })
 }
 
 /// The protocol bytes the fcntl lock lines of one fdinfo hold on `target`.

@@ -458,3 +458,41 @@ fn acquire_wait_waits_for_the_image_and_gives_up_with_the_last_conflict() {
         .expect("free now");
     lock.release().expect("release");
 }
+
+/// A child this process forks has copies of every descriptor until its
+/// exec (a thread spawning a command while another queries): those are
+/// this process's own open file descriptions, never openers. A child
+/// that opens the image itself is one.
+#[test]
+fn a_forked_childs_copy_of_our_descriptor_is_no_opener() {
+    let dir = TempDir::new("openers-fork");
+    let image = raw_image(&dir, "vm.raw");
+    let ours = std::fs::File::open(&image).expect("open the image");
+    // SAFETY: the child only sleeps (async-signal-safe) and exits.
+    let child = unsafe { libc::fork() };
+    assert!(child >= 0, "fork");
+    if child == 0 {
+        unsafe {
+            libc::sleep(30);
+            libc::_exit(0);
+        }
+    }
+    let listed = query_with(&image, openers()).expect("query").holders;
+    let other = QemuIo::start(&unlocked(&image), &image);
+    let with_qemu = query_with(&image, openers()).expect("query").holders;
+    // SAFETY: the child is ours.
+    unsafe {
+        libc::kill(child, libc::SIGKILL);
+        libc::waitpid(child, std::ptr::null_mut(), 0);
+    }
+    drop(ours);
+    assert!(
+        listed.iter().all(|h| h.pid != child),
+        "the forked child's copy of our descriptor is listed: {listed:?}"
+    );
+    assert!(
+        with_qemu.iter().any(|h| h.pid == other.pid() && h.no_locks),
+        "qemu-io, which opened the image itself, is an opener: {with_qemu:?}"
+    );
+    assert!(with_qemu.iter().all(|h| h.pid != child), "{with_qemu:?}");
+}
