@@ -602,6 +602,23 @@ pub unsafe extern "C" fn fpl_acquire(
     out: *mut *mut fpl_lock,
     err: *mut fpl_error,
 ) -> c_int {
+    // SAFETY: contract above, passed on.
+    unsafe { acquire_path(path, perm, shared, flags, None, out, err) }
+}
+
+/// fpl_acquire, and with `timeout` fpl_acquire_wait.
+///
+/// # Safety
+/// As fpl_acquire.
+unsafe fn acquire_path(
+    path: *const c_char,
+    perm: u32,
+    shared: u32,
+    flags: u32,
+    timeout: Option<std::time::Duration>,
+    out: *mut *mut fpl_lock,
+    err: *mut fpl_error,
+) -> c_int {
     boundary!(err, {
         // SAFETY: contract above.
         let path = unsafe { path_arg(path) }?;
@@ -609,10 +626,12 @@ pub unsafe extern "C" fn fpl_acquire(
             return Err(Error::invalid("out is NULL"));
         }
         let args = request(perm, shared, flags)?;
-        let handle = if args.chain {
-            Handle::Chain(ChainLock::acquire(path, args.request, args.options)?)
-        } else {
-            Handle::File(Lock::acquire(path, args.request, args.options)?)
+        let (request, options) = (args.request, args.options);
+        let handle = match (args.chain, timeout) {
+            (true, None) => Handle::Chain(ChainLock::acquire(path, request, options)?),
+            (true, Some(t)) => Handle::Chain(ChainLock::acquire_within(path, request, options, t)?),
+            (false, None) => Handle::File(Lock::acquire(path, request, options)?),
+            (false, Some(t)) => Handle::File(Lock::acquire_within(path, request, options, t)?),
         };
         // SAFETY: OUT is non-NULL and writable (contract).
         unsafe { out.write(into_handle(handle)) };
@@ -644,33 +663,9 @@ pub unsafe extern "C" fn fpl_acquire_wait(
     out: *mut *mut fpl_lock,
     err: *mut fpl_error,
 ) -> c_int {
-    boundary!(err, {
-        // SAFETY: contract above.
-        let path = unsafe { path_arg(path) }?;
-        if out.is_null() {
-            return Err(Error::invalid("out is NULL"));
-        }
-        let args = request(perm, shared, flags)?;
-        let timeout = std::time::Duration::from_millis(timeout_ms.into());
-        let handle = if args.chain {
-            Handle::Chain(ChainLock::acquire_within(
-                path,
-                args.request,
-                args.options,
-                timeout,
-            )?)
-        } else {
-            Handle::File(Lock::acquire_within(
-                path,
-                args.request,
-                args.options,
-                timeout,
-            )?)
-        };
-        // SAFETY: OUT is non-NULL and writable (contract).
-        unsafe { out.write(into_handle(handle)) };
-        Ok(())
-    })
+    let timeout = std::time::Duration::from_millis(timeout_ms.into());
+    // SAFETY: contract above, passed on.
+    unsafe { acquire_path(path, perm, shared, flags, Some(timeout), out, err) }
 }
 
 /// The same on a descriptor FD the caller opened (for reading). The locks

@@ -148,7 +148,12 @@ pub fn mount_id(fd: BorrowedFd<'_>) -> Option<u64> {
     if rc == 0 && stx.stx_mask & libc::STATX_MNT_ID != 0 {
         return Some(stx.stx_mnt_id);
     }
-    let info = fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd())).ok()?;
+    fdinfo_mount_id(std::process::id() as i32, fd.as_raw_fd())
+}
+
+/// The `mnt_id` of descriptor `fd` of process `pid`, from its fdinfo.
+fn fdinfo_mount_id(pid: i32, fd: i32) -> Option<u64> {
+    let info = fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).ok()?;
     info.lines()
         .find_map(|l| l.strip_prefix("mnt_id:"))
         .and_then(|v| v.trim().parse::<u64>().ok())
@@ -909,12 +914,7 @@ pub fn images_in_use() -> Vec<InUse> {
             };
             // The lock lines' device: the stat device, or (btrfs) that of
             // the mount the descriptor is on.
-            let target = mounts.target_on(id, || {
-                let info = fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).ok()?;
-                info.lines()
-                    .find_map(|l| l.strip_prefix("mnt_id:"))
-                    .and_then(|v| v.trim().parse::<u64>().ok())
-            });
+            let target = mounts.target_on(id, || fdinfo_mount_id(pid, fd));
             let key = (target.major, target.minor, id.ino);
             if !locked.contains(&key) || !seen.insert(key) {
                 continue;

@@ -82,7 +82,8 @@ fn holder(h: &Holder) -> Value {
     if h.inferred {
         flags.push("inferred");
     }
-    let (uid, user) = match crate::status::user_of(h.pid) {
+    let id = crate::status::identity(h.pid);
+    let (uid, user) = match &id.user {
         Some((uid, user)) => (json!(uid), json!(user)),
         None => (Value::Null, Value::Null),
     };
@@ -90,7 +91,7 @@ fn holder(h: &Holder) -> Value {
         "pid": h.pid,
         "fd": h.fd,
         "name": h.name,
-        "guest": crate::status::guest_name(h.pid),
+        "guest": id.guest,
         "uid": uid,
         "user": user,
         "perm": perm_list(h.held.perm),

@@ -12,7 +12,7 @@ use crate::escape;
 /// for with `--no-unlocked-openers`). Both are "in use" for the exit
 /// status (check: 1, hold: 75), and `hold --wait` waits for both to go.
 pub fn refused(e: &Error) -> bool {
-    e.conflict().is_some() || matches!(e, Error::Opened { .. })
+    fpl::wait::in_use(e)
 }
 
 /// What the user can do about `e`, when the errno says it.

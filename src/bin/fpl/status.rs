@@ -453,13 +453,14 @@ fn open_mode(a: Access) -> &'static str {
 /// own (`..., user libvirt-qemu)`).
 fn who(h: &Holder) -> String {
     let mut more = String::new();
-    if let Some(guest) = guest_name(h.pid) {
-        more.push_str(&format!(", guest {}", escape::escape(&guest)));
+    let id = identity(h.pid);
+    if let Some(guest) = &id.guest {
+        more.push_str(&format!(", guest {}", escape::escape(guest)));
     }
-    if let Some((uid, user)) = user_of(h.pid) {
+    if let Some((uid, user)) = &id.user {
         // SAFETY: geteuid cannot fail.
-        if uid != unsafe { libc::geteuid() } {
-            more.push_str(&format!(", user {}", escape::escape(&user)));
+        if *uid != unsafe { libc::geteuid() } {
+            more.push_str(&format!(", user {}", escape::escape(user)));
         }
     }
     if h.name.is_empty() {
@@ -474,10 +475,39 @@ fn who(h: &Holder) -> String {
     }
 }
 
+/// Who a holder's process is, beyond its name: its guest and its user.
+pub struct Identity {
+    /// [`guest_name`].
+    pub guest: Option<String>,
+    /// [`user_of`].
+    pub user: Option<(u32, String)>,
+}
+
+/// The identity of process `pid`, read once per run: a process holds
+/// many images (a pool's VMs, a chain's members) and is described once
+/// per holder line or JSON object.
+pub fn identity(pid: i32) -> std::rc::Rc<Identity> {
+    thread_local! {
+        static SEEN: std::cell::RefCell<std::collections::HashMap<i32, std::rc::Rc<Identity>>> =
+            Default::default();
+    }
+    SEEN.with(|seen| {
+        seen.borrow_mut()
+            .entry(pid)
+            .or_insert_with(|| {
+                std::rc::Rc::new(Identity {
+                    guest: guest_name(pid),
+                    user: user_of(pid),
+                })
+            })
+            .clone()
+    })
+}
+
 /// The guest's name a QEMU process was started with: `-name vm01`, `-name
 /// guest=vm01,debug-threads=on` (libvirt's form), `--name ...`; `None` for
 /// any other process or a command line that cannot be read.
-pub fn guest_name(pid: i32) -> Option<String> {
+fn guest_name(pid: i32) -> Option<String> {
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
     let mut args = cmdline.split(|&b| b == 0);
     while let Some(arg) = args.next() {
@@ -503,7 +533,7 @@ pub fn guest_name(pid: i32) -> Option<String> {
 
 /// The effective uid of process `pid` (`/proc/PID/status`) and its user's
 /// name (the uid itself when it has none).
-pub fn user_of(pid: i32) -> Option<(u32, String)> {
+fn user_of(pid: i32) -> Option<(u32, String)> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let uid: u32 = status
         .lines()
