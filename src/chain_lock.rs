@@ -62,6 +62,42 @@ impl ChainLock {
     /// request, all or nothing. Errors: a resolution error of
     /// [`chain::resolve`], or the first member's conflict or OS error, with
     /// nothing held.
+    ///
+    /// A VM's disk is an overlay on a base image: the overlay is written,
+    /// the base read by the VM and written by nobody meanwhile.
+    ///
+    /// ```
+    /// use std::process::Command;
+    /// use fpl::chain::Role;
+    /// use fpl::{ChainLock, Lock, Mode, Options, Request};
+    /// # let dir = std::env::temp_dir().join(format!("fpl-doc-{}", std::process::id()));
+    /// # std::fs::create_dir_all(&dir)?;
+    /// let (base, top) = (dir.join("base.raw"), dir.join("top.qcow2"));
+    /// std::fs::write(&base, vec![0u8; 1 << 20])?;
+    /// let created = Command::new("qemu-img")
+    ///     .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+    ///     .args([&base, &top])
+    ///     .status()
+    ///     .expect("qemu-img runs (Debian: apt-get install qemu-utils)");
+    /// assert!(created.success());
+    ///
+    /// let write = Request::new(Mode::Write.perm(), Mode::Write.shared());
+    /// let disk = ChainLock::acquire(&top, write, Options::default())?;
+    /// let roles: Vec<Role> = disk.members().iter().map(|m| m.role).collect();
+    /// assert_eq!(roles, [Role::Image, Role::Backing]);
+    ///
+    /// // Nobody may write the base under the overlay ...
+    /// let refused = Lock::acquire(&base, write, Options::default()).unwrap_err();
+    /// assert!(refused.to_string().contains("base.raw"));
+    /// // ... and anyone may read it, sharing as the VM does.
+    /// let read = Request::new(Mode::Read.perm(), Mode::Read.shared());
+    /// Lock::acquire(&base, read, Options::default())?.release()?;
+    ///
+    /// disk.verify()?; // every byte of every member still held
+    /// disk.release()?;
+    /// # std::fs::remove_dir_all(&dir)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn acquire(path: &Path, request: Request, options: Options) -> Result<ChainLock> {
         let quiet = member_options(options);
         for _ in 0..ATTEMPTS {

@@ -61,16 +61,19 @@
 //! The README's example (both sides written in one place for brevity; they
 //! also work in one process, as two open file descriptions conflict):
 //!
-//! ```no_run
-//! use std::path::Path;
+//! ```
 //! use fpl::handover::{Phase, Side};
 //! use fpl::{ChainLock, Mode, Options, Request};
+//! # let dir = std::env::temp_dir().join(format!("fpl-doc-{}", std::process::id()));
+//! # std::fs::create_dir_all(&dir)?;
+//! # let image = dir.join("top.img");
+//! # std::fs::write(&image, vec![0u8; 1 << 20])?;
 //!
 //! let active = Request::new(Mode::Write.perm(), Mode::Write.shared());
 //! // The source, running:
-//! let mut source = Side::source(ChainLock::acquire(Path::new("top.qcow2"), active, Options::default())?);
+//! let mut source = Side::source(ChainLock::acquire(&image, active, Options::default())?);
 //! // The destination, in another process (told each step over the migration stream):
-//! let mut dest = Side::destination(Path::new("top.qcow2"), active, Options::default())?;
+//! let mut dest = Side::destination(&image, active, Options::default())?;
 //! source.enter(Phase::Protecting)?;
 //! dest.enter(Phase::Protecting)?;
 //! source.enter(Phase::Inactive)?;
@@ -81,7 +84,11 @@
 //!     source.enter(Phase::Protecting)?;
 //!     source.enter(Phase::Active)?;
 //! }
-//! # Ok::<(), fpl::Error>(())
+//! # assert_eq!(dest.phase(), Phase::Active);
+//! # source.release()?;
+//! # dest.release()?;
+//! # std::fs::remove_dir_all(&dir)?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
 use std::path::Path;

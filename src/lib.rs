@@ -10,17 +10,42 @@
 //! [`query()`] reports which bytes are held and names the processes holding
 //! them, which QEMU itself cannot do.
 //!
-//! ```no_run
-//! use std::path::Path;
-//! use fpl::{Lock, Mode, Options, Request};
-//!
-//! let req = Request::new(Mode::Write.perm(), Mode::Write.shared());
-//! match Lock::acquire(Path::new("vm.qcow2"), req, Options::default()) {
-//!     Ok(lock) => { /* write the image */ lock.release()?; }
-//!     Err(e) => eprintln!("{e}"), // Failed to get "write" lock (held by ...)
-//! }
-//! # Ok::<(), fpl::Error>(())
 //! ```
+//! use fpl::{Lock, Mode, Options, Request};
+//! # let dir = std::env::temp_dir().join(format!("fpl-doc-{}", std::process::id()));
+//! # std::fs::create_dir_all(&dir)?;
+//! let image = dir.join("vm.img");
+//! std::fs::write(&image, vec![0u8; 1 << 20])?; // a raw image
+//!
+//! // What a running VM's disk holds: read, write and resize, sharing only reads.
+//! let write = Request::new(Mode::Write.perm(), Mode::Write.shared());
+//! let lock = Lock::acquire(&image, write, Options::default())?;
+//!
+//! // A second writer is refused, with QEMU's words. (Here the same process
+//! // opens the image again: two open file descriptions conflict like two
+//! // processes do.)
+//! let refused = Lock::acquire(&image, write, Options::default()).unwrap_err();
+//! let conflict = refused.conflict().expect("a conflict, not an OS error");
+//! assert_eq!(conflict.byte, 201); // the first lock byte found in the way
+//! assert!(refused.to_string().starts_with("Failed to get \"write\" lock"));
+//!
+//! lock.release()?; // or drop it
+//! Lock::acquire(&image, write, Options::default())?.release()?;
+//! # std::fs::remove_dir_all(&dir)?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! Changing a held lock is [`Lock::update`], locks on a whole image (its
+//! backing chain and data file) are [`ChainLock`], a lock that a shared file
+//! system may have dropped is checked with [`Lock::verify`], and a
+//! hypervisor's whole disk lifecycle (open, run, snapshot, downgrade, hand
+//! over) is `examples/hypervisor.rs` (`cargo run --example hypervisor --
+//! DIR`).
+//!
+//! Features: `cli` (default) builds the `fpl` command and what only it
+//! needs. An embedding crate that wants the library alone sets
+//! `default-features = false`; it then depends on `libc`, `nix` and
+//! `thiserror` only.
 //!
 //! The C ABI (`include/fpl.h`) is in [`ffi`]; PROTOCOL.md and the README
 //! describe the protocol.

@@ -154,6 +154,32 @@ impl Lock {
     /// is exactly as it was. A change that only loosens is never tested.
     /// Fails with `EPERM` in another process than the one that acquired the
     /// lock (a forked child). The acquire's options apply.
+    ///
+    /// A VM paused for a backup steps down to reading, lets a reader in,
+    /// and cannot step up again while the reader is there:
+    ///
+    /// ```
+    /// use fpl::{Lock, Mode, Options, Request};
+    /// # let dir = std::env::temp_dir().join(format!("fpl-doc-{}", std::process::id()));
+    /// # std::fs::create_dir_all(&dir)?;
+    /// # let image = dir.join("vm.img");
+    /// # std::fs::write(&image, vec![0u8; 1 << 20])?;
+    /// let write = Request::new(Mode::Write.perm(), Mode::Write.shared());
+    /// let read = Request::new(Mode::Read.perm(), Mode::Read.shared());
+    /// let mut vm = Lock::acquire(&image, write, Options::default())?;
+    ///
+    /// vm.update(read)?; // only loosens: never refused
+    /// let backup = Lock::acquire(&image, read, Options::default())?;
+    ///
+    /// let refused = vm.update(write).unwrap_err();
+    /// assert!(refused.conflict().is_some()); // the backup reads and refuses writers
+    /// assert_eq!(vm.request(), read); // and vm holds what it held before
+    ///
+    /// backup.release()?;
+    /// vm.update(write)?;
+    /// # std::fs::remove_dir_all(&dir)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn update(&mut self, request: Request) -> Result<()> {
         self.update_with(request, self.options)
     }
@@ -360,6 +386,31 @@ impl Lock {
     /// that cannot be reached gives its own error (`ENOTCONN`, `EIO`, ...),
     /// not `ENOLCK`: unreachable is not lost. Locks that fell back to POSIX
     /// cannot be seen from their own process: `ENOTSUP`.
+    ///
+    /// A holder on shared storage calls it now and then, as `fpl hold
+    /// --verify-interval` does, and stops writing when the answer is
+    /// [`Error::Lost`]:
+    ///
+    /// ```
+    /// use fpl::{Error, Lock, Mode, Options, Request};
+    /// # let dir = std::env::temp_dir().join(format!("fpl-doc-{}", std::process::id()));
+    /// # std::fs::create_dir_all(&dir)?;
+    /// # let image = dir.join("vm.img");
+    /// # std::fs::write(&image, vec![0u8; 1 << 20])?;
+    /// let lock = Lock::acquire(
+    ///     &image,
+    ///     Request::new(Mode::Write.perm(), Mode::Write.shared()),
+    ///     Options::default(),
+    /// )?;
+    /// match lock.verify() {
+    ///     Ok(()) => {} // every byte is still held: go on writing
+    ///     Err(Error::Lost { byte, .. }) => panic!("byte {byte} was dropped: stop writing"),
+    ///     Err(e) => eprintln!("cannot tell now: {e}"), // the server is away: ask again
+    /// }
+    /// lock.verify()?;
+    /// # std::fs::remove_dir_all(&dir)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn verify(&self) -> Result<()> {
         if self.flavor == Flavor::Posix {
             return Err(Error::os(

@@ -56,6 +56,27 @@ pub struct Inspect {
 
 /// Reports the protocol bytes held on `path`; with `holders`, also names
 /// the processes holding them.
+///
+/// ```
+/// use fpl::{query, Lock, Mode, Options, Request};
+/// # let dir = std::env::temp_dir().join(format!("fpl-doc-{}", std::process::id()));
+/// # std::fs::create_dir_all(&dir)?;
+/// # let image = dir.join("vm.img");
+/// # std::fs::write(&image, vec![0u8; 1 << 20])?;
+/// assert!(query(&image, false)?.held.is_empty()); // nobody holds anything
+///
+/// let lock = Lock::acquire(
+///     &image,
+///     Request::new(Mode::Read.perm(), Mode::Read.shared()),
+///     Options::default(),
+/// )?;
+/// let status = query(&image, true)?;
+/// assert!(status.held.covers(100) && status.held.covers(201)); // reads, refuses writers
+/// assert_eq!(status.holders[0].pid, std::process::id() as i32);
+/// # drop(lock);
+/// # std::fs::remove_dir_all(&dir)?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn query(path: &Path, holders: bool) -> Result<Status> {
     query_with(
         path,
