@@ -1,5 +1,5 @@
 //! Generates include/fpl.h with cbindgen (into OUT_DIR, copied over the
-//! committed header only when its content changed), sets the SONAME, puts
+//! committed header only when its content changed; `header` feature), sets the SONAME, puts
 //! the `libfpl.so.1` name beside the built library, and versions its
 //! symbols (`LIBFPL_1.0`).
 //!
@@ -26,9 +26,6 @@ fn main() {
         PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let out_dir = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
     let major = env::var("CARGO_PKG_VERSION_MAJOR").expect("cargo sets the version");
-    let minor = env::var("CARGO_PKG_VERSION_MINOR").expect("cargo sets the version");
-    let patch = env::var("CARGO_PKG_VERSION_PATCH").expect("cargo sets the version");
-    let version = env::var("CARGO_PKG_VERSION").expect("cargo sets the version");
 
     println!("cargo:rerun-if-changed=src");
     println!("cargo:rerun-if-changed=cbindgen.toml");
@@ -51,6 +48,32 @@ fn main() {
         }
     }
 
+    #[cfg(feature = "header")]
+    write_header(&crate_dir, &out_dir);
+
+    // OUT_DIR is <target>/<profile>/build/fpl-<hash>/out: the library lands
+    // in <target>/<profile>. Programs linked with -lfpl ask for the SONAME,
+    // so give it a name there (the link dangles until the library is built).
+    if let Some(profile_dir) = out_dir.ancestors().nth(3) {
+        link_soname(profile_dir, &soname);
+    }
+}
+
+/// Generates the header from src/ffi.rs into OUT_DIR and copies it over
+/// include/fpl.h when its content changed. Without the `header` feature
+/// (an embedding crate's `default-features = false`) the committed header
+/// is left as it is and cbindgen is not built at all.
+#[cfg(feature = "header")]
+fn write_header(crate_dir: &Path, out_dir: &Path) {
+    let version = |part| env::var(part).expect("cargo sets the version");
+    let (major, minor) = (
+        version("CARGO_PKG_VERSION_MAJOR"),
+        version("CARGO_PKG_VERSION_MINOR"),
+    );
+    let (patch, version) = (
+        version("CARGO_PKG_VERSION_PATCH"),
+        version("CARGO_PKG_VERSION"),
+    );
     let mut config = cbindgen::Config::from_file(crate_dir.join("cbindgen.toml"))
         .expect("cbindgen.toml is readable and valid");
     config.after_includes = Some(format!(
@@ -73,13 +96,6 @@ fn main() {
     if fs::read(&header).ok().as_deref() != Some(new.as_slice()) {
         fs::create_dir_all(crate_dir.join("include")).expect("include/ can be created");
         fs::write(&header, &new).expect("include/fpl.h can be written");
-    }
-
-    // OUT_DIR is <target>/<profile>/build/fpl-<hash>/out: the library lands
-    // in <target>/<profile>. Programs linked with -lfpl ask for the SONAME,
-    // so give it a name there (the link dangles until the library is built).
-    if let Some(profile_dir) = out_dir.ancestors().nth(3) {
-        link_soname(profile_dir, &soname);
     }
 }
 
