@@ -47,7 +47,7 @@
 //! `default-features = false`; it then depends on `libc`, `nix` and
 //! `thiserror` only.
 //!
-//! The C ABI (`include/fpl.h`) is in [`ffi`]; PROTOCOL.md and the README
+//! The C ABI (`include/fpl.h`) is in [`ffi`]; docs/PROTOCOL.md and the README
 //! describe the protocol.
 
 #![deny(missing_docs)]

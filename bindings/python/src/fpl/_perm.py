@@ -1,4 +1,4 @@
-"""Permissions, presets and flags (PROTOCOL.md section 4, include/fpl.h)."""
+"""Permissions, presets and flags (docs/PROTOCOL.md section 4 of the source tree, include/fpl.h)."""
 
 from __future__ import annotations
 
