@@ -49,6 +49,12 @@ REALNAME := libfpl.so.$(VERSION)
 LIBS_PRIVATE ?= -lutil -lrt -lpthread -lm -ldl -lc
 
 INSTALL ?= install
+# libfpl.a as rustc writes it is about 22 MB: it carries Rust's standard
+# library with its debug information and LLVM bitcode. The installed copy
+# has neither (about 5 MB), as distributions strip static libraries; what
+# a program links from it is what it uses (a static holders.c: 0.6 MB with
+# -Wl,--gc-sections). STRIP=true installs it as built.
+STRIP ?= strip
 # Refreshes the loader's cache after a real (not staged) install as root,
 # so that programs find libfpl.so.1 in a new LIBDIR; LDCONFIG=true skips it.
 LDCONFIG ?= ldconfig
@@ -114,6 +120,7 @@ install:
 	ln -sf $(REALNAME) $(DESTDIR)$(LIBDIR)/$(SONAME)
 	ln -sf $(SONAME) $(DESTDIR)$(LIBDIR)/libfpl.so
 	$(INSTALL) -m 644 $(BUILD)/libfpl.a $(DESTDIR)$(LIBDIR)/libfpl.a
+	$(STRIP) --strip-debug --remove-section=.llvmbc --remove-section=.llvmcmd $(DESTDIR)$(LIBDIR)/libfpl.a
 	$(INSTALL) -m 644 include/fpl.h $(DESTDIR)$(INCLUDEDIR)/fpl.h
 	$(INSTALL) -d $(DESTDIR)$(MANDIR)/man3
 	$(INSTALL) -m 644 man/man3/*.3 $(DESTDIR)$(MANDIR)/man3/

@@ -19,13 +19,19 @@ static void print_perms(const char *label, uint32_t bits) {
         if (bits & (1u << i)) printf(" [%s]", names[i]);
 }
 
-/* Queries IMAGE with room for CAP holders, growing the array until every
- * holder found fits (holders can come and go between two calls). */
+/* Queries IMAGE, growing the array until every holder found fits (holders
+ * can come and go between two calls). Each call walks /proc, so start with
+ * room for 16: a process holds an image through one descriptor (QEMU, fpl
+ * hold), so one walk is enough unless more than 16 processes hold it. */
 static int show(const char *image) {
     fpl_status st;
     fpl_error err;
-    fpl_holder *holders = NULL;
-    size_t cap = 0;
+    size_t cap = 16;
+    fpl_holder *holders = malloc(cap * sizeof *holders);
+    if (!holders) {
+        perror("malloc");
+        return 1;
+    }
     for (;;) {
         int rc = fpl_query(image, FPL_QUERY_HOLDERS, &st, holders, cap, &err);
         if (rc < 0) {
