@@ -346,19 +346,44 @@ fn prefix_install_and_uninstall() {
         ] {
             assert!(hold.contains(option), "{option} in fpl-hold.1");
         }
-        // The bash script parses, and completes the subcommands.
-        let bash = prefix.join("share/bash-completion/completions/fpl");
-        let out = Command::new("bash").arg("-n").arg(&bash).output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let script = std::fs::read_to_string(&bash).unwrap();
-        assert!(script.contains("status") && script.contains("--verify-interval"));
+        // Each shell's script parses in that shell (`-n`: read, never run),
+        // and completes the subcommands and options.
+        for (shell, script) in [
+            ("bash", "share/bash-completion/completions/fpl"),
+            ("zsh", "share/zsh/site-functions/_fpl"),
+            ("fish", "share/fish/vendor_completions.d/fpl.fish"),
+        ] {
+            let script = prefix.join(script);
+            parses(shell, &script);
+            let text = std::fs::read_to_string(&script).unwrap();
+            assert!(
+                text.contains("status") && text.contains("verify-interval"),
+                "{script:?} completes neither status nor --verify-interval"
+            );
+        }
     }
     make("uninstall", &[("PREFIX", &prefix)]);
     assert_eq!(files_under(&prefix), Vec::<PathBuf>::new());
+}
+
+/// `SHELL -n SCRIPT` succeeds, with nothing on stderr; a missing shell
+/// fails the test, saying what to install (the package is the shell's name).
+fn parses(shell: &str, script: &Path) {
+    let out = Command::new(shell)
+        .arg("-n")
+        .arg(script)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run {shell} -n {script:?} ({e}): install {shell} (apt-get install {shell})"
+            )
+        });
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "{shell} -n {script:?} ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Every file or symlink under DIR.
