@@ -636,6 +636,13 @@ int fpl_check(const char *path,
  * nodes, FPL_HOLDER_OTHER_NODE), from the same walk. A process that cannot be
  * inspected sets FPL_STATUS_HOLDERS_PARTIAL and never fails the query.
  *
+ * Sizing HOLDERS: each call walks /proc once, and a second call with a
+ * bigger array walks it again (holders can change in between). A process
+ * holds an image through one descriptor (QEMU does), so an array of 16 is
+ * one walk for nearly every image; call again only when
+ * STATUS->n_holders > CAP. Openers add one entry per descriptor that has
+ * the image open.
+ *
  * Returns 0, `-EINVAL` for NULL PATH or STATUS, NULL HOLDERS with CAP > 0,
  * or unknown flags, or an error as fpl_acquire.
  *
