@@ -62,18 +62,23 @@
 //! also work in one process, as two open file descriptions conflict):
 //!
 //! ```
-//! use fpl::handover::{Phase, Side};
-//! use fpl::{ChainLock, Mode, Options, Request};
 //! # let dir = std::env::temp_dir().join(format!("fpl-doc-{}", std::process::id()));
 //! # std::fs::create_dir_all(&dir)?;
-//! # let image = dir.join("top.img");
-//! # std::fs::write(&image, vec![0u8; 1 << 20])?;
+//! # std::env::set_current_dir(&dir)?; // a doc test is a process of its own
+//! # let made = std::process::Command::new("qemu-img")
+//! #     .args(["create", "-q", "-f", "qcow2", "top.qcow2", "1M"])
+//! #     .status()
+//! #     .expect("qemu-img runs (Debian: apt-get install qemu-utils)");
+//! # assert!(made.success());
+//! use std::path::Path;
+//! use fpl::handover::{Phase, Side};
+//! use fpl::{ChainLock, Mode, Options, Request};
 //!
 //! let active = Request::new(Mode::Write.perm(), Mode::Write.shared());
 //! // The source, running:
-//! let mut source = Side::source(ChainLock::acquire(&image, active, Options::default())?);
+//! let mut source = Side::source(ChainLock::acquire(Path::new("top.qcow2"), active, Options::default())?);
 //! // The destination, in another process (told each step over the migration stream):
-//! let mut dest = Side::destination(&image, active, Options::default())?;
+//! let mut dest = Side::destination(Path::new("top.qcow2"), active, Options::default())?;
 //! source.enter(Phase::Protecting)?;
 //! dest.enter(Phase::Protecting)?;
 //! source.enter(Phase::Inactive)?;

@@ -807,8 +807,8 @@ fn qemus_own_sequence_leaves_a_gap_that_the_checks_see() {
     );
 }
 
-/// The README's Rust example is the module's doc example (compiled by the
-/// doc tests), as written.
+/// The README's Rust example is the module's doc example (run by the doc
+/// tests), as written, without the doc test's hidden setup lines.
 #[test]
 fn readme_example_is_the_compiled_doc_example() {
     let readme = support::readme_block(
@@ -824,7 +824,7 @@ fn readme_example_is_the_compiled_doc_example() {
                 .map(|l| l.strip_prefix(' ').unwrap_or(l))
         })
         .map_while(|l| l)
-        .skip_while(|l| *l != "```no_run")
+        .skip_while(|l| *l != "```")
         .skip(1);
     for line in lines.by_ref().take_while(|l| *l != "```") {
         if !line.starts_with("# ") {
