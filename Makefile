@@ -3,9 +3,9 @@
 #   make                      # cargo build --release (libfpl and the fpl command)
 #   make check                # install what the tests need, then every test
 #   make dist                 # target/dist/libfpl-VERSION.tar.gz and its .sha256
-#   sudo make install         # into /usr/local; never runs cargo
+#   make install              # as root (sudo make install): into /usr/local; never runs cargo
 #   make install DESTDIR=/tmp/stage PREFIX=/usr
-#   sudo make uninstall
+#   make uninstall            # as root too (sudo make uninstall)
 #
 # Installs lib/libfpl.so.$(VERSION) with its libfpl.so.1 (SONAME) and
 # libfpl.so links, lib/libfpl.a, include/fpl.h, lib/pkgconfig/fpl.pc and,

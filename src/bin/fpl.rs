@@ -1,11 +1,12 @@
 //! `fpl`: inspect, test and take QEMU's image locks from the command line.
 //! The first user of libfpl's Rust API.
 //!
-//! - `fpl status [--chain] [--json] [--no-holders] IMAGE...`: free, or who
-//!   holds each image and for what, in QEMU's words, and who has it open
-//!   without locks (QEMU with `locking=off`); with `--chain`, for
-//!   every file of each image (its backing chain, its data file), and which
-//!   of the images named refer to each.
+//! - `fpl status [--chain] [--json | --quiet] [--no-holders] (IMAGE... |
+//!   --all)`: free, or who holds each image and for what, in QEMU's words
+//!   (the holder's guest and user too), and who has it open without locks
+//!   (QEMU with `locking=off`); with `--chain`, for every file of each
+//!   image (its backing chain, its data file), and which of the images
+//!   named refer to each. `--quiet` answers "in use?" in the exit status.
 //! - `fpl check (--mode MODE | --perm LIST --share LIST) [--chain] [--exact]
 //!   [--no-unlocked-openers] IMAGE...`: would taking the locks succeed?
 //!   Exit 0 yes, 1 conflict (or an opener without locks, when asked), 2 error.
@@ -13,12 +14,13 @@
 //!   images (with `--chain`, on every file of each) while a command runs,
 //!   or until a signal.
 //! - `fpl demo`: the above against a real qemu-storage-daemon.
+//! - `fpl completions SHELL`: the bash, zsh or fish completion script.
 //!
 //! `--json` prints one JSON array with one object per image, in command-line
 //! order; [`json`] documents the objects. For `status`, `check` and `demo`,
 //! exit status 2 means an error (including a wrong command line); `hold`
-//! keeps the statuses a command rarely uses for itself (75 conflict, 125
-//! error), since it exits with its command's status otherwise.
+//! keeps the statuses a command rarely uses for itself (75 conflict, 76
+//! a lock lost, 125 error), since it exits with its command's status otherwise.
 
 /// `eprintln!` without its panic: a diagnostic nobody can read (standard
 /// error a closed pipe, a full disk) is lost, and the exit status still

@@ -12,7 +12,9 @@
 //!  "unshared": ["write", "resize"],                   // bytes 200+i held
 //!  "flags": [],               // "legacy" (104/204), "libvirt" (byte 0),
 //!                             // "holders-partial" (some process not inspectable)
-//!  "holders": [{"pid": 4410, "fd": 12, "name": "qemu-storage-da",
+//!  "holders": [{"pid": 4410, "fd": 12, "name": "qemu-system-x86",
+//!               "guest": "vm01",      // -name guest=vm01 (libvirt), or null
+//!               "uid": 64055, "user": "libvirt-qemu",   // or null, null
 //!               "perm": [...], "unshared": [...], "flags": [...],
 //!               "access": ["read", "write"]}]}   // how it opened the image
 //! ```

@@ -53,7 +53,11 @@ Each image is `free`, or one line per holder says what it uses and what it
 does not share, in QEMU's words. Bytes held by nobody visible are reported as
 `held on another host or out of sight` (another host sharing the file
 system, another PID namespace, or a process fpl may not inspect): never as
-free, and a note says which it can be.
+free, and a note says which it can be. A holder is named by its process, and
+also by its guest when its command line names one (`-name guest=vm01`, as
+libvirt starts QEMU) and by its user when that is not fpl's own:
+  vm01.qcow2: in use by qemu-system-x86 (pid 4410, fd 8, guest vm01, user
+  libvirt-qemu): uses consistent read, write, resize; does not share write, resize
 
 On a FUSE file system that locks on its server (GlusterFS), no process shows
 its locks in /proc, not even on the holder's own host: a process that has the
@@ -81,6 +85,9 @@ Control characters in process names and paths are shown escaped
 
 Exit status: 0 if every image could be inspected, 2 otherwise (or if the
 output could not be written; a closed pipe, as with `| head`, is no error).
+With --quiet: 0 if some image (with --chain, some file of some image) is in
+use, held or open without locks; 1 if every one is free (or --all found
+none); 2 if none is in use and some could not be inspected.
 
 JSON (--json): an array with one object per image, in command-line order,
 each on a line of its own:
@@ -89,10 +96,14 @@ each on a line of its own:
    \"unshared\": [\"write\", \"resize\"],                   (bytes 200+i held)
    \"flags\": [],     (\"legacy\": 104/204 held, \"libvirt\": byte 0 held,
                      \"holders-partial\": some process could not be inspected)
-   \"holders\": [{\"pid\": 4410, \"fd\": 12, \"name\": \"qemu-storage-da\",
+   \"holders\": [{\"pid\": 4410, \"fd\": 12, \"name\": \"qemu-system-x86\",
+                \"guest\": \"vm01\",   (from -name guest=vm01; or null)
+                \"uid\": 64055, \"user\": \"libvirt-qemu\",  (or null, null)
                 \"perm\": [...], \"unshared\": [...], \"flags\": [...],
                 \"access\": [\"read\", \"write\"]}]}
-An opener is in `holders` too, with empty perm and unshared and
+`guest` is the guest's name on the holder's command line, `uid` its effective
+uid and `user` that user's name (the uid when it has none), given for fpl's
+own user too. An opener is in `holders` too, with empty perm and unshared and
 \"flags\": [\"no-locks\"]. `holders` is left out with --no-holders. An image that could not be
 inspected: {\"path\": ..., \"error\": MESSAGE, \"errno\": N} (plus \"hint\").
 

@@ -167,7 +167,8 @@ PACKAGED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_lib", SONA
 
 INSTALL_HINT = (
     "pip install the package from libfpl's bindings/python (its wheel carries "
-    f"{SONAME}), or install libfpl (make && sudo make install, then ldconfig), "
+    f"{SONAME}), or install libfpl (make, then make install as root, e.g. "
+    "sudo make install, then ldconfig), "
     f"or set FPL_LIBRARY to the path of a {SONAME}"
 )
 
