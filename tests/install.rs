@@ -97,14 +97,26 @@ fn destdir_install_builds_c_and_cxx_programs_with_pkg_config() {
         installed * 3 < as_built,
         "libfpl.a: {installed} bytes installed, {as_built} built"
     );
-    let sections = stdout(&run(Command::new("readelf").arg("-S").arg("-W").arg(&archive)));
+    let sections = stdout(&run(Command::new("readelf")
+        .arg("-S")
+        .arg("-W")
+        .arg(&archive)));
     for stripped in [".debug_info", ".llvmbc"] {
-        assert!(!sections.contains(stripped), "{stripped} left in {archive:?}");
+        assert!(
+            !sections.contains(stripped),
+            "{stripped} left in {archive:?}"
+        );
     }
     let symbols = stdout(&run(Command::new("nm")
         .args(["--defined-only", "-g"])
         .arg(&archive)));
-    for f in ["fpl_acquire", "fpl_acquire_wait", "fpl_release", "fpl_query", "fpl_chain"] {
+    for f in [
+        "fpl_acquire",
+        "fpl_acquire_wait",
+        "fpl_release",
+        "fpl_query",
+        "fpl_chain",
+    ] {
         assert!(
             symbols.lines().any(|l| l.ends_with(&format!(" T {f}"))),
             "{f} not defined in {archive:?}"
