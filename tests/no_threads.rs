@@ -114,8 +114,14 @@ fn refused_check_without_threads_is_a_conflict() {
         std::thread::sleep(Duration::from_millis(20));
     }
 
+    // nobody runs a copy in the 0755 folder: the checkout's own folders
+    // may be closed to other users (a tarball unpacked in a 0700 folder).
+    let fpl = tmp.path().join("fpl");
+    fs::copy(FPL, &fpl).expect("copy the fpl command");
+    fs::set_permissions(&fpl, fs::Permissions::from_mode(0o755)).expect("chmod fpl");
+    let fpl = fpl.to_str().expect("UTF-8 temp path");
     let path = image.to_str().expect("UTF-8 temp path");
-    let out = as_nobody_one_task(&[FPL, "check", "--mode", "write", path]);
+    let out = as_nobody_one_task(&[fpl, "check", "--mode", "write", path]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -135,7 +141,7 @@ fn refused_check_without_threads_is_a_conflict() {
     // The same check with threads allowed says the same thing.
     let free = Command::new(tool("setpriv", "util-linux"))
         .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"])
-        .args([FPL, "check", "--mode", "write", path])
+        .args([fpl, "check", "--mode", "write", path])
         .output()
         .expect("run setpriv");
     assert_eq!(free.status.code(), Some(1), "{free:?}");
