@@ -124,8 +124,9 @@ pub fn qemu_img_create(dir: &Path, name: &str) -> PathBuf {
     path
 }
 
-/// `qemu-io -f qcow2 [-r] IMAGE` reading commands from a pipe: it holds the
-/// image until killed (on drop, however the test ends).
+/// `qemu-io -f qcow2 [-r] IMAGE` reading commands from a pipe, returned
+/// once it is among the image's holders: it holds the image until killed
+/// (on drop, however the test ends).
 pub struct QemuIo(pub Child);
 
 impl QemuIo {
@@ -146,10 +147,13 @@ impl QemuIo {
             .spawn()
             .expect("qemu-io starts");
         let mut qemu = QemuIo(child);
+        let pid = qemu.pid() as i32;
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            let status = fpl::query(image, false).expect("query the image");
-            if !status.held.is_empty() {
+            // qemu-io itself among the holders: bytes held by somebody else
+            // (an image already locked) do not say that qemu-io has locked.
+            let status = fpl::query(image, true).expect("query the image");
+            if status.holders.iter().any(|h| h.pid == pid) {
                 return qemu;
             }
             if let Ok(Some(exit)) = qemu.0.try_wait() {
